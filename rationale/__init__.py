@@ -1,0 +1,85 @@
+"""rationale: synthesize the reasons behind recorded human actions and distil them into students.
+
+The public names below are imported lazily, so ``import rationale`` (and the CLI's start-up)
+stays fast; heavy dependencies load only in the step that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ActionRecord",
+    "ActionSpace",
+    "ConfigError",
+    "DuplicateStepError",
+    "HistoryEntry",
+    "RationaleError",
+    "RecordError",
+    "RecordFile",
+    "SourceError",
+    "Step",
+    "__version__",
+    "build_history",
+    "parse_record",
+    "prompts_dir",
+    "read_mind2web",
+    "read_opera",
+    "session_outcome",
+    "state_dir",
+    "write_records",
+]
+
+_WHERE = {
+    "SCHEMA_VERSION": "rationale.schema",
+    "ActionRecord": "rationale.schema",
+    "ActionSpace": "rationale.schema",
+    "HistoryEntry": "rationale.schema",
+    "ConfigError": "rationale.errors",
+    "DuplicateStepError": "rationale.errors",
+    "RationaleError": "rationale.errors",
+    "RecordError": "rationale.errors",
+    "SourceError": "rationale.errors",
+    "RecordFile": "rationale.records",
+    "parse_record": "rationale.records",
+    "write_records": "rationale.records",
+    "Step": "rationale.sessions",
+    "build_history": "rationale.sessions",
+    "session_outcome": "rationale.sessions",
+    "prompts_dir": "rationale.paths",
+    "state_dir": "rationale.paths",
+    "read_mind2web": "rationale.importers.mind2web",
+    "read_opera": "rationale.importers.opera",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rationale' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rationale.errors import (
+        ConfigError,
+        DuplicateStepError,
+        RationaleError,
+        RecordError,
+        SourceError,
+    )
+    from rationale.importers.mind2web import read_mind2web
+    from rationale.importers.opera import read_opera
+    from rationale.paths import prompts_dir, state_dir
+    from rationale.records import RecordFile, parse_record, write_records
+    from rationale.schema import SCHEMA_VERSION, ActionRecord, ActionSpace, HistoryEntry
+    from rationale.sessions import Step, build_history, session_outcome

@@ -1,0 +1,222 @@
+"""The ``rationale`` command.
+
+Exit codes: 0 done; 1 a user or run-time error, shown as one line without a traceback;
+2 bad flags (click's own). Data goes to files or stdout; progress and summaries go to stderr.
+Every module beyond click is imported inside the command that needs it, so ``--help`` is instant.
+The flag vocabulary shared by all commands is in the README ("Flags").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from rationale import __version__
+
+
+class _Group(click.Group):
+    """A click group that turns the package's errors into exit code 1 without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from rationale.errors import RationaleError
+
+        try:
+            return super().invoke(ctx)
+        except RationaleError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # A file we could not read or write: the OS message names it.
+            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+output_option = click.option(
+    "-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+    help="File to write (written atomically: a crash leaves no half file).",
+)
+action_space_option = click.option(
+    "--action-space", "action_space", type=click.Path(exists=True, dir_okay=False),
+    help="TOML file declaring the action types (default: click, type_and_submit, terminate).",
+)
+
+
+def _space(path: str | None) -> Any:
+    from rationale.schema import ActionSpace
+
+    return ActionSpace.from_file(path) if path else ActionSpace.default()
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="rationale")
+def main() -> None:
+    """Synthesize the reasons behind recorded human actions and distil them into a student."""
+
+
+@main.group("import", cls=_Group)
+def import_() -> None:
+    """Convert a real action log into the record format (JSONL)."""
+
+
+@import_.command("mind2web")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@output_option
+@click.option("--add-terminate", is_flag=True, help="Append a terminate step to every session.")
+def import_mind2web(sources: tuple[str, ...], output: str, add_terminate: bool) -> None:
+    """Import raw Mind2Web train files (files or folders of train_*.json)."""
+    from rationale.importers.mind2web import read_mind2web
+    from rationale.records import write_records
+
+    records = read_mind2web(sources, add_terminate=add_terminate)
+    _report_written(output, records, write_records)
+
+
+@import_.command("opera")
+@click.argument("source", type=click.Path(exists=True))
+@output_option
+@click.option("--sessions", "sessions", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="OPeRA session rows (session_id, user_id) giving each session its user_id.")
+@click.option("--users", "users", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="OPeRA user rows (user_id, survey) giving each user a persona.")
+def import_opera(source: str, output: str, sessions: tuple[str, ...], users: tuple[str, ...]) -> None:
+    """Import OPeRA action records (a JSONL/parquet file, or a folder of them)."""
+    from rationale.importers.opera import read_opera
+    from rationale.records import write_records
+
+    records = read_opera(source, sessions=list(sessions), users=list(users))
+    _report_written(output, records, write_records)
+
+
+def _report_written(output: str, records: Any, write_records: Any) -> None:
+    sessions: set[str] = set()
+
+    def counted() -> Any:
+        for record in records:
+            sessions.add(record.session_id)
+            yield record
+
+    steps = write_records(output, counted())
+    click.echo(f"wrote {steps} steps of {len(sessions)} sessions to {output}", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@action_space_option
+def validate(file: str, as_json: bool, action_space: str | None) -> None:
+    """Check a record file and summarise it; exit 1 if any line is bad."""
+    from rationale.records import RecordFile
+
+    with RecordFile(file, space=_space(action_space), on_error="skip") as records:
+        stats = records.stats()
+        errors = records.errors
+        skipped = records.skipped_sessions
+    stats["errors"] = [e.to_dict() | {"error": str(e)} for e in errors]
+    stats["skipped_sessions"] = sorted(skipped)
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+    else:
+        click.echo(_validate_text(stats))
+    if errors:
+        sys.exit(1)
+
+
+def _validate_text(stats: dict[str, Any]) -> str:
+    ctx = stats["context_chars"]
+    lines = [
+        f"{stats['file']}: {stats['sessions']} sessions, {stats['steps']} steps"
+        f" ({stats['lines']} lines read)",
+        "action types: " + (", ".join(f"{k} {v}" for k, v in stats["action_types"].items()) or "-"),
+        "outcomes: " + ", ".join(f"{k} {v}" for k, v in stats["outcomes"].items()),
+        f"context characters: {ctx['with_context']} steps with context, {ctx['null']} null"
+        + (
+            f"; p50 {ctx['p50']}, p90 {ctx['p90']}, p99 {ctx['p99']}, max {ctx['max']}"
+            if ctx["with_context"]
+            else ""
+        ),
+    ]
+    errors = stats["errors"]
+    lines.append(f"errors: {len(errors)}")
+    shown = 20
+    lines += [f"  {e['error']}" for e in errors[:shown]]
+    if len(errors) > shown:
+        lines.append(f"  ... {len(errors) - shown} more (--json lists them all)")
+    if stats["skipped_sessions"]:
+        lines.append(
+            f"sessions left out because of a bad line: {len(stats['skipped_sessions'])} "
+            "(their steps are not counted above)"
+        )
+    return "\n".join(lines)
+
+
+on_error_option = click.option(
+    "--on-error", "on_error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    help="fail: stop at the first bad line. skip: leave out the whole session of each bad line "
+    "and report every line and session left out.",
+)
+
+
+def open_records(file: str, *, on_error: str, action_space: str | None = None) -> Any:
+    """Open a record file for a command; with ``skip``, report on stderr what was left out."""
+    from rationale.records import RecordFile
+
+    records = RecordFile(file, space=_space(action_space), on_error=on_error)  # type: ignore[arg-type]
+    if on_error == "skip" and (errors := records.errors):
+        for err in errors:
+            click.echo(f"skipped: {err}", err=True)
+        skipped = records.skipped_sessions
+        for session_id, lines in skipped.items():
+            shown = ", ".join(map(str, lines))
+            click.echo(f"skipped session {session_id!r}: lines {shown}", err=True)
+        alone = sum(1 for e in errors if e.session_id is None)
+        click.echo(
+            f"{file}: {len(errors)} bad lines; left out {len(skipped)} sessions"
+            + (f" and {alone} lines whose session could not be read" if alone else ""),
+            err=True,
+        )
+    return records
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--session", "session_ids", multiple=True, help="Only this session (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many steps.")
+@click.option("--history-rationales", is_flag=True,
+              help="Add earlier steps' rationales to the history (the paper's setting).")
+@on_error_option
+@action_space_option
+def steps(
+    file: str,
+    session_ids: tuple[str, ...],
+    limit: int | None,
+    history_rationales: bool,
+    on_error: str,
+    action_space: str | None,
+) -> None:
+    """Print each step with the history every later stage derives for it (JSONL)."""
+    from rationale.sessions import iter_steps, session_outcome
+
+    with open_records(file, on_error=on_error, action_space=action_space) as records:
+        count = 0
+        for session_id in session_ids or records.session_ids():
+            session = records.session(session_id)
+            if not session:
+                raise click.ClickException(f"{file}: no session {session_id!r}")
+            outcome = session_outcome(session, records.space)
+            for step in iter_steps(session, with_rationales=history_rationales):
+                if limit is not None and count >= limit:
+                    return
+                line = {
+                    "record": step.record.dump(),
+                    "history": [h.model_dump(exclude_none=True) for h in step.history],
+                    "session_outcome": outcome,
+                }
+                click.echo(json.dumps(line, ensure_ascii=False))
+                count += 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

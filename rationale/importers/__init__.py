@@ -1,0 +1,1 @@
+"""Importers that turn real human action logs into records (one module per source format)."""

@@ -1,0 +1,192 @@
+"""Import raw Mind2Web train files (JSON lists of sessions) into records.
+
+The mapping, fixed here so every later stage agrees:
+
+- one Mind2Web task (``annotation_id``) is one session; its k-th action is step k (from 0);
+  ``confirmed_task`` becomes ``instruction``; ``context`` is null (this copy has no page HTML).
+- ``TYPE`` becomes ``type_and_submit`` with the typed ``value`` as ``text``;
+  ``SELECT`` becomes a ``click`` on ``<select name>.<option slug>``;
+  ``CLICK`` (including the original ``HOVER`` and ``ENTER``) becomes ``click``.
+- the target ``name`` is `element_name`: ``<role>.<label>`` slugged, from ``action_reprs``.
+- when several positive candidates exist, the first with ``is_original_target`` wins (else the
+  first one); its tag and attributes go into ``meta.target``, with the original op, website,
+  domain, subdomain, action_uid and the raw ``action_repr``.
+- no terminate step is added unless ``add_terminate`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rationale.errors import SourceError
+from rationale.schema import ActionRecord
+
+#: Attributes tried, in order, when the visible label is empty. The first four are the ones the
+#: Mind2Web convention names (id, aria-label, name, placeholder); title, alt and value follow,
+#: then the first CSS class; an element with none of them is ``unlabeled``.
+LABEL_FALLBACK_ATTRIBUTES = ("id", "aria_label", "aria-label", "name", "placeholder", "title", "alt", "value")
+MAX_SLUG = 60
+
+_REPR = re.compile(r"^\[(?P<role>[^\]]*)\]\s*(?P<label>.*?)\s*->\s*(?P<op>[A-Z]+)(?::\s?(?P<value>.*))?$", re.S)
+
+
+def slug(text: str) -> str:
+    """A deterministic identifier: NFKC, case folded, runs of anything but letters and digits
+    (of any script) become one ``_``, trimmed, at most 60 characters."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[\W_]+", "_", text).strip("_")
+    return text[:MAX_SLUG].rstrip("_")
+
+
+def _candidate(action: dict[str, Any]) -> dict[str, Any] | None:
+    candidates = action.get("pos_candidates") or []
+    for c in candidates:
+        if c.get("is_original_target"):
+            return c
+    return candidates[0] if candidates else None
+
+
+def _attributes(candidate: dict[str, Any] | None) -> dict[str, Any]:
+    if not candidate:
+        return {}
+    attrs = candidate.get("attributes") or {}
+    if isinstance(attrs, str):
+        try:
+            attrs = json.loads(attrs)
+        except ValueError:
+            return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def element_name(role: str, label: str, attributes: dict[str, Any]) -> str:
+    """``<role slug>.<label slug>``; an empty label falls back to `LABEL_FALLBACK_ATTRIBUTES`,
+    then the first CSS class, then ``unlabeled``."""
+    role_slug = slug(role) or "element"
+    label_slug = slug(label)
+    if not label_slug:
+        for key in LABEL_FALLBACK_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and (label_slug := slug(value)):
+                break
+    if not label_slug:
+        classes = str(attributes.get("class") or "").split()
+        label_slug = slug(classes[0]) if classes else ""
+    return f"{role_slug}.{label_slug or 'unlabeled'}"
+
+
+def convert_session(task: dict[str, Any], *, add_terminate: bool = False) -> list[ActionRecord]:
+    """One raw Mind2Web task as records."""
+    session_id = str(task["annotation_id"])
+    reprs, actions = task.get("action_reprs") or [], task.get("actions") or []
+    if len(reprs) != len(actions):
+        raise ValueError(f"{len(reprs)} action_reprs for {len(actions)} actions")
+    shared_meta = {k: task.get(k) for k in ("website", "domain", "subdomain")}
+    records = []
+    for step, (action_repr, action) in enumerate(zip(reprs, actions)):
+        m = _REPR.match(action_repr.strip())
+        if not m:
+            raise ValueError(f"action_reprs[{step}] {action_repr!r} is not '[role] label -> OP'")
+        operation = action.get("operation") or {}
+        op = operation.get("op") or m["op"]
+        value = operation.get("value")
+        if value is None:
+            value = m["value"] or ""
+        candidate = _candidate(action)
+        attributes = _attributes(candidate)
+        name = element_name(m["role"], m["label"], attributes)
+        if op == "TYPE":
+            act: dict[str, Any] = {"type": "type_and_submit", "name": name, "text": value}
+        elif op == "SELECT":
+            act = {"type": "click", "name": f"{name}.{slug(value) or 'unlabeled'}"}
+        elif op == "CLICK":
+            act = {"type": "click", "name": name}
+        else:
+            raise ValueError(f"actions[{step}].operation.op {op!r} is not CLICK, TYPE or SELECT")
+        meta = {
+            **shared_meta,
+            "action_uid": action.get("action_uid"),
+            "op": op,
+            "original_op": operation.get("original_op") or op,
+            "value": value,
+            "action_repr": action_repr,
+            "target": None
+            if candidate is None
+            else {
+                "tag": candidate.get("tag"),
+                "attributes": attributes,
+                "backend_node_id": candidate.get("backend_node_id"),
+            },
+            "positive_candidates": len(action.get("pos_candidates") or []),
+        }
+        records.append(
+            ActionRecord(
+                session_id=session_id,
+                step=step,
+                context=None,
+                action=act,
+                instruction=task.get("confirmed_task"),
+                meta=meta,
+            )
+        )
+    if add_terminate:
+        records.append(
+            ActionRecord(
+                session_id=session_id,
+                step=len(records),
+                action={"type": "terminate"},
+                instruction=task.get("confirmed_task"),
+                meta={**shared_meta, "added": "terminate"},
+            )
+        )
+    return records
+
+
+def source_files(sources: Iterable[str | Path]) -> list[Path]:
+    """The JSON files named, with folders expanded to their ``*.json`` files (sorted)."""
+    files: list[Path] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.json") if p.is_file())
+            if not found:
+                raise SourceError(f"{src}: folder has no .json files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SourceError(f"{src}: no such file or folder")
+    return files
+
+
+def read_mind2web(
+    sources: Iterable[str | Path], *, add_terminate: bool = False
+) -> Iterator[ActionRecord]:
+    """Records from raw Mind2Web files or folders, session by session in file order."""
+    seen: dict[str, str] = {}
+    for path in source_files(sources):
+        try:
+            tasks = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}: not a JSON file ({exc})") from None
+        if not isinstance(tasks, list):
+            raise SourceError(f"{path}: expected a JSON list of Mind2Web tasks")
+        for i, task in enumerate(tasks):
+            where = f"{path}: task {i}"
+            if not isinstance(task, dict) or "annotation_id" not in task:
+                raise SourceError(f"{where}: not a Mind2Web task (no annotation_id)")
+            where += f" ({task['annotation_id']})"
+            if task["annotation_id"] in seen:
+                raise SourceError(
+                    f"{where}: annotation_id also in {seen[task['annotation_id']]}; "
+                    "pass each file once"
+                )
+            seen[task["annotation_id"]] = str(path)
+            try:
+                yield from convert_session(task, add_terminate=add_terminate)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SourceError(f"{where}: {exc}") from None

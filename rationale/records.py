@@ -1,0 +1,458 @@
+"""Reading and writing record files (JSONL, one `ActionRecord` per line).
+
+A file is never held in memory. `RecordFile` streams it once, validates every line, and writes an
+index of (session_id, step) -> byte offset into a **sqlite side file** under
+``$RATIONALE_HOME/index/``. Grouping a session then means one indexed query plus a few seeks, so
+sessions can arrive interleaved and unsorted. The side file is keyed by the file's absolute path,
+size, modification time and action space, so it is rebuilt when any of them changes and reused
+otherwise. Its PRIMARY KEY (session_id, step) is also what finds a repeated step.
+
+Error handling (``on_error``):
+
+- ``fail`` (default): the first bad line raises a `RecordError` naming file, line and field.
+- ``skip``: every bad line is recorded in `RecordFile.errors`, and the *whole session* of each bad
+  line is left out, so no kept step has a hole in its history. `RecordFile.skipped_sessions` lists
+  them. A line so broken that its session_id cannot be read is dropped alone, and its error says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from array import array
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from rationale.errors import DuplicateStepError, RationaleError, RecordError
+from rationale.paths import state_dir
+from rationale.schema import ActionRecord, ActionSpace
+from rationale.sessions import Step, iter_steps
+
+OnError = Literal["fail", "skip"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
+
+_INDEX_VERSION = 1
+_SHOWN = 60  # characters of a bad value quoted in an error message
+_SESSION_ID_IN_RAW = re.compile(rb'"session_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
+
+
+# -- one line -----------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _field_path(loc: tuple[Any, ...], space: ActionSpace) -> str:
+    parts = [str(p) for p in loc]
+    # pydantic puts the union member (the action type) into the location: action.click.name
+    if len(parts) > 2 and parts[0] == "action" and parts[1] in space.types:
+        del parts[1]
+    return ".".join(parts)
+
+
+def _describe(err: dict[str, Any], space: ActionSpace) -> tuple[str | None, str]:
+    """One pydantic error as (field, message with its fix)."""
+    kind, loc, value = err["type"], tuple(err["loc"]), err.get("input")
+    field = _field_path(loc, space) or None
+    types = ", ".join(space.types)
+    record_fields = ", ".join(ActionRecord.model_fields)
+    if kind == "json_invalid":
+        return None, (
+            f"not valid JSON ({err['ctx']['error']}); each line must be one complete JSON object"
+        )
+    if not loc and kind in ("model_type", "model_attributes_type", "dict_type"):
+        return None, (
+            f"is {_show(value)}, not a JSON object; each line must be one object with "
+            "session_id, step and action"
+        )
+    if kind == "union_tag_invalid":
+        return "action.type", f"action.type {_show(err['ctx']['tag'])} is not one of {types}"
+    if kind == "union_tag_not_found":
+        return "action.type", f"action.type is missing; it must be one of {types}"
+    if kind in ("dict_type", "model_type", "model_attributes_type") and field == "action":
+        return field, (
+            f'action must be an object such as {{"type": "click", "name": "..."}}, '
+            f"got {_show(value)}"
+        )
+    if kind == "missing":
+        if len(loc) > 1 and loc[0] == "action" and str(loc[1]) in space.types:
+            needed = ", ".join(space.types[str(loc[1])].fields) or "no fields"
+            return field, f"{field} is missing: a {loc[1]} action needs {needed}"
+        return field, f"{field} is missing; every record needs session_id, step and action"
+    if kind == "extra_forbidden":
+        if len(loc) > 1 and loc[0] == "action" and str(loc[1]) in space.types:
+            allowed = ", ".join(space.types[str(loc[1])].fields) or "none"
+            return field, (
+                f"{field} is not a field of {loc[1]} actions (their fields: {allowed}); "
+                "remove it or declare it in an action-space file (--action-space)"
+            )
+        return field, (
+            f"{field} is not a record field (fields: {record_fields}); "
+            "fix its spelling or move the data under meta"
+        )
+    if kind.startswith("int_") or kind == "int_type":
+        return field, f"{field} must be an integer, got {_show(value)}"
+    if kind in ("string_too_short", "string_pattern_mismatch"):
+        return field, f"{field} must not be empty"
+    if kind == "string_type":
+        return field, f"{field} must be a string, got {_show(value)}"
+    if kind == "literal_error" and field == "schema_version":
+        return field, (
+            f"schema_version {_show(value)} is not supported (this version reads 1); "
+            "upgrade rationale-distill or convert the file"
+        )
+    if kind == "dict_type" and field == "meta":
+        return field, f"meta must be a JSON object, got {_show(value)}"
+    message = err["msg"][0].lower() + err["msg"][1:]
+    if message.startswith("value error, "):
+        message = message[len("value error, ") :]
+    return field, f"{field}: {message}, got {_show(value)}"
+
+
+def _session_id_of(raw: bytes) -> str | None:
+    """Best effort: the session_id of a line that failed validation (even torn JSON)."""
+    try:
+        data = json.loads(raw)
+        value = data.get("session_id") if isinstance(data, dict) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            return str(value)
+        return None
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if match := _SESSION_ID_IN_RAW.search(raw):
+        if match.group(1) is not None:
+            try:
+                return str(json.loads(b'"' + match.group(1) + b'"'))
+            except ValueError:
+                return None
+        return match.group(2).decode()
+    return None
+
+
+def parse_record(
+    raw: bytes | str,
+    *,
+    path: str = "<input>",
+    line: int = 1,
+    space: ActionSpace | None = None,
+) -> ActionRecord:
+    """Validate one JSONL line. Raises `RecordError` naming path, line and field, never else."""
+    space = space or ActionSpace.default()
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", errors="surrogatepass")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(
+            path, line, f"is not UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
+        ) from None
+    try:
+        return space.record_model.model_validate_json(raw)
+    except ValidationError as exc:
+        described = [_describe(e, space) for e in exc.errors(include_url=False)]
+        field = described[0][0]
+        message = "; ".join(m for _, m in described)
+        raise RecordError(path, line, message, field=field, session_id=_session_id_of(raw)) from None
+    except RecursionError:
+        raise RecordError(path, line, "is nested too deeply to read") from None
+
+
+# -- a whole file ---------------------------------------------------------------------------------
+
+
+class RecordFile:
+    """A JSONL file of records, validated once and indexed by session in a sqlite side file.
+
+    >>> records = RecordFile("input.jsonl", on_error="skip")
+    >>> for step in records.steps():          # every kept step with its history
+    ...     step.record, step.history
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        space: ActionSpace | None = None,
+        on_error: OnError = "fail",
+    ) -> None:
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        self.path = Path(path)
+        self.name = os.fspath(path)  # as the user gave it: this is what error messages show
+        self.space = space or ActionSpace.default()
+        self.on_error = on_error
+        if not self.path.is_file():
+            raise RationaleError(f"{self.name}: no such file")
+        self._db = self._open_index()
+        if on_error == "fail" and (first := self._first_error()) is not None:
+            raise first
+
+    # -- index ----------------------------------------------------------------------------------
+
+    def _index_path(self) -> Path:
+        st = self.path.stat()
+        key = json.dumps(
+            [
+                _INDEX_VERSION,
+                str(self.path.resolve()),
+                st.st_size,
+                st.st_mtime_ns,
+                self.space.declaration(),
+            ],
+            sort_keys=True,
+        )
+        folder = state_dir() / "index"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.sqlite"
+
+    def _open_index(self) -> sqlite3.Connection:
+        index = self._index_path()
+        if not index.exists():
+            tmp = index.with_suffix(f".{os.getpid()}.tmp")
+            try:
+                self._build_index(tmp)
+                os.replace(tmp, index)  # only a complete index is ever reused
+            finally:
+                tmp.unlink(missing_ok=True)
+        return sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+
+    def _build_index(self, target: Path) -> None:
+        target.unlink(missing_ok=True)
+        db = sqlite3.connect(target)
+        db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE steps (
+                session_id TEXT NOT NULL, step INTEGER NOT NULL, line INTEGER NOT NULL,
+                offset INTEGER NOT NULL, length INTEGER NOT NULL, action_type TEXT NOT NULL,
+                context_chars INTEGER, outcome TEXT,
+                PRIMARY KEY (session_id, step)) WITHOUT ROWID;
+            CREATE TABLE errors (line INTEGER NOT NULL, session_id TEXT, error TEXT NOT NULL);
+            CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT);
+            """
+        )
+        lines = 0
+        with open(self.path, "rb") as f:
+            offset = 0
+            for lines, raw in enumerate(f, start=1):
+                start, offset = offset, offset + len(raw)
+                stripped = raw.strip()
+                if not stripped:
+                    continue  # blank lines are allowed and ignored
+                try:
+                    record = parse_record(stripped, path=self.name, line=lines, space=self.space)
+                    try:
+                        db.execute(
+                            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?)",
+                            (
+                                record.session_id,
+                                record.step,
+                                lines,
+                                start,
+                                len(raw),
+                                record.action.type,
+                                None if record.context is None else len(record.context),
+                                self.space.outcome(record.action),
+                            ),
+                        )
+                    except sqlite3.IntegrityError:
+                        (first_line,) = db.execute(
+                            "SELECT line FROM steps WHERE session_id=? AND step=?",
+                            (record.session_id, record.step),
+                        ).fetchone()
+                        raise DuplicateStepError(
+                            self.name,
+                            lines,
+                            session_id=record.session_id,
+                            step=record.step,
+                            first_line=first_line,
+                        ) from None
+                except RecordError as err:
+                    if self.on_error == "fail":
+                        db.close()
+                        raise
+                    db.execute(
+                        "INSERT INTO errors VALUES (?,?,?)",
+                        (lines, err.session_id, json.dumps(_error_to_json(err))),
+                    )
+        db.execute("INSERT INTO info VALUES ('lines', ?)", (str(lines),))
+        db.commit()
+        db.close()
+
+    def _first_error(self) -> RecordError | None:
+        row = self._db.execute("SELECT error FROM errors ORDER BY line LIMIT 1").fetchone()
+        return _error_from_json(row[0], self.name) if row else None
+
+    # -- what was found -------------------------------------------------------------------------
+
+    @property
+    def errors(self) -> list[RecordError]:
+        """Every bad line, in line order (empty unless ``on_error="skip"``)."""
+        rows = self._db.execute("SELECT error FROM errors ORDER BY line")
+        return [_error_from_json(e, self.name) for (e,) in rows]
+
+    @property
+    def skipped_sessions(self) -> dict[str, list[int]]:
+        """Sessions left out because of a bad line: session_id -> every line of it left out."""
+        rows = self._db.execute(
+            """
+            SELECT session_id, line FROM errors WHERE session_id IS NOT NULL
+            UNION SELECT session_id, line FROM steps
+              WHERE session_id IN (SELECT session_id FROM errors)
+            ORDER BY 1, 2
+            """
+        )
+        out: dict[str, list[int]] = {}
+        for session_id, line in rows:
+            out.setdefault(session_id, []).append(line)
+        return out
+
+    _KEPT = "session_id NOT IN (SELECT session_id FROM errors WHERE session_id IS NOT NULL)"
+
+    def session_ids(self) -> list[str]:
+        """Kept sessions in order of their first line."""
+        rows = self._db.execute(
+            f"SELECT session_id FROM steps WHERE {self._KEPT} "
+            "GROUP BY session_id ORDER BY MIN(line)"
+        )
+        return [s for (s,) in rows]
+
+    def session(self, session_id: str) -> list[ActionRecord]:
+        """One session's records, sorted by step."""
+        rows = self._db.execute(
+            "SELECT line, offset, length FROM steps WHERE session_id=? ORDER BY step",
+            (session_id,),
+        ).fetchall()
+        out = []
+        with open(self.path, "rb") as f:
+            for line, offset, length in rows:
+                f.seek(offset)
+                out.append(
+                    parse_record(f.read(length).strip(), path=self.name, line=line, space=self.space)
+                )
+        return out
+
+    def sessions(self) -> Iterator[list[ActionRecord]]:
+        """Every kept session, each sorted by step."""
+        for session_id in self.session_ids():
+            yield self.session(session_id)
+
+    def steps(self, *, with_rationales: bool = False) -> Iterator[Step]:
+        """Every kept step with its history (`rationale.sessions.build_history`)."""
+        for session in self.sessions():
+            yield from iter_steps(session, with_rationales=with_rationales)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts over the kept steps, for `rationale validate`."""
+        kept = self._KEPT
+        q = self._db.execute
+        sessions, steps = q(
+            f"SELECT COUNT(DISTINCT session_id), COUNT(*) FROM steps WHERE {kept}"
+        ).fetchone()
+        action_types = dict(
+            q(
+                f"SELECT action_type, COUNT(*) FROM steps WHERE {kept} "
+                "GROUP BY action_type ORDER BY COUNT(*) DESC, action_type"
+            ).fetchall()
+        )
+        lengths = array(
+            "q",
+            (
+                n
+                for (n,) in q(
+                    f"SELECT context_chars FROM steps WHERE {kept} AND context_chars "
+                    "IS NOT NULL ORDER BY context_chars"
+                )
+            ),
+        )
+        outcomes = {"purchase": 0, "terminate": 0, "none": 0}
+        for (outcome,) in q(
+            f"""SELECT s.outcome FROM steps s JOIN
+                  (SELECT session_id, MAX(step) AS last FROM steps WHERE {kept} GROUP BY session_id) m
+                ON s.session_id = m.session_id AND s.step = m.last"""
+        ):
+            outcomes[outcome or "none"] += 1
+        (lines,) = q("SELECT value FROM info WHERE key='lines'").fetchone()
+        return {
+            "file": self.name,
+            "lines": int(lines),
+            "sessions": sessions,
+            "steps": steps,
+            "action_types": action_types,
+            "outcomes": outcomes,
+            "context_chars": _percentiles(lengths, steps),
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RecordFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _percentiles(sorted_values: array, steps: int) -> dict[str, Any]:
+    """Nearest-rank percentiles of context length in characters; nulls counted apart."""
+    n = len(sorted_values)
+    out: dict[str, Any] = {"with_context": n, "null": steps - n}
+    for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+        out[name] = sorted_values[max(0, -(-q * n // 100) - 1)] if n else None
+    out["max"] = sorted_values[-1] if n else None
+    return out
+
+
+def _error_to_json(err: RecordError) -> dict[str, Any]:
+    data = err.to_dict()
+    if isinstance(err, DuplicateStepError):
+        data |= {"duplicate": True, "step": err.step, "first_line": err.first_line}
+    return data
+
+
+def _error_from_json(text: str, name: str) -> RecordError:
+    """Rebuild a stored error; ``name`` is the file as this caller named it."""
+    d = json.loads(text)
+    if d.get("duplicate"):
+        return DuplicateStepError(
+            name, d["line"], session_id=d["session_id"], step=d["step"], first_line=d["first_line"]
+        )
+    return RecordError(name, d["line"], d["message"], field=d["field"], session_id=d["session_id"])
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def write_records(path: str | os.PathLike[str], records: Iterable[ActionRecord]) -> int:
+    """Write records as JSONL, atomically: a crash leaves the old file or none, never half."""
+    import jsonlines
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            writer = jsonlines.Writer(f, compact=True, dumps=_dumps)
+            for record in records:
+                writer.write(record.dump())
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
