@@ -35,11 +35,17 @@ class _Group(click.Group):
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 output_option = click.option(
-    "-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False),
     help="File to write (written atomically: a crash leaves no half file).",
 )
 action_space_option = click.option(
-    "--action-space", "action_space", type=click.Path(exists=True, dir_okay=False),
+    "--action-space",
+    "action_space",
+    type=click.Path(exists=True, dir_okay=False),
     help="TOML file declaring the action types (default: click, type_and_submit, terminate).",
 )
 
@@ -77,11 +83,23 @@ def import_mind2web(sources: tuple[str, ...], output: str, add_terminate: bool) 
 @import_.command("opera")
 @click.argument("source", type=click.Path(exists=True))
 @output_option
-@click.option("--sessions", "sessions", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="OPeRA session rows (session_id, user_id) giving each session its user_id.")
-@click.option("--users", "users", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="OPeRA user rows (user_id, survey) giving each user a persona.")
-def import_opera(source: str, output: str, sessions: tuple[str, ...], users: tuple[str, ...]) -> None:
+@click.option(
+    "--sessions",
+    "sessions",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="OPeRA session rows (session_id, user_id) giving each session its user_id.",
+)
+@click.option(
+    "--users",
+    "users",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="OPeRA user rows (user_id, survey) giving each user a persona.",
+)
+def import_opera(
+    source: str, output: str, sessions: tuple[str, ...], users: tuple[str, ...]
+) -> None:
     """Import OPeRA action records (a JSONL/parquet file, or a folder of them)."""
     from rationale.importers.opera import read_opera
     from rationale.records import write_records
@@ -153,7 +171,11 @@ def _validate_text(stats: dict[str, Any]) -> str:
 
 
 on_error_option = click.option(
-    "--on-error", "on_error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    "--on-error",
+    "on_error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
     help="fail: stop at the first bad line. skip: leave out the whole session of each bad line "
     "and report every line and session left out.",
 )
@@ -184,8 +206,11 @@ def open_records(file: str, *, on_error: str, action_space: str | None = None) -
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--session", "session_ids", multiple=True, help="Only this session (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many steps.")
-@click.option("--history-rationales", is_flag=True,
-              help="Add earlier steps' rationales to the history (the paper's setting).")
+@click.option(
+    "--history-rationales",
+    is_flag=True,
+    help="Add earlier steps' rationales to the history (the paper's setting).",
+)
 @on_error_option
 @action_space_option
 def steps(

@@ -46,7 +46,8 @@ _SESSION_ID_IN_RAW = re.compile(rb'"session_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, bytes) else repr(value)
+    # Strings as 'text' (like the issue's example), everything else as JSON.
+    text = repr(value) if isinstance(value, (str, bytes)) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
@@ -160,7 +161,9 @@ def parse_record(
         described = [_describe(e, space) for e in exc.errors(include_url=False)]
         field = described[0][0]
         message = "; ".join(m for _, m in described)
-        raise RecordError(path, line, message, field=field, session_id=_session_id_of(raw)) from None
+        raise RecordError(
+            path, line, message, field=field, session_id=_session_id_of(raw)
+        ) from None
     except RecursionError:
         raise RecordError(path, line, "is nested too deeply to read") from None
 
@@ -337,7 +340,9 @@ class RecordFile:
             for line, offset, length in rows:
                 f.seek(offset)
                 out.append(
-                    parse_record(f.read(length).strip(), path=self.name, line=line, space=self.space)
+                    parse_record(
+                        f.read(length).strip(), path=self.name, line=line, space=self.space
+                    )
                 )
         return out
 
@@ -377,7 +382,8 @@ class RecordFile:
         outcomes = {"purchase": 0, "terminate": 0, "none": 0}
         for (outcome,) in q(
             f"""SELECT s.outcome FROM steps s JOIN
-                  (SELECT session_id, MAX(step) AS last FROM steps WHERE {kept} GROUP BY session_id) m
+                  (SELECT session_id, MAX(step) AS last FROM steps WHERE {kept}
+                   GROUP BY session_id) m
                 ON s.session_id = m.session_id AND s.step = m.last"""
         ):
             outcomes[outcome or "none"] += 1

@@ -51,9 +51,7 @@ def build_history(
     )
 
 
-def iter_steps(
-    session: Sequence[ActionRecord], *, with_rationales: bool = False
-) -> Iterator[Step]:
+def iter_steps(session: Sequence[ActionRecord], *, with_rationales: bool = False) -> Iterator[Step]:
     """Each step of one session, in step order, with its history."""
     ordered = sorted(session, key=lambda r: r.step)
     for i, record in enumerate(ordered):
@@ -63,7 +61,7 @@ def iter_steps(
 def session_outcome(
     session: Sequence[ActionRecord], space: ActionSpace | None = None
 ) -> Outcome | None:
-    """``purchase``, ``terminate`` or None, from the session's last action (`ActionSpace.outcome`)."""
+    """``purchase``, ``terminate`` or None, from the last action (see `ActionSpace.outcome`)."""
     if not session:
         return None
     last = max(session, key=lambda r: r.step)

@@ -29,10 +29,21 @@ from rationale.schema import ActionRecord
 #: Attributes tried, in order, when the visible label is empty. The first four are the ones the
 #: Mind2Web convention names (id, aria-label, name, placeholder); title, alt and value follow,
 #: then the first CSS class; an element with none of them is ``unlabeled``.
-LABEL_FALLBACK_ATTRIBUTES = ("id", "aria_label", "aria-label", "name", "placeholder", "title", "alt", "value")
+LABEL_FALLBACK_ATTRIBUTES = (
+    "id",
+    "aria_label",
+    "aria-label",
+    "name",
+    "placeholder",
+    "title",
+    "alt",
+    "value",
+)
 MAX_SLUG = 60
 
-_REPR = re.compile(r"^\[(?P<role>[^\]]*)\]\s*(?P<label>.*?)\s*->\s*(?P<op>[A-Z]+)(?::\s?(?P<value>.*))?$", re.S)
+_REPR = re.compile(
+    r"^\[(?P<role>[^\]]*)\]\s*(?P<label>.*?)\s*->\s*(?P<op>[A-Z]+)(?::\s?(?P<value>.*))?$", re.S
+)
 
 
 def slug(text: str) -> str:
@@ -87,7 +98,7 @@ def convert_session(task: dict[str, Any], *, add_terminate: bool = False) -> lis
         raise ValueError(f"{len(reprs)} action_reprs for {len(actions)} actions")
     shared_meta = {k: task.get(k) for k in ("website", "domain", "subdomain")}
     records = []
-    for step, (action_repr, action) in enumerate(zip(reprs, actions)):
+    for step, (action_repr, action) in enumerate(zip(reprs, actions, strict=True)):
         m = _REPR.match(action_repr.strip())
         if not m:
             raise ValueError(f"action_reprs[{step}] {action_repr!r} is not '[role] label -> OP'")

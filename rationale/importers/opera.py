@@ -6,14 +6,15 @@ user rows (user_id, survey). The mapping:
 
 - ``action_type`` click / input / terminate -> ``click`` / ``type_and_submit`` / ``terminate``;
   ``semantic_id`` is the target ``name``, ``input_text`` the typed ``text``.
-- ``simplified_html`` -> ``context`` (empty -> null); ``rationale`` -> ``rationale`` (empty -> null).
+- ``simplified_html`` -> ``context``, ``rationale`` -> ``rationale`` (empty strings -> null).
 - steps are numbered from 0 within a session, ordered by ``timestamp`` (numbers, then ISO times,
   else text), then ``action_id``, then source order.
 - ``user_id`` comes from the session rows, ``persona`` from that user's ``survey`` (parsed as JSON
   when it is JSON); every other field is kept unchanged in ``meta``.
 
 The file is read twice (once for the ordering keys, once to convert), so it is never held in
-memory; rows are written in source order and `rationale.records.RecordFile` groups them.
+memory; rows are written in source order and `rationale.records.RecordFile` groups
+them.
 """
 
 from __future__ import annotations
@@ -156,25 +157,30 @@ def read_opera(
 
     # Pass 1: only the ordering keys, to number steps within each session.
     keys: list[tuple[str, tuple[Any, ...]]] = []
-    for index, (where, row) in enumerate(
-        r for f in action_files for r in _rows(f, _KEY_COLUMNS)
-    ):
+    for index, (where, row) in enumerate(r for f in action_files for r in _rows(f, _KEY_COLUMNS)):
         session_id = _text(row.get("session_id")).strip()
         if not session_id:
             raise SourceError(f"{where}: session_id is empty; every action row needs one")
-        keys.append((session_id, (_time_key(row.get("timestamp")), _id_key(row.get("action_id")), index)))
-    order = sorted(range(len(keys)), key=lambda i: (keys[i][0], keys[i][1]))
-    step_of = [0] * len(keys)
-    previous, step = None, 0
-    for i in order:
-        step = step + 1 if keys[i][0] == previous else 0
-        previous = keys[i][0]
-        step_of[i] = step
-    del keys, order
+        keys.append(
+            (session_id, (_time_key(row.get("timestamp")), _id_key(row.get("action_id")), index))
+        )
+    step_of = _number_steps(keys)
+    del keys
 
     # Pass 2: convert in source order.
     for index, (where, row) in enumerate(r for f in action_files for r in _rows(f)):
         yield _convert(row, step_of[index], where, user_of, persona_of)
+
+
+def _number_steps(keys: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """Step numbers (from 0 within each session) for rows given as (session_id, sort key)."""
+    step_of = [0] * len(keys)
+    previous, step = None, 0
+    for i in sorted(range(len(keys)), key=keys.__getitem__):
+        step = step + 1 if keys[i][0] == previous else 0
+        previous = keys[i][0]
+        step_of[i] = step
+    return step_of
 
 
 def _convert(

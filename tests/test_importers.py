@@ -1,0 +1,233 @@
+"""The Mind2Web and OPeRA importers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import EXAMPLES, FIXTURES, SHARED_MIND2WEB
+
+from rationale import RecordFile, SourceError, read_mind2web, read_opera
+from rationale.importers.mind2web import convert_session, element_name, slug
+from rationale.records import write_records
+
+RAW_SAMPLE = EXAMPLES / "mind2web" / "raw_shopping_sample.json"
+OPERA = FIXTURES / "opera"
+
+
+def _task(*steps: tuple[str, dict], task_id: str = "t1") -> dict:
+    """A raw Mind2Web task from (action_repr, action) pairs."""
+    return {
+        "website": "shop",
+        "domain": "Shopping",
+        "subdomain": "General",
+        "annotation_id": task_id,
+        "confirmed_task": "Buy a hat",
+        "action_reprs": [r for r, _ in steps],
+        "actions": [a for _, a in steps],
+    }
+
+
+def _action(op: str, value: str = "", *candidates: dict, original_op: str | None = None) -> dict:
+    return {
+        "action_uid": f"uid-{op}-{value}",
+        "raw_html": "",
+        "cleaned_html": "",
+        "operation": {"op": op, "original_op": original_op or op, "value": value},
+        "pos_candidates": list(candidates),
+        "neg_candidates": [],
+    }
+
+
+def _cand(tag: str, original: bool = True, **attrs: str) -> dict:
+    return {
+        "tag": tag,
+        "attributes": json.dumps(attrs),
+        "is_original_target": original,
+        "is_top_level_target": True,
+        "backend_node_id": attrs.get("backend_node_id", "1"),
+    }
+
+
+def test_slug_rules() -> None:
+    assert slug("Shop by Category") == "shop_by_category"
+    assert slug("  Price: Low -> High!! ") == "price_low_high"
+    assert slug("Größe") == "grösse"  # case folding, as in normalize_name
+    assert slug("ＴＶ & Audio") == "tv_audio"
+    assert slug("...") == ""
+    assert len(slug("x" * 200)) == 60
+
+
+def test_element_name_falls_back_in_documented_order() -> None:
+    assert element_name("link", "Shop by Category", {"id": "nav"}) == "link.shop_by_category"
+    assert element_name("svg", "", {"id": "close-btn", "aria_label": "Close"}) == "svg.close_btn"
+    assert element_name("button", "", {"aria_label": "Close dialog"}) == "button.close_dialog"
+    assert element_name("input", "", {"name": "q", "placeholder": "Search"}) == "input.q"
+    assert element_name("input", "", {"placeholder": "Search"}) == "input.search"
+    assert element_name("img", "", {"alt": "Logo", "class": "a b"}) == "img.logo"
+    assert element_name("svg", "", {"class": "MuiSvgIcon-root css-1"}) == "svg.muisvgicon_root"
+    assert element_name("svg", "", {}) == "svg.unlabeled"
+    assert element_name("", "Go", {}) == "element.go"
+
+
+def test_mapping_of_each_operation() -> None:
+    task = _task(
+        ("[link]  Shop by Category -> CLICK", _action("CLICK", "", _cand("a"))),
+        ("[textbox]  Search -> TYPE: red  hat", _action("TYPE", "red  hat", _cand("input"))),
+        (
+            "[combobox]  Sort by -> SELECT: Price: Low to High",
+            _action("SELECT", "Price: Low to High", _cand("select", id="sort")),
+        ),
+        ("[span]  Menu -> HOVER", _action("CLICK", "", _cand("span"), original_op="HOVER")),
+        (
+            "[svg]   -> CLICK",
+            _action(
+                "CLICK",
+                "",
+                _cand("svg", original=False, id="wrong"),
+                _cand("svg", original=True, id="right"),
+            ),
+        ),
+        ("[button]   -> CLICK", _action("CLICK", "")),
+    )
+    records = convert_session(task)
+    assert [r.step for r in records] == list(range(6))
+    assert [r.action.model_dump() for r in records] == [
+        {"type": "click", "name": "link.shop_by_category"},
+        {"type": "type_and_submit", "name": "textbox.search", "text": "red  hat"},
+        {"type": "click", "name": "combobox.sort_by.price_low_to_high"},
+        {"type": "click", "name": "span.menu"},
+        {"type": "click", "name": "svg.right"},  # the original target wins
+        {"type": "click", "name": "button.unlabeled"},  # no candidate, no label
+    ]
+    assert all(r.instruction == "Buy a hat" and r.context is None for r in records)
+    assert records[3].meta["original_op"] == "HOVER" and records[3].meta["op"] == "CLICK"
+    assert records[4].meta["target"]["attributes"] == {"id": "right"}
+    assert records[4].meta["positive_candidates"] == 2
+    assert records[5].meta["target"] is None
+    assert records[0].meta["website"] == "shop"
+    with_end = convert_session(task, add_terminate=True)
+    assert with_end[-1].action.model_dump() == {"type": "terminate"} and with_end[-1].step == 6
+
+
+def test_bad_source_names_file_and_task(tmp_path: Path) -> None:
+    bad = _task(("[link]  X -> CLICK", _action("DRAG")))
+    path = tmp_path / "train_x.json"
+    path.write_text(json.dumps([bad]))
+    with pytest.raises(SourceError, match=r"train_x.json: task 0 \(t1\): .*DRAG"):
+        list(read_mind2web([path]))
+    path.write_text("{not json")
+    with pytest.raises(SourceError, match="not a JSON file"):
+        list(read_mind2web([path]))
+    with pytest.raises(SourceError, match="also in"):
+        list(read_mind2web([RAW_SAMPLE, RAW_SAMPLE]))
+
+
+def test_shipped_example_is_the_importers_output(tmp_path: Path) -> None:
+    out = tmp_path / "sample.jsonl"
+    n = write_records(out, read_mind2web([RAW_SAMPLE]))
+    shipped = EXAMPLES / "mind2web" / "shopping_sample.jsonl"
+    assert out.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8")
+    with RecordFile(shipped) as records:
+        stats = records.stats()
+    assert stats["steps"] == n == 169 and stats["sessions"] == 16
+    assert stats["action_types"]["type_and_submit"] > 0
+
+
+@pytest.mark.skipif(not SHARED_MIND2WEB.is_dir(), reason="../shared/data/mind2web is absent")
+def test_all_shared_mind2web_files_give_900_sessions_and_6918_steps(tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    write_records(out, read_mind2web([SHARED_MIND2WEB]))
+    with RecordFile(out) as records:
+        stats = records.stats()
+    assert (stats["sessions"], stats["steps"]) == (900, 6918)
+    assert stats["action_types"] == {"click": 6080, "type_and_submit": 838}
+    out2 = tmp_path / "terminated.jsonl"
+    write_records(
+        out2, read_mind2web(sorted(SHARED_MIND2WEB.glob("train_*.json")), add_terminate=True)
+    )
+    with RecordFile(out2) as records:
+        stats = records.stats()
+    assert stats["steps"] == 6918 + 900 and stats["outcomes"]["terminate"] == 900
+
+
+def _check_opera(records: list) -> None:
+    by_key = {(r.session_id, r.step): r for r in records}
+    assert sorted(by_key) == [("sA", 0), ("sA", 1), ("sA", 2), ("sB", 0), ("sB", 1)]
+    a0, a1, a2 = by_key["sA", 0], by_key["sA", 1], by_key["sA", 2]
+    assert a0.action.model_dump() == {
+        "type": "type_and_submit",
+        "name": "search_bar.input",
+        "text": "columbia  shirt",
+    }
+    assert a1.action.model_dump() == {
+        "type": "click",
+        "name": "search_results.columbia_shirt.view_product",
+    }
+    assert a2.action.model_dump() == {"type": "click", "name": "product.buy_now"}
+    assert a1.rationale == "This one has good reviews." and a0.rationale is None
+    assert a1.context.startswith("<html>")
+    assert a1.meta["click_type"] == "product_link" and a1.meta["action_id"] == "2"
+    assert set(a1.meta) == {
+        "action_id",
+        "timestamp",
+        "click_type",
+        "mouse_position",
+        "element_meta",
+        "url",
+        "window_size",
+        "page_meta",
+        "products",
+        "image",
+    }
+    assert by_key["sB", 1].action.model_dump() == {"type": "terminate"}
+
+
+def test_opera_jsonl_with_sessions_and_users() -> None:
+    records = list(
+        read_opera(
+            OPERA / "actions.jsonl",
+            sessions=[OPERA / "sessions.jsonl"],
+            users=[OPERA / "users.jsonl"],
+        )
+    )
+    _check_opera(records)
+    a = next(r for r in records if r.session_id == "sA")
+    b = next(r for r in records if r.session_id == "sB")
+    assert a.user_id == "u1" and a.persona == {"age": "25-34", "shopping_frequency": "weekly"}
+    assert b.user_id == "u2" and b.persona == "prefers not to say"
+    assert all(r.user_id is None for r in read_opera(OPERA / "actions.jsonl"))
+
+
+def test_opera_parquet_folder_is_classified_by_columns(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    for name in ("actions", "sessions", "users"):
+        rows = [json.loads(line) for line in (OPERA / f"{name}.jsonl").read_text().splitlines()]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"{name}_part0.parquet")
+    records = list(read_opera(tmp_path))
+    _check_opera(records)
+    assert {r.user_id for r in records} == {"u1", "u2"}
+
+
+def test_opera_bad_rows_name_file_line_and_field(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (OPERA / "actions.jsonl").read_text().splitlines()]
+    rows[2]["action_type"] = "scroll"
+    path = tmp_path / "actions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        SourceError, match=r"actions.jsonl line 3: action_type 'scroll' is not one of"
+    ):
+        list(read_opera(path))
+    rows[2]["action_type"], rows[2]["semantic_id"] = "click", ""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SourceError, match=r"line 3: semantic_id is empty"):
+        list(read_opera(path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(OPERA / "users.jsonl", empty)
+    with pytest.raises(SourceError, match=r"no \.jsonl or \.parquet file with an action_type"):
+        list(read_opera(empty))

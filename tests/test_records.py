@@ -1,0 +1,224 @@
+"""Reading record files: every error path, skip mode, grouping of unsorted lines, the index."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import record, write_lines
+
+from rationale import DuplicateStepError, RationaleError, RecordError, RecordFile, parse_record
+from rationale.records import write_records
+from rationale.schema import ActionRecord
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        (
+            json.dumps(record(action={"type": "clik", "name": "x"})),
+            "action.type",
+            "action.type 'clik' is not one of click, type_and_submit, terminate",
+        ),
+        (json.dumps(record(action={"name": "x"})), "action.type", "action.type is missing"),
+        (
+            json.dumps(record(action={"type": "type_and_submit", "name": "q"})),
+            "action.text",
+            "action.text is missing: a type_and_submit action needs name, text",
+        ),
+        (
+            json.dumps(record(action={"type": "click", "name": "x", "text": "y"})),
+            "action.text",
+            "action.text is not a field of click actions (their fields: name)",
+        ),
+        (
+            json.dumps(record(action={"type": "click", "name": ""})),
+            "action.name",
+            "must not be empty",
+        ),
+        (json.dumps(record(action="click")), "action", "action must be an object"),
+        (json.dumps(record(step="three")), "step", "step must be an integer, got 'three'"),
+        (json.dumps(record(step=2.5)), "step", "step must be an integer"),
+        (json.dumps(record(session_id=None)), "session_id", "session_id must be a string"),
+        (json.dumps(record(session_id="  ")), "session_id", "session_id must not be empty"),
+        (json.dumps(record(contxt="x")), "contxt", "move the data under meta"),
+        (json.dumps(record(meta=[1])), "meta", "meta must be a JSON object"),
+        (json.dumps(record(context=5)), "context", "context must be a string"),
+        (
+            json.dumps(record(schema_version=2)),
+            "schema_version",
+            "schema_version 2 is not supported",
+        ),
+        (
+            json.dumps({k: v for k, v in record().items() if k != "step"}),
+            "step",
+            "step is missing; every record needs session_id, step and action",
+        ),
+        ('{"session_id": "s1", "step": 1,', None, "not valid JSON"),
+        ("[1, 2]", None, "not a JSON object"),
+        ('"just a string"', None, "not a JSON object"),
+        ("null", None, "not a JSON object"),
+    ],
+)
+def test_each_bad_line_names_file_line_and_field(
+    line: str, field: str | None, message: str
+) -> None:
+    with pytest.raises(RecordError) as info:
+        parse_record(line, path="input.jsonl", line=14)
+    err = info.value
+    assert str(err).startswith("input.jsonl line 14: ")
+    assert message in str(err)
+    assert err.field == field
+    assert err.line == 14
+
+
+def test_the_issue_example_message_exactly() -> None:
+    line = json.dumps(record(action={"type": "clik", "name": "x"}))
+    with pytest.raises(RecordError) as info:
+        parse_record(line, path="input.jsonl", line=14)
+    assert str(info.value) == (
+        "input.jsonl line 14: action.type 'clik' is not one of click, type_and_submit, terminate"
+    )
+
+
+def test_non_utf8_line() -> None:
+    with pytest.raises(RecordError, match="is not UTF-8"):
+        parse_record(b'{"session_id": "\xff"}', path="f.jsonl", line=2)
+
+
+def test_a_bad_line_still_tells_its_session() -> None:
+    with pytest.raises(RecordError) as info:
+        parse_record('{"session_id": "s\\"7", "step": 1, "action": {"type": "clik"}}', line=1)
+    assert info.value.session_id == 's"7'
+    with pytest.raises(RecordError) as torn:
+        parse_record('{"session_id": "s8", "step": 1, "action": {"ty', line=1)
+    assert torn.value.session_id == "s8"
+
+
+def _records_file(tmp_path: Path, lines: list[object]) -> Path:
+    return write_lines(tmp_path / "input.jsonl", lines)
+
+
+def test_unsorted_interleaved_lines_group_into_sorted_sessions(tmp_path: Path) -> None:
+    path = _records_file(
+        tmp_path,
+        [
+            record("b", 2, action={"type": "terminate"}),
+            record("a", 5),
+            "",
+            record("b", 0),
+            record("a", 1, action={"type": "type_and_submit", "name": "q", "text": "hat"}),
+            "   ",
+            record("b", 1),
+        ],
+    )
+    with RecordFile(path) as records:
+        assert records.session_ids() == ["b", "a"]  # order of first appearance
+        assert [r.step for r in records.session("b")] == [0, 1, 2]
+        steps = list(records.steps())
+        assert [(s.record.session_id, s.record.step) for s in steps] == [
+            ("b", 0),
+            ("b", 1),
+            ("b", 2),
+            ("a", 1),
+            ("a", 5),
+        ]
+        assert [h.step for h in steps[2].history] == [0, 1]
+        assert steps[4].history[0].action == {"type": "type_and_submit", "name": "q", "text": "hat"}
+        stats = records.stats()
+    assert stats["sessions"] == 2 and stats["steps"] == 5 and stats["lines"] == 7
+    assert stats["action_types"] == {"click": 3, "terminate": 1, "type_and_submit": 1}
+    assert stats["outcomes"] == {"purchase": 0, "terminate": 1, "none": 1}
+
+
+def test_duplicate_step_fails_naming_both_lines(tmp_path: Path) -> None:
+    path = _records_file(tmp_path, [record("a", 0), record("a", 1), record("a", 0)])
+    with pytest.raises(DuplicateStepError) as info:
+        RecordFile(path)
+    assert str(info.value).startswith(f"{path} line 3: session 'a' step 0 repeats line 1")
+    assert info.value.first_line == 1
+
+
+def test_fail_mode_raises_first_bad_line(tmp_path: Path) -> None:
+    path = _records_file(
+        tmp_path, [record("a", 0), record("a", 1, action={"type": "clik"}), "{oops"]
+    )
+    with pytest.raises(RecordError, match=r"line 2: action.type 'clik'"):
+        RecordFile(path)
+
+
+def test_skip_mode_drops_whole_sessions_and_reports_every_line(tmp_path: Path) -> None:
+    path = _records_file(
+        tmp_path,
+        [
+            record("good", 0),
+            record("bad", 0),
+            {**record("bad", 1), "step": "x"},  # bad step: its session is dropped
+            record("good", 1),
+            record("bad", 2),
+            record("dup", 0),
+            record("dup", 0),  # duplicate: session dropped too
+            '{"session_id": "torn", "step": 3, "act',  # torn line: session read from raw text
+            record("torn", 1),
+            "not json at all",  # no session: dropped alone
+        ],
+    )
+    with RecordFile(path, on_error="skip") as records:
+        assert records.session_ids() == ["good"]
+        assert [e.line for e in records.errors] == [3, 7, 8, 10]
+        assert records.skipped_sessions == {"bad": [2, 3, 5], "dup": [6, 7], "torn": [8, 9]}
+        assert records.errors[3].session_id is None
+        assert sum(1 for _ in records.steps()) == 2
+        assert records.stats()["steps"] == 2
+
+
+def test_index_is_reused_and_rebuilt_when_the_file_changes(
+    tmp_path: Path, rationale_home: Path
+) -> None:
+    path = _records_file(tmp_path, [record("a", 0)])
+    RecordFile(path).close()
+    indexes = list((rationale_home / "index").glob("*.sqlite"))
+    assert len(indexes) == 1
+    before = indexes[0].stat().st_mtime_ns
+    RecordFile(path).close()
+    assert indexes[0].stat().st_mtime_ns == before  # reused
+    write_lines(path, [record("a", 0), record("a", 1)])
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    with RecordFile(path) as records:
+        assert records.stats()["steps"] == 2
+
+
+def test_errors_use_the_name_the_caller_gave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _records_file(tmp_path, [record("a", 0, action={"type": "clik"})])
+    RecordFile(path, on_error="skip").close()  # builds and keeps the index
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecordError) as info:
+        RecordFile("input.jsonl")  # reuses it under another name
+    assert str(info.value).startswith("input.jsonl line 1: ")
+
+
+def test_missing_file_is_a_package_error(tmp_path: Path) -> None:
+    with pytest.raises(RationaleError, match="no such file"):
+        RecordFile(tmp_path / "nope.jsonl")
+
+
+def test_write_records_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "out.jsonl"
+    recs = [ActionRecord.model_validate(record("s", i, meta={"i": i})) for i in range(3)]
+    assert write_records(out, recs) == 3
+    with RecordFile(out) as records:
+        assert records.session("s") == recs
+
+    def exploding():
+        yield recs[0]
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_records(out, exploding())
+    with RecordFile(out) as records:  # the old file is intact, no temp file left behind
+        assert records.session("s") == recs
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.jsonl"]
