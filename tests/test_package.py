@@ -68,5 +68,6 @@ def test_prompts_are_found() -> None:
 )
 def test_tests_run_against_the_installed_wheel() -> None:
     package = Path(rationale.__file__).resolve().parent
-    assert ROOT not in package.parents, f"tests imported the source tree at {package}"
+    assert package != ROOT / "rationale", f"tests imported the source tree at {package}"
+    assert "site-packages" in package.parts
     assert prompts_dir() == package / "prompts"  # shipped inside the wheel
