@@ -201,20 +201,14 @@ class RecordFile:
     # -- index ----------------------------------------------------------------------------------
 
     def _index_path(self) -> Path:
+        """``<hash of the path>-<hash of size, mtime, action space>.sqlite``."""
         st = self.path.stat()
-        key = json.dumps(
-            [
-                _INDEX_VERSION,
-                str(self.path.resolve()),
-                st.st_size,
-                st.st_mtime_ns,
-                self.space.declaration(),
-            ],
-            sort_keys=True,
+        version = json.dumps(
+            [_INDEX_VERSION, st.st_size, st.st_mtime_ns, self.space.declaration()], sort_keys=True
         )
         folder = state_dir() / "index"
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.sqlite"
+        return folder / f"{_digest(str(self.path.resolve()))}-{_digest(version)}.sqlite"
 
     def _open_index(self) -> sqlite3.Connection:
         index = self._index_path()
@@ -225,6 +219,11 @@ class RecordFile:
                 os.replace(tmp, index)  # only a complete index is ever reused
             finally:
                 tmp.unlink(missing_ok=True)
+            # Indexes of earlier versions of this file are stale: remove them.
+            path_key = index.name.split("-")[0]
+            for stale in index.parent.glob(f"{path_key}-*.sqlite"):
+                if stale != index:
+                    stale.unlink(missing_ok=True)
         return sqlite3.connect(f"file:{index}?mode=ro", uri=True)
 
     def _build_index(self, target: Path) -> None:
@@ -416,6 +415,10 @@ def _percentiles(sorted_values: array, steps: int) -> dict[str, Any]:
         out[name] = sorted_values[max(0, -(-q * n // 100) - 1)] if n else None
     out["max"] = sorted_values[-1] if n else None
     return out
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _error_to_json(err: RecordError) -> dict[str, Any]:

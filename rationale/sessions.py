@@ -41,21 +41,26 @@ def build_history(
     later steps, which are ignored).
     """
     earlier = sorted((r for r in session if r.step < step), key=lambda r: r.step)
-    return tuple(
-        HistoryEntry(
-            step=r.step,
-            action=r.action.model_dump(),
-            rationale=r.rationale if with_rationales else None,
-        )
-        for r in earlier
-    )
+    return tuple(_entry(r, with_rationales) for r in earlier)
 
 
 def iter_steps(session: Sequence[ActionRecord], *, with_rationales: bool = False) -> Iterator[Step]:
-    """Each step of one session, in step order, with its history."""
+    """Each step of one session, in step order, with its history (as `build_history` defines it).
+
+    Entries are built once per session and shared, so a session of n steps costs O(n) entries.
+    """
     ordered = sorted(session, key=lambda r: r.step)
+    entries = tuple(_entry(r, with_rationales) for r in ordered)
     for i, record in enumerate(ordered):
-        yield Step(record, build_history(ordered[:i], record.step, with_rationales=with_rationales))
+        yield Step(record, entries[:i])
+
+
+def _entry(record: ActionRecord, with_rationales: bool) -> HistoryEntry:
+    return HistoryEntry(
+        step=record.step,
+        action=record.action.model_dump(),
+        rationale=record.rationale if with_rationales else None,
+    )
 
 
 def session_outcome(

@@ -188,6 +188,7 @@ def test_index_is_reused_and_rebuilt_when_the_file_changes(
     os.utime(path, ns=(before + 10**9, before + 10**9))
     with RecordFile(path) as records:
         assert records.stats()["steps"] == 2
+    assert len(list((rationale_home / "index").glob("*.sqlite"))) == 1  # the stale one is gone
 
 
 def test_errors_use_the_name_the_caller_gave(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from rationale import ActionRecord, ActionSpace, ConfigError, build_history, session_outcome
 from rationale.schema import SCHEMA_VERSION, normalize_name, normalize_text
+from rationale.sessions import iter_steps
 
 SPACE = ActionSpace.default()
 
@@ -206,6 +207,11 @@ def test_history_is_earlier_actions_in_step_order() -> None:
     with_r = build_history(shuffled, 12, with_rationales=True)
     assert [h.rationale for h in with_r] == ["I look.", None, "I pick."]
     assert build_history(shuffled, 3) == ()
+    for flag in (False, True):  # iter_steps derives exactly what build_history defines
+        steps = list(iter_steps(shuffled, with_rationales=flag))
+        assert [s.record.step for s in steps] == [3, 7, 9]
+        for s in steps:
+            assert s.history == build_history(shuffled, s.record.step, with_rationales=flag)
 
 
 @pytest.mark.parametrize(
