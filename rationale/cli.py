@@ -29,7 +29,8 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             # A file we could not read or write: the OS message names it.
-            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -99,7 +99,7 @@ def _describe(err: dict[str, Any], space: ActionSpace) -> tuple[str | None, str]
             f"{field} is not a record field (fields: {record_fields}); "
             "fix its spelling or move the data under meta"
         )
-    if kind.startswith("int_") or kind == "int_type":
+    if kind.startswith("int_"):
         return field, f"{field} must be an integer, got {_show(value)}"
     if kind in ("string_too_short", "string_pattern_mismatch"):
         return field, f"{field} must not be empty"
@@ -196,6 +196,7 @@ class RecordFile:
             raise RationaleError(f"{self.name}: no such file")
         self._db = self._open_index()
         if on_error == "fail" and (first := self._first_error()) is not None:
+            self._db.close()
             raise first
 
     # -- index ----------------------------------------------------------------------------------
