@@ -244,5 +244,193 @@ def steps(
                 count += 1
 
 
+@main.command()
+@click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.",
+)
+@click.option(
+    "--teacher",
+    default="local",
+    show_default=True,
+    help="A litellm model string (openai/gpt-4o-mini, anthropic/..., hosted_vllm/...) "
+    "or 'local' (SmolLM2-135M in-process, no key; 'local:PATH' for another model).",
+)
+@click.option("--api-base", help="An OpenAI-compatible endpoint for the teacher.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Requests in flight.",
+)
+@click.option("--rpm", type=click.IntRange(min=1), help="At most this many requests a minute.")
+@click.option(
+    "--tpm",
+    type=click.IntRange(min=1),
+    help="At most this many tokens a minute (prompt + max completion).",
+)
+@click.option(
+    "--template",
+    help="A shipped template name (web_shopping, generic) or a .jinja "
+    "file or a folder with template.jinja.  [default: web_shopping]",
+)
+@click.option(
+    "--max-context-tokens",
+    type=click.IntRange(min=16),
+    default=6000,
+    show_default=True,
+    help="Cut longer contexts (around the acted-on element when found).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N steps (session order).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Completion cap per request (also the worst case --max-cost reserves).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Render everything, print the token and cost estimate, call nothing.",
+)
+@click.option("--max-cost", type=click.FloatRange(min=0), help="USD budget of this invocation.")
+@click.option("--retry-failed", is_flag=True, help="Retry the records in failed.jsonl.")
+@click.option(
+    "--history-rationales",
+    is_flag=True,
+    help="Add earlier steps' rationales to the history (the paper's setting).",
+)
+@on_error_option
+@action_space_option
+def synth(input_file: str, **flags: Any) -> None:
+    """Ask a teacher why each recorded action was taken; results stream to a run folder."""
+    from rationale.synth import SynthConfig, run_synth
+
+    config = SynthConfig(input=input_file, **flags)
+    result = run_synth(config)
+    if config.dry_run:
+        click.echo(json.dumps(result, indent=2))
+        cost = result["max_cost_usd"]
+        click.echo(
+            f"dry run: {result['to_call']} calls to make ({result['cached']} cached, "
+            f"{result['already_done']} done), {result['prompt_tokens']} prompt tokens, at most "
+            f"{result['max_completion_tokens']} completion tokens, at most "
+            + (
+                f"${cost:.4f}"
+                if cost is not None
+                else "an unknown cost (model not in the price map)"
+            ),
+            err=True,
+        )
+        return
+    t = result.tally
+    cost = f"${t.cost_usd:.4f}" + (
+        f" (+{t.cost_unknown} records of unknown price)" if t.cost_unknown else ""
+    )
+    click.echo(
+        f"synth: accepted {result.counts['accepted']}, rejected {result.counts['rejected']}, "
+        f"failed {result.counts['failed']}, pending {result.pending}; this run: "
+        f"{t.requests} requests, {t.cache_hits} cached, {t.prompt_tokens}+{t.completion_tokens} "
+        f"tokens, {cost}, {result.wall_s:.1f}s -> {result.run_dir}",
+        err=True,
+    )
+    if t.context_cut_records:
+        click.echo(
+            f"synth: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
+            "records (--max-context-tokens)",
+            err=True,
+        )
+    if result.stopped:
+        click.echo(f"synth: stopped early ({result.stopped}); rerun to continue", err=True)
+
+
+@main.command()
+@click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--template", help="Template name, .jinja file or folder.  [default: web_shopping]")
+@click.option("--max-context-tokens", type=click.IntRange(min=16), default=6000, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Render the first N steps.",
+)
+@click.option(
+    "--blind",
+    is_flag=True,
+    help="Render without the action (as a verifier, training or evaluation prompt sees it).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt.")
+@click.option("--history-rationales", is_flag=True)
+@on_error_option
+@action_space_option
+def render(
+    input_file: str,
+    template: str | None,
+    max_context_tokens: int,
+    limit: int,
+    blind: bool,
+    as_json: bool,
+    history_rationales: bool,
+    on_error: str,
+    action_space: str | None,
+) -> None:
+    """Print the rendered prompts of the first steps (what the teacher would see)."""
+    from rationale.prompts import load_template, render_step
+
+    tmpl = load_template(template)
+    with open_records(input_file, on_error=on_error, action_space=action_space) as records:
+        for n, step in enumerate(records.steps(with_rationales=history_rationales)):
+            if n >= limit:
+                break
+            prompt, cut = render_step(
+                tmpl,
+                step,
+                max_context_tokens=max_context_tokens,
+                with_action=not blind,
+                action_space=records.space,
+            )
+            where = {"session_id": step.record.session_id, "step": step.record.step}
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            **where,
+                            "template": tmpl.name,
+                            "version": tmpl.version,
+                            "messages": prompt.messages,
+                            "assistant_prefix": prompt.assistant_prefix,
+                            "context_cut_tokens": cut.cut_tokens,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+                continue
+            click.echo(
+                f"=== session {where['session_id']} step {where['step']} "
+                f"({tmpl.name}@{tmpl.version}, {cut.cut_tokens} context tokens cut) ==="
+            )
+            for message in prompt.messages:
+                click.echo(f"--- {message['role']} ---\n{message['content']}")
+            if prompt.assistant_prefix:
+                click.echo(f"--- assistant (prefix) ---\n{prompt.assistant_prefix}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -6,13 +6,18 @@ boundary, which turns them into exit code 1 without a traceback) can catch them 
     RationaleError
      ├── RecordError          a bad input line: carries path, line, field
      │    └── DuplicateStepError   a repeated (session_id, step)
-     ├── ConfigError          a bad config or action-space file
-     └── SourceError          an importer's source cannot be read as that format
+     ├── ConfigError          a bad config, template or action-space file
+     ├── SourceError          an importer's source cannot be read as that format
+     └── TeacherError         a model call failed (carries its category and attempts)
+          └── FatalTeacherError    a fault no retry can fix (authentication, unknown model)
 
 Messages say what went wrong, where, and how to fix it, and never contain secrets.
 """
 
 from __future__ import annotations
+
+import os
+import re
 
 
 class RationaleError(Exception):
@@ -74,3 +79,43 @@ class DuplicateStepError(RecordError):
             field="step",
             session_id=session_id,
         )
+
+
+class TeacherError(RationaleError):
+    """A model call failed; `category` says how (rate_limit, server, timeout, connection,
+    invalid_output, bad_request, auth, not_found, other)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        category: str = "other",
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.category = category
+        self.retry_after = retry_after
+        self.attempts = attempts
+        super().__init__(redact(message))
+
+
+class FatalTeacherError(TeacherError):
+    """A fault every later request would hit too: the run stops instead of failing each record."""
+
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)S?$|^AWS_SESSION", re.IGNORECASE)
+_BEARER = re.compile(
+    r"(Bearer\s+|api[_-]?key[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9._\-]{8,})", re.IGNORECASE
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret-looking environment value and bearer token replaced.
+
+    Applied to every error message the tool stores or prints, so API keys never reach a log,
+    an output file or an exception message.
+    """
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "[redacted]")
+    return _BEARER.sub(lambda m: m.group(1) + "[redacted]", text)

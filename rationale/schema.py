@@ -326,6 +326,14 @@ class ActionSpace:
         return None
 
 
+class Rationale(BaseModel):
+    """The teacher's structured answer: the rationale alone (the teacher is told the action)."""
+
+    rationale: str = Field(
+        description="One short first-person sentence: why the person took the action, then."
+    )
+
+
 class HistoryEntry(BaseModel):
     """One earlier step as later steps see it: its action and, optionally, its rationale."""
 
@@ -392,3 +400,58 @@ ActionRecord.model_rebuild(_types_namespace={"_DEFAULT_ACTION": Action})
 Click = _default_space().models["click"]
 TypeAndSubmit = _default_space().models["type_and_submit"]
 Terminate = _default_space().models["terminate"]
+
+
+# -- synthesis outputs --------------------------------------------------------------------------
+
+SynthState = Literal["accepted", "rejected", "failed"]
+
+
+class Provenance(BaseModel):
+    """Where a rationale came from: enough to repeat or audit the call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str
+    template: str
+    template_version: str
+    prompt_hash: str
+    seed: int
+    sample: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+    cached: bool = False
+
+
+class SynthError(BaseModel):
+    """Why a record failed, after retries: the error class and its (redacted) message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    category: str
+    message: str
+
+
+class SynthRecord(BaseModel):
+    """One line of a run's accepted/rejected/failed file: one input record and its outcome.
+
+    ``record`` is the input line unchanged (a dict, so custom action spaces round-trip).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    state: SynthState
+    record: dict[str, Any]
+    rationale: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    error: SynthError | None = None
+    provenance: Provenance | None = None
+    context_cut_tokens: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (str(self.record["session_id"]), int(self.record["step"]))

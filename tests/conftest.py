@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# litellm would fetch its price map from the network at import time without this.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +19,12 @@ def rationale_home(
     home = tmp_path_factory.mktemp("rationale_home")
     monkeypatch.setenv("RATIONALE_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def openai_server():
+    """A started local OpenAI chat-completions server (tests/openai_server.py), stopped after."""
+    from openai_server import ScriptedServer
+
+    with ScriptedServer() as server:
+        yield server

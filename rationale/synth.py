@@ -1,0 +1,648 @@
+"""`rationale synth`: render each step, ask the teacher why, and sort the answers into a run folder.
+
+A run folder (``-o RUN_DIR``) holds:
+
+- ``accepted.jsonl``, ``rejected.jsonl``, ``failed.jsonl``: one `SynthRecord` line per input record,
+  in exactly one of the three files, appended and flushed as results arrive;
+- ``run.json``: the resolved config, counts per state, tokens, cost (this invocation and all of
+  them), wall time;
+- ``ledger.jsonl``: one line per paid request group (tokens, cost), so the cumulative cost
+  survives a killed process.
+
+Resuming is the default: rerunning the same command skips every record already in one of the
+three files, and answers already paid for come from the response cache (`rationale.cache`), so a
+rerun makes no call for them. A line torn by a kill is cut off before anything is read.
+``--retry-failed`` moves the failed records back to the queue (with their original history).
+
+``--max-cost`` is the budget of one invocation: before each request the worst case it could cost
+(its prompt plus ``max_tokens`` of completion) is reserved, and no request starts that could take
+spent + reserved over the budget. The run then stops cleanly; a rerun continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rationale.errors import FatalTeacherError, RationaleError, TeacherError, redact
+from rationale.schema import SCHEMA_VERSION, Provenance, SynthError, SynthRecord
+
+STATES = ("accepted", "rejected", "failed")
+
+
+class SynthConfig(BaseModel):
+    """Everything that decides a synthesis run; saved resolved in run.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+    teacher: str = "local"
+    api_base: str | None = None
+    concurrency: int = Field(16, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    template: str | None = None
+    max_context_tokens: int | None = Field(6000, ge=16)
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+    temperature: float = Field(0.0, ge=0.0)
+    max_tokens: int = Field(200, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    request_attempts: int = Field(6, ge=1)
+    backoff: float = Field(1.0, ge=0)
+    dry_run: bool = False
+    max_cost: float | None = Field(None, ge=0)
+    retry_failed: bool = False
+    on_error: Literal["fail", "skip"] = "fail"
+    history_rationales: bool = False
+    action_space: str | None = None
+
+
+# -- the run folder ---------------------------------------------------------------------------
+
+
+class RunDir:
+    """The three output files, the ledger and run.json of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise RationaleError(f"{self.path}: -o must be a folder (the run folder)")
+        self.files = {state: self.path / f"{state}.jsonl" for state in STATES}
+        self.ledger = self.path / "ledger.jsonl"
+        self.run_json = self.path / "run.json"
+        self._handles: dict[str, Any] = {}
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[tuple[str, int], str]:
+        """Every record already done -> its state. Repairs a line torn by a kill first."""
+        done: dict[tuple[str, int], str] = {}
+        for state, file in self.files.items():
+            for line_no, line in _read_lines(file):
+                try:
+                    rec = SynthRecord.model_validate_json(line)
+                except ValueError:
+                    raise RationaleError(
+                        f"{file} line {line_no}: not a synthesis record; the run folder is "
+                        "damaged: move that line out or use a new -o"
+                    ) from None
+                if rec.key in done:
+                    raise RationaleError(
+                        f"{file} line {line_no}: session {rec.key[0]!r} step {rec.key[1]} is "
+                        f"already in {done[rec.key]}.jsonl; remove one of them"
+                    )
+                done[rec.key] = state
+        return done
+
+    def drop_failed(self, keys: set[tuple[str, int]]) -> None:
+        """Rewrite failed.jsonl without ``keys`` (atomically), so they can be retried."""
+        file = self.files["failed"]
+        kept = [
+            line
+            for _, line in _read_lines(file)
+            if SynthRecord.model_validate_json(line).key not in keys
+        ]
+        tmp = file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, file)
+
+    def append(self, rec: SynthRecord) -> None:
+        handle = self._handles.get(rec.state)
+        if handle is None:
+            # kept open for the whole run (closed in `close`): one open per state, not per line
+            handle = open(self.files[rec.state], "a", encoding="utf-8")  # noqa: SIM115
+            self._handles[rec.state] = handle
+        handle.write(rec.model_dump_json(exclude_none=False) + "\n")
+        handle.flush()  # a kill loses at most the line being written
+
+    def charge(self, entry: dict[str, Any]) -> None:
+        with open(self.ledger, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def spent(self) -> dict[str, float | int]:
+        """Totals over every invocation, from the ledger."""
+        total: dict[str, float | int] = {
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": 0.0,
+        }
+        for _, line in _read_lines(self.ledger):
+            entry = json.loads(line)
+            for k in total:
+                total[k] += entry.get(k) or 0
+        return total
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+
+def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
+    """Complete lines of a JSONL file; a torn last line (no newline) is cut off the file."""
+    if not file.exists():
+        return
+    with open(file, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+    for n, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if raw.strip():
+            yield n, raw
+
+
+# -- accounting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """Money this invocation may spend, with reservations for requests in flight."""
+
+    limit: float | None
+    spent: float = 0.0
+    reserved: float = 0.0
+    exhausted: bool = False
+
+    def reserve(self, worst: float) -> bool:
+        if self.limit is not None and self.spent + self.reserved + worst > self.limit:
+            self.exhausted = True
+            return False
+        self.reserved += worst
+        return True
+
+    def settle(self, worst: float, actual: float) -> None:
+        self.reserved -= worst
+        self.spent += actual
+
+
+@dataclass
+class Tally:
+    """What this invocation did."""
+
+    states: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_unknown: int = 0
+    context_cut_records: int = 0
+    context_cut_tokens: int = 0
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A bar on a terminal, plain lines every few seconds otherwise; always on stderr."""
+
+    def __init__(self, total: int, *, every: float = 10.0) -> None:
+        self.total, self.done, self.every = total, 0, every
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="rec", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, tally: Tally) -> None:
+        self.done += 1
+        cost = f"${tally.cost_usd:.4f}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"cost {cost}", refresh=False)
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            print(
+                f"synth: {self.done}/{self.total} records, {rate:.1f}/s, "
+                f"ETA {eta:.0f}s, cost {cost}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- the engine -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What `run_synth` returns (and prints): counts, spend and why it stopped, if early."""
+
+    run_dir: Path
+    counts: dict[str, int]
+    pending: int
+    tally: Tally
+    wall_s: float
+    stopped: str | None
+
+
+def run_synth(config: SynthConfig, *, teacher: Any = None, retry_policy: Any = None) -> Any:
+    """Run (or resume) a synthesis; returns a `SynthSummary`, or the estimate for a dry run.
+
+    ``teacher`` may be injected (any `rationale.teacher.Teacher`); by default it is built from
+    ``config.teacher``.
+    """
+    return asyncio.run(_Synth(config, teacher, retry_policy).run())
+
+
+class _Synth:
+    def __init__(self, config: SynthConfig, teacher: Any, retry_policy: Any) -> None:
+        from rationale.prompts import load_template
+        from rationale.records import RecordFile
+        from rationale.schema import ActionSpace
+        from rationale.teacher import RetryPolicy
+
+        self.config = config
+        self.space = (
+            ActionSpace.from_file(config.action_space)
+            if config.action_space
+            else ActionSpace.default()
+        )
+        self.records = RecordFile(config.input, space=self.space, on_error=config.on_error)
+        self.template = load_template(config.template)
+        self.policy = retry_policy or RetryPolicy(
+            max_attempts=config.request_attempts, backoff=config.backoff
+        )
+        self._teacher = teacher
+        self.run_dir = RunDir(config.output)
+        self.tally = Tally()
+        self.budget = Budget(config.max_cost)
+        self.fatal: FatalTeacherError | None = None
+
+    @property
+    def teacher(self) -> Any:
+        if self._teacher is None:
+            from rationale.teacher import make_teacher
+
+            self._teacher = make_teacher(
+                self.config.teacher, api_base=self.config.api_base, timeout=self.config.timeout
+            )
+        return self._teacher
+
+    def steps(self) -> Iterator[Any]:
+        """The steps of this run in session order; ``--limit`` applies before skipping done ones."""
+        steps = self.records.steps(with_rationales=self.config.history_rationales)
+        return itertools.islice(steps, self.config.limit)
+
+    def prompt(self, step: Any) -> tuple[Any, Any, str]:
+        """(rendered prompt, context cut, cache key) of one step."""
+        from rationale.cache import cache_key
+        from rationale.prompts import render_step
+
+        prompt, cut = render_step(
+            self.template,
+            step,
+            max_context_tokens=self.config.max_context_tokens,
+            with_action=True,
+            action_space=self.space,
+        )
+        params = {
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "seed": self.config.seed,
+            "assistant_prefix": prompt.assistant_prefix,
+        }
+        key = cache_key(
+            model=self.teacher.model_id,
+            messages=prompt.messages,
+            params=params,
+            sample=0,
+            template_version=self.template.version,
+        )
+        return prompt, cut, key
+
+    # -- run ------------------------------------------------------------------------------------
+
+    async def run(self) -> Any:
+        if self.config.dry_run:
+            return self.estimate()
+        if self.config.max_cost is not None and self.teacher.price(1, 1) is None:
+            raise RationaleError(
+                f"the price of {self.config.teacher!r} is not in litellm's price map, so "
+                "--max-cost cannot be enforced; drop --max-cost or use a priced model"
+            )
+        self.run_dir.create()
+        self._check_same_run()
+        done = self.run_dir.load()
+        if self.config.retry_failed:
+            failed = {k for k, s in done.items() if s == "failed"}
+            self.run_dir.drop_failed(failed)
+            done = {k: s for k, s in done.items() if s != "failed"}
+        todo = [s for s in self.steps() if (s.record.session_id, s.record.step) not in done]
+        total = len(done) + len(todo)
+        started, t0 = time.time(), time.monotonic()
+        self._write_run_json(started, 0.0, None, total)
+        from rationale.cache import ResponseCache
+
+        self.cache = ResponseCache()
+        progress = Progress(len(todo))
+        self._limiters()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        for step in todo:
+            queue.put_nowait(step)
+
+        async def worker() -> None:
+            while not queue.empty() and not self.budget.exhausted and self.fatal is None:
+                step = queue.get_nowait()
+                if await self.process(step):
+                    progress.update(self.tally)
+
+        try:
+            await asyncio.gather(
+                *(worker() for _ in range(min(self.config.concurrency, len(todo)) or 1))
+            )
+        finally:
+            progress.close()
+            self.run_dir.close()
+            self.cache.close()
+        stopped = None
+        if self.fatal is not None:
+            stopped = f"fatal: {self.fatal}"
+        elif self.budget.exhausted:
+            stopped = (
+                "budget: the next request could take this run over "
+                f"--max-cost ${self.config.max_cost}"
+            )
+        wall = time.monotonic() - t0
+        counts = self._write_run_json(started, wall, stopped, total)
+        summary = SynthSummary(
+            self.run_dir.path, counts, total - sum(counts.values()), self.tally, wall, stopped
+        )
+        if self.fatal is not None:
+            raise RationaleError(
+                f"{self.fatal}; the run stopped with {summary.pending} records pending: fix the "
+                "cause and rerun the same command to continue"
+            )
+        return summary
+
+    async def process(self, step: Any) -> bool:
+        """One record to its final state. False if it was left pending (budget or fatal stop)."""
+        from rationale.teacher import Completion, call_with_retries, describe_error
+
+        record = step.record
+        prompt, cut, key = self.prompt(step)
+        prompt_hash = hashlib.sha256(json.dumps(prompt.messages).encode()).hexdigest()[:16]
+        if cut.cut_tokens:
+            self.tally.context_cut_records += 1
+            self.tally.context_cut_tokens += cut.cut_tokens
+        provenance = dict(
+            teacher=self.teacher.model_id,
+            template=self.template.name,
+            template_version=self.template.version,
+            prompt_hash=prompt_hash,
+            seed=self.config.seed,
+            sample=0,
+        )
+        base = dict(record=record.dump(), context_cut_tokens=cut.cut_tokens)
+
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.tally.cache_hits += 1
+            completion = Completion(**cached, attempts=0)
+        else:
+            worst = self._worst_case(prompt.messages)
+            if not self.budget.reserve(worst):
+                return False
+            actual = 0.0
+            try:
+                completion = await call_with_retries(
+                    self._limited,
+                    prompt.messages,
+                    self.policy,
+                    assistant_prefix=prompt.assistant_prefix,
+                    temperature=self.config.temperature,
+                    max_tokens=self.config.max_tokens,
+                    seed=self.config.seed,
+                )
+                actual = completion.cost_usd or 0.0
+            except FatalTeacherError as exc:
+                self.fatal = self.fatal or exc
+                return False
+            except TeacherError as exc:
+                self._finish(
+                    SynthRecord(
+                        state="failed",
+                        error=SynthError(**describe_error(exc)),
+                        provenance=Provenance(**provenance, attempts=exc.attempts),
+                        **base,
+                    )
+                )
+                self.tally.requests += exc.attempts
+                self.run_dir.charge({"requests": exc.attempts, "failed": True})
+                return True
+            finally:
+                self.budget.settle(worst, actual)
+            self.cache.put(key, completion.to_cache())
+            self.tally.requests += completion.attempts
+            self.tally.prompt_tokens += completion.prompt_tokens or 0
+            self.tally.completion_tokens += completion.completion_tokens or 0
+            if completion.cost_usd is None:
+                self.tally.cost_unknown += 1
+            self.tally.cost_usd += actual
+            self.run_dir.charge(
+                {
+                    "requests": completion.attempts,
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                    "cost_usd": completion.cost_usd,
+                }
+            )
+        rationale = completion.text.strip()
+        reasons = [] if rationale else ["empty: the teacher returned no rationale"]
+        self._finish(
+            SynthRecord(
+                state="rejected" if reasons else "accepted",
+                rationale=rationale or None,
+                reasons=reasons,
+                provenance=Provenance(
+                    **provenance,
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                    cost_usd=completion.cost_usd,
+                    attempts=completion.attempts,
+                    cached=cached is not None,
+                ),
+                **base,
+            )
+        )
+        return True
+
+    def _finish(self, rec: SynthRecord) -> None:
+        self.run_dir.append(rec)
+        self.tally.states[rec.state] += 1
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def _limiters(self) -> None:
+        from aiolimiter import AsyncLimiter
+
+        self._rpm = AsyncLimiter(self.config.rpm, 60) if self.config.rpm else None
+        self._tpm = AsyncLimiter(self.config.tpm, 60) if self.config.tpm else None
+        teacher, synth = self.teacher, self
+
+        class Limited:
+            """The teacher, with every attempt (retries included) passing the rate limits."""
+
+            model_id = teacher.model_id
+
+            async def attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+                if synth._rpm is not None:
+                    await synth._rpm.acquire()
+                if synth._tpm is not None:
+                    need = synth._prompt_tokens(messages) + synth.config.max_tokens
+                    await synth._tpm.acquire(min(need, synth.config.tpm))
+                return await teacher.attempt(messages, **kwargs)
+
+            def price(self, p: int, c: int) -> float | None:
+                return teacher.price(p, c)
+
+        self._limited = Limited()
+
+    def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        from rationale.prompts import count_tokens
+
+        # 4 tokens of chat framing per message, a common provider overhead.
+        return sum(count_tokens(m["content"]) + 4 for m in messages)
+
+    def _worst_case(self, messages: list[dict[str, str]]) -> float:
+        price = self.teacher.price(self._prompt_tokens(messages), self.config.max_tokens)
+        return price or 0.0
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _check_same_run(self) -> None:
+        """A run folder belongs to one input, teacher and template: refuse to mix them."""
+        if not self.run_dir.run_json.exists():
+            return
+        try:
+            before = json.loads(self.run_dir.run_json.read_text(encoding="utf-8"))
+        except ValueError:
+            return
+        mine = self._identity()
+        theirs = before.get("identity", {})
+        changed = [k for k in mine if k in theirs and theirs[k] != mine[k]]
+        if changed:
+            raise RationaleError(
+                f"{self.run_dir.path} holds a run with a different "
+                f"{', '.join(changed)} ({', '.join(f'{k}={theirs[k]!r}' for k in changed)}); "
+                "use a new -o, or the same flags to resume"
+            )
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "input": str(Path(self.config.input).resolve()),
+            "teacher": self.teacher.model_id,
+            "template_version": self.template.version,
+            "seed": self.config.seed,
+        }
+
+    def _write_run_json(
+        self, started: float, wall: float, stopped: str | None, total: int
+    ) -> dict[str, int]:
+        counts = {state: 0 for state in STATES}
+        for state, file in self.run_dir.files.items():
+            counts[state] = sum(1 for _ in _read_lines(file))
+        spent = self.run_dir.spent()
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "config": json.loads(redact(self.config.model_dump_json())),
+            "identity": self._identity(),
+            "template": {
+                "name": self.template.name,
+                "version": self.template.version,
+                "path": str(self.template.path),
+            },
+            "records": total,
+            "counts": counts,
+            "pending": total - sum(counts.values()),
+            "tokens": {
+                "prompt": spent["prompt_tokens"],
+                "completion": spent["completion_tokens"],
+            },
+            "cost_usd": {
+                "total": round(float(spent["cost_usd"]), 8),
+                "this_invocation": round(self.tally.cost_usd, 8),
+                "unknown_for_records": self.tally.cost_unknown,
+                "price_known": self.teacher.price(1, 1) is not None,
+            },
+            "requests": {
+                "total": spent["requests"],
+                "this_invocation": self.tally.requests,
+                "cache_hits": self.tally.cache_hits,
+            },
+            "context_cut": {
+                "records": self.tally.context_cut_records,
+                "tokens": self.tally.context_cut_tokens,
+            },
+            "started": started,
+            "wall_s": round(wall, 3),
+            "stopped": stopped,
+        }
+        tmp = self.run_dir.run_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_dir.run_json)
+        return counts
+
+    def estimate(self) -> dict[str, Any]:
+        """``--dry-run``: render every prompt, count tokens, price the worst case; call nothing."""
+        from rationale.cache import ResponseCache
+
+        done = self.run_dir.load() if self.run_dir.path.is_dir() else {}
+        cache = ResponseCache()
+        out = {
+            "records": 0,
+            "already_done": 0,
+            "cached": 0,
+            "to_call": 0,
+            "prompt_tokens": 0,
+            "max_completion_tokens": 0,
+            "context_cut_records": 0,
+            "context_cut_tokens": 0,
+        }
+        try:
+            for step in self.steps():
+                out["records"] += 1
+                if (step.record.session_id, step.record.step) in done:
+                    out["already_done"] += 1
+                    continue
+                prompt, cut, key = self.prompt(step)
+                if cut.cut_tokens:
+                    out["context_cut_records"] += 1
+                    out["context_cut_tokens"] += cut.cut_tokens
+                if cache.get(key) is not None:
+                    out["cached"] += 1
+                    continue
+                out["to_call"] += 1
+                out["prompt_tokens"] += self._prompt_tokens(prompt.messages)
+                out["max_completion_tokens"] += self.config.max_tokens
+        finally:
+            cache.close()
+        price = self.teacher.price(out["prompt_tokens"], out["max_completion_tokens"])
+        out["max_cost_usd"] = None if price is None else round(price, 6)
+        out["teacher"] = self.teacher.model_id
+        return out

@@ -1,0 +1,355 @@
+"""Teachers: the models that write rationales, and the one layer that retries their calls.
+
+A teacher turns a rendered prompt into a `Completion` with one *attempt* (one request). Retrying
+is done here, once, by `call_with_retries` (tenacity): litellm is called with ``num_retries=0``
+(its own retries would make up to 2N+1 requests and retry 400/401/404 too) and instructor with
+``max_retries=0`` (it re-asks only on validation errors, and each re-ask is a paid request). So one
+fault costs exactly one extra request, and the attempt count on every record is the number of
+requests it really made.
+
+What is retried: rate limits (429, waiting at least its Retry-After), server errors (5xx),
+timeouts, dropped or refused connections, and answers that do not parse into the response model.
+What fails at once: bad requests (400, 422) fail the record; authentication, permission and
+unknown-model errors (401, 403, 404) stop the whole run with a `FatalTeacherError`, since every
+later request would fail the same way.
+
+Teachers:
+- `LiteLLMTeacher`: any litellm model string (``openai/...``, ``anthropic/...``, ``bedrock/...``,
+  ``ollama/...``, ``hosted_vllm/...``, or any OpenAI-compatible server through ``api_base``),
+  structured output through instructor in JSON mode (TOOLS mode would need ``litellm[mcp]``).
+- `LocalTeacher`: a small local model in-process (``--teacher local``), plain text primed with
+  the template's assistant prefix, no key and no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rationale.errors import ConfigError, FatalTeacherError, TeacherError, redact
+
+RETRYABLE = frozenset({"rate_limit", "server", "timeout", "connection", "invalid_output"})
+FATAL = frozenset({"auth", "not_found"})
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One successful answer."""
+
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    attempts: int = 1
+
+    def to_cache(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+
+class Teacher(Protocol):
+    """What the synthesis engine needs from a teacher."""
+
+    model_id: str  # identifies the model in cache keys and provenance
+
+    async def attempt(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        assistant_prefix: str | None,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+    ) -> Completion:
+        """Make exactly one request; raise `TeacherError` with a category on failure."""
+        ...
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Cost in USD of that many tokens, or None when the price is unknown."""
+        ...
+
+
+# -- retry layer ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How `call_with_retries` retries: attempts in all, and exponential backoff with jitter."""
+
+    max_attempts: int = 6
+    backoff: float = 1.0  # first wait, seconds (random between 0 and this, doubling)
+    max_backoff: float = 60.0
+    max_retry_after: float = 300.0  # a longer Retry-After fails the record instead
+
+
+async def call_with_retries(
+    teacher: Teacher, messages: list[dict[str, str]], policy: RetryPolicy, **kwargs: Any
+) -> Completion:
+    """`teacher.attempt` until it succeeds or a fault is not worth retrying.
+
+    Raises `TeacherError` (with ``attempts``) when out of attempts, at once for a non-retryable
+    fault, and `FatalTeacherError` for faults that would hit every record.
+    """
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_exception,
+        stop_after_attempt,
+        wait_random_exponential,
+    )
+
+    backoff = wait_random_exponential(multiplier=policy.backoff, max=policy.max_backoff)
+
+    def wait(state: Any) -> float:
+        exc = state.outcome.exception()
+        base = backoff(state)
+        retry_after = getattr(exc, "retry_after", None)
+        return max(base, retry_after) if retry_after is not None else base
+
+    def retryable(exc: BaseException) -> bool:
+        return (
+            isinstance(exc, TeacherError)
+            and not isinstance(exc, FatalTeacherError)
+            and exc.category in RETRYABLE
+            and (exc.retry_after or 0) <= policy.max_retry_after
+        )
+
+    attempts = 0
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        ):
+            with attempt:
+                attempts += 1
+                completion = await teacher.attempt(messages, **kwargs)
+                return Completion(
+                    completion.text,
+                    completion.prompt_tokens,
+                    completion.completion_tokens,
+                    completion.cost_usd,
+                    attempts,
+                )
+    except TeacherError as exc:
+        exc.attempts = attempts
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- fault classification ------------------------------------------------------------------------
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date), if the error carries one."""
+    for attr in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, attr, None)
+        if headers is None:
+            response = getattr(exc, "response", None)
+            headers = getattr(response, "headers", None) if attr == "headers" else None
+        if not headers:
+            continue
+        try:
+            value = headers.get("retry-after") or headers.get("Retry-After")
+        except AttributeError:
+            continue
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(str(value))
+            return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    return None
+
+
+def classify(exc: BaseException) -> TeacherError:
+    """Any exception from a model call as a `TeacherError` with a category (message redacted)."""
+    if isinstance(exc, TeacherError):
+        return exc
+    # instructor wraps everything in InstructorRetryException; the cause is what happened.
+    if type(exc).__name__ == "InstructorRetryException" and exc.__cause__ is not None:
+        return classify(exc.__cause__)
+    name = type(exc).__name__
+    message = f"{name}: {str(exc).strip()}"[:2000]
+    status = getattr(exc, "status_code", None)
+    mro = {c.__name__ for c in type(exc).__mro__}
+    if {"ValidationError", "JSONDecodeError", "IncompleteOutputException"} & mro or name in (
+        "APIResponseValidationError",
+        "JSONSchemaValidationError",
+    ):
+        category = "invalid_output"
+    elif "RateLimitError" in mro or status == 429:
+        category = "rate_limit"
+    elif {"Timeout", "APITimeoutError", "TimeoutError"} & mro:
+        category = "timeout"
+    elif "AuthenticationError" in mro or "PermissionDeniedError" in mro or status in (401, 403):
+        category = "auth"
+    elif "NotFoundError" in mro or status == 404:
+        category = "not_found"
+    elif "BadRequestError" in mro or "UnprocessableEntityError" in mro or status in (400, 422):
+        category = "bad_request"
+    elif {"InternalServerError", "ServiceUnavailableError", "BadGatewayError"} & mro or (
+        isinstance(status, int) and status >= 500
+    ):
+        category = "server"
+    elif {"APIConnectionError", "ConnectionError", "ClientError", "ServerDisconnectedError"} & mro:
+        category = "connection"
+    elif "APIError" in mro:
+        # litellm raises a bare APIError for unparsable bodies and odd statuses: transient.
+        category = "server"
+    else:
+        category = "other"
+    cls = FatalTeacherError if category in FATAL else TeacherError
+    return cls(message, category=category, retry_after=_retry_after(exc))
+
+
+# -- teachers ---------------------------------------------------------------------------------
+
+
+def _quiet_litellm() -> Any:
+    """Import litellm offline and silent (no price-map fetch, no banner on stdout)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    for logger in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "instructor"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
+    return litellm
+
+
+def model_price(model: str) -> tuple[float, float] | None:
+    """(input, output) USD per token from litellm's offline price map, or None if unknown."""
+    litellm = _quiet_litellm()
+    for key in (model, model.split("/", 1)[-1]):
+        info = litellm.model_cost.get(key)
+        if info and "input_cost_per_token" in info:
+            return float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0))
+    return None
+
+
+class LiteLLMTeacher:
+    """Any litellm model, structured output through instructor (JSON mode)."""
+
+    def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
+        litellm = _quiet_litellm()
+        import instructor
+
+        from rationale.schema import Rationale
+
+        self.model_id = model
+        self.api_base = api_base
+        self.timeout = timeout
+        self._response_model = Rationale
+        self._client = instructor.from_litellm(litellm.acompletion, mode=instructor.Mode.JSON)
+        self._price = model_price(model)
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if self._price is None:
+            return None
+        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+
+    async def attempt(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        assistant_prefix: str | None,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+    ) -> Completion:
+        kwargs: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": messages,
+            "response_model": self._response_model,
+            "max_retries": 0,  # no instructor re-asks: call_with_retries is the retry layer
+            "num_retries": 0,  # no litellm retries either
+            "timeout": self.timeout,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "drop_params": True,  # providers without `seed` ignore it instead of failing
+        }
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        try:
+            parsed, raw = await asyncio.wait_for(
+                self._client.chat.completions.create_with_completion(**kwargs),
+                timeout=self.timeout + 10,  # a safety net over litellm's own timeout
+            )
+        except asyncio.TimeoutError:
+            raise TeacherError("no answer within the timeout", category="timeout") from None
+        except Exception as exc:  # every provider error becomes a categorised TeacherError
+            raise classify(exc) from None
+        usage = getattr(raw, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        cost = (
+            self.price(prompt_tokens, completion_tokens)
+            if prompt_tokens is not None and completion_tokens is not None
+            else None
+        )
+        return Completion(parsed.rationale.strip(), prompt_tokens, completion_tokens, cost)
+
+
+class LocalTeacher:
+    """A small instruct model run in-process: plain text, primed with the assistant prefix.
+
+    A 135M model does not follow JSON instructions, so it is not asked for JSON; its reply is
+    the rationale. Calls run one at a time in a worker thread.
+    """
+
+    def __init__(self, model: str = "smollm2-135m") -> None:
+        from rationale.local_teacher import LocalModel
+
+        self._model = LocalModel(model)
+        self.model_id = self._model.model_id
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        return 0.0
+
+    async def attempt(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        assistant_prefix: str | None,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+    ) -> Completion:
+        try:
+            out = await asyncio.to_thread(
+                self._model.generate,
+                messages,
+                prefix=assistant_prefix if assistant_prefix is not None else "I ",
+                max_new_tokens=min(max_tokens, 120),
+                temperature=temperature,
+                seed=seed,
+            )
+        except Exception as exc:
+            raise TeacherError(f"{type(exc).__name__}: {exc}", category="other") from None
+        return Completion(out.text, out.prompt_tokens, out.completion_tokens, 0.0)
+
+
+def make_teacher(name: str, *, api_base: str | None = None, timeout: float = 60.0) -> Teacher:
+    """``local`` / ``local:<alias or path>``: a `LocalTeacher`; else a `LiteLLMTeacher`."""
+    if name == "local" or name.startswith("local:"):
+        return LocalTeacher(name.partition(":")[2] or "smollm2-135m")
+    if not name.strip():
+        raise ConfigError("--teacher is empty: give a litellm model string or 'local'")
+    return LiteLLMTeacher(name, api_base=api_base, timeout=timeout)
+
+
+def describe_error(exc: TeacherError) -> dict[str, str]:
+    """The stored form of a failure: class, category and the redacted message."""
+    return {"type": type(exc).__name__, "category": exc.category, "message": redact(str(exc))}
