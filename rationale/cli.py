@@ -263,6 +263,14 @@ def steps(
 )
 @click.option("--api-base", help="An OpenAI-compatible endpoint for the teacher.")
 @click.option(
+    "--client",
+    type=click.Choice(["auto", "litellm", "fast"]),
+    default="auto",
+    show_default=True,
+    help="auto: an openai/ or hosted_vllm/ model with --api-base takes the fast aiohttp path; "
+    "everything else goes through litellm + instructor.",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=16,

@@ -51,6 +51,7 @@ class SynthConfig(BaseModel):
     output: str
     teacher: str = "local"
     api_base: str | None = None
+    client: Literal["auto", "litellm", "fast"] = "auto"
     concurrency: int = Field(16, ge=1)
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
@@ -122,17 +123,19 @@ class RunDir:
         os.replace(tmp, file)
 
     def append(self, rec: SynthRecord) -> None:
-        handle = self._handles.get(rec.state)
+        self._write(rec.state, self.files[rec.state], rec.model_dump_json())
+
+    def _write(self, name: str, file: Path, line: str) -> None:
+        handle = self._handles.get(name)
         if handle is None:
-            # kept open for the whole run (closed in `close`): one open per state, not per line
-            handle = open(self.files[rec.state], "a", encoding="utf-8")  # noqa: SIM115
-            self._handles[rec.state] = handle
-        handle.write(rec.model_dump_json(exclude_none=False) + "\n")
+            # kept open for the whole run (closed in `close`): one open per file, not per line
+            handle = open(file, "a", encoding="utf-8")  # noqa: SIM115
+            self._handles[name] = handle
+        handle.write(line + "\n")
         handle.flush()  # a kill loses at most the line being written
 
     def charge(self, entry: dict[str, Any]) -> None:
-        with open(self.ledger, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        self._write("ledger", self.ledger, json.dumps(entry))
 
     def spent(self) -> dict[str, float | int]:
         """Totals over every invocation, from the ledger."""
@@ -300,7 +303,10 @@ class _Synth:
             from rationale.teacher import make_teacher
 
             self._teacher = make_teacher(
-                self.config.teacher, api_base=self.config.api_base, timeout=self.config.timeout
+                self.config.teacher,
+                api_base=self.config.api_base,
+                timeout=self.config.timeout,
+                client=self.config.client,
             )
         return self._teacher
 
@@ -380,6 +386,7 @@ class _Synth:
             progress.close()
             self.run_dir.close()
             self.cache.close()
+            await self.teacher.aclose()
         stopped = None
         if self.fatal is not None:
             stopped = f"fatal: {self.fatal}"
@@ -520,6 +527,9 @@ class _Synth:
 
             def price(self, p: int, c: int) -> float | None:
                 return teacher.price(p, c)
+
+            async def aclose(self) -> None:
+                await teacher.aclose()
 
         self._limited = Limited()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import time
@@ -75,6 +76,10 @@ class Teacher(Protocol):
 
     def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Cost in USD of that many tokens, or None when the price is unknown."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (called once at the end of a run)."""
         ...
 
 
@@ -162,13 +167,8 @@ def _retry_after(exc: BaseException) -> float | None:
             value = headers.get("retry-after") or headers.get("Retry-After")
         except AttributeError:
             continue
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(str(value))
-            return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        if value is not None:
+            return _retry_after_value(value)
     return None
 
 
@@ -210,7 +210,14 @@ def classify(exc: BaseException) -> TeacherError:
     else:
         category = "other"
     cls = FatalTeacherError if category in FATAL else TeacherError
-    return cls(message, category=category, retry_after=_retry_after(exc))
+    return cls(message + _HINTS.get(category, ""), category=category, retry_after=_retry_after(exc))
+
+
+_HINTS = {
+    "auth": " (check the key in the provider's environment variable, e.g. OPENAI_API_KEY or "
+    "ANTHROPIC_API_KEY)",
+    "not_found": " (check the model name and --api-base)",
+}
 
 
 # -- teachers ---------------------------------------------------------------------------------
@@ -228,11 +235,26 @@ def _quiet_litellm() -> Any:
     return litellm
 
 
+_PRICES: dict[str, Any] | None = None
+
+
 def model_price(model: str) -> tuple[float, float] | None:
-    """(input, output) USD per token from litellm's offline price map, or None if unknown."""
-    litellm = _quiet_litellm()
+    """(input, output) USD per token from litellm's offline price map, or None if unknown.
+
+    The map is the JSON file litellm ships (the one ``LITELLM_LOCAL_MODEL_COST_MAP`` selects),
+    read directly so pricing does not cost the ~3 s of importing litellm.
+    """
+    global _PRICES
+    if _PRICES is None:
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("litellm")
+        folder = Path(next(iter(spec.submodule_search_locations or []))) if spec else None
+        file = folder / "model_prices_and_context_window_backup.json" if folder else None
+        _PRICES = json.loads(file.read_text(encoding="utf-8")) if file and file.exists() else {}
     for key in (model, model.split("/", 1)[-1]):
-        info = litellm.model_cost.get(key)
+        info = _PRICES.get(key)
         if info and "input_cost_per_token" in info:
             return float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0))
     return None
@@ -258,6 +280,9 @@ class LiteLLMTeacher:
         if self._price is None:
             return None
         return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+
+    async def aclose(self) -> None:
+        return None
 
     async def attempt(
         self,
@@ -302,6 +327,150 @@ class LiteLLMTeacher:
         return Completion(parsed.rationale.strip(), prompt_tokens, completion_tokens, cost)
 
 
+#: litellm provider prefixes whose endpoints speak the OpenAI chat API, and the environment
+#: variable litellm reads their key from.
+FAST_PROVIDERS = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}
+
+
+def fast_path_eligible(model: str, api_base: str | None) -> bool:
+    """An OpenAI-compatible endpoint named by ``--api-base`` under an openai/hosted_vllm string."""
+    return bool(api_base) and model.split("/", 1)[0] in FAST_PROVIDERS and "/" in model
+
+
+class OpenAICompatibleTeacher:
+    """The fast path for OpenAI-compatible endpoints: one aiohttp session, JSON mode, pydantic.
+
+    Same model strings, same response model and same retry layer as `LiteLLMTeacher`, without
+    litellm's and instructor's per-call overhead (several ms of CPU per request, which caps a
+    2-core client far below what a self-hosted server can answer). The key comes from the
+    environment variable litellm would read (`FAST_PROVIDERS`).
+    """
+
+    def __init__(self, model: str, *, api_base: str, timeout: float = 60.0) -> None:
+        from rationale.schema import Rationale
+
+        provider, _, self.wire_model = model.partition("/")
+        self.model_id = model
+        self.url = api_base.rstrip("/") + "/chat/completions"
+        self.timeout = timeout
+        self._response_model = Rationale
+        key = os.environ.get(FAST_PROVIDERS[provider])
+        self._headers = {"Content-Type": "application/json"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._session: Any = None
+        self._price = model_price(model)
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if self._price is None:
+            return None
+        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+
+    async def _client(self) -> Any:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                json_serialize=json.dumps,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def attempt(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        assistant_prefix: str | None,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+    ) -> Completion:
+        import aiohttp
+
+        body = {
+            "model": self.wire_model,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "response_format": {"type": "json_object"},
+        }
+        session = await self._client()
+        try:
+            async with session.post(self.url, json=body, headers=self._headers) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise _http_error(resp.status, raw, resp.headers)
+        except asyncio.TimeoutError:
+            raise TeacherError("no answer within the timeout", category="timeout") from None
+        except aiohttp.ClientError as exc:
+            raise TeacherError(f"{type(exc).__name__}: {exc}", category="connection") from None
+        try:
+            data = json.loads(raw)
+            content = data["choices"][0]["message"]["content"] or ""
+            usage = data.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise TeacherError(
+                f"the server's answer is not a chat completion: {raw[:200]!r}", category="server"
+            ) from None
+        try:
+            parsed = self._response_model.model_validate_json(_json_object(content))
+        except ValueError as exc:
+            raise TeacherError(
+                f"the answer does not match the response model: {str(exc)[:300]}",
+                category="invalid_output",
+            ) from None
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        cost = self.price(p, c) if p is not None and c is not None else None
+        return Completion(parsed.rationale.strip(), p, c, cost)
+
+
+def _json_object(content: str) -> str:
+    """The JSON object in a reply, without a Markdown fence around it."""
+    start, end = content.find("{"), content.rfind("}")
+    return content[start : end + 1] if 0 <= start < end else content
+
+
+def _http_error(status: int, raw: bytes, headers: Any) -> TeacherError:
+    try:
+        message = json.loads(raw)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = raw[:300].decode("utf-8", "replace")
+    category = {
+        429: "rate_limit",
+        401: "auth",
+        403: "auth",
+        404: "not_found",
+        400: "bad_request",
+        422: "bad_request",
+    }.get(status, "server" if status >= 500 or status == 408 else "other")
+    cls = FatalTeacherError if category in FATAL else TeacherError
+    return cls(
+        f"HTTP {status}: {message}{_HINTS.get(category, '')}",
+        category=category,
+        retry_after=_retry_after_value(headers.get("Retry-After")),
+    )
+
+
+def _retry_after_value(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(str(value))
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
 class LocalTeacher:
     """A small instruct model run in-process: plain text, primed with the assistant prefix.
 
@@ -317,6 +486,9 @@ class LocalTeacher:
 
     def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         return 0.0
+
+    async def aclose(self) -> None:
+        return None
 
     async def attempt(
         self,
@@ -341,12 +513,24 @@ class LocalTeacher:
         return Completion(out.text, out.prompt_tokens, out.completion_tokens, 0.0)
 
 
-def make_teacher(name: str, *, api_base: str | None = None, timeout: float = 60.0) -> Teacher:
-    """``local`` / ``local:<alias or path>``: a `LocalTeacher`; else a `LiteLLMTeacher`."""
+def make_teacher(
+    name: str, *, api_base: str | None = None, timeout: float = 60.0, client: str = "auto"
+) -> Teacher:
+    """``local`` / ``local:<alias or path>``: a `LocalTeacher`. Otherwise a litellm model string:
+    with ``client="auto"`` an OpenAI-compatible ``--api-base`` takes the fast path
+    (`OpenAICompatibleTeacher`), everything else goes through litellm + instructor."""
     if name == "local" or name.startswith("local:"):
         return LocalTeacher(name.partition(":")[2] or "smollm2-135m")
     if not name.strip():
         raise ConfigError("--teacher is empty: give a litellm model string or 'local'")
+    eligible = fast_path_eligible(name, api_base)
+    if client == "fast" and not eligible:
+        raise ConfigError(
+            f"--client fast needs an openai/... or hosted_vllm/... model and --api-base, "
+            f"got {name!r}"
+        )
+    if client in ("auto", "fast") and eligible:
+        return OpenAICompatibleTeacher(name, api_base=str(api_base), timeout=timeout)
     return LiteLLMTeacher(name, api_base=api_base, timeout=timeout)
 
 

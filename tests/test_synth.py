@@ -37,6 +37,12 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
 
 
+@pytest.fixture(params=["fast", "litellm"])
+def client(request: pytest.FixtureRequest) -> str:
+    """Both ways to reach an OpenAI-compatible server: the aiohttp fast path and litellm."""
+    return request.param
+
+
 def synth(tmp_path: Path, server, *, policy: RetryPolicy = FAST, **overrides):
     config = {
         "input": str(SAMPLE),
@@ -72,8 +78,8 @@ def expected_keys(n: int) -> list[tuple[str, int]]:
     return out
 
 
-def test_accepts_every_record_with_provenance(tmp_path: Path, openai_server) -> None:
-    summary = synth(tmp_path, openai_server)
+def test_accepts_every_record_with_provenance(tmp_path: Path, openai_server, client) -> None:
+    summary = synth(tmp_path, openai_server, client=client)
     run = tmp_path / "run"
     assert summary.counts == {"accepted": 12, "rejected": 0, "failed": 0} and summary.pending == 0
     assert openai_server.count == 12
@@ -129,10 +135,10 @@ def test_rerun_makes_no_calls_and_a_lost_run_folder_is_served_from_cache(
     ],
     ids=["429", "500", "502", "503", "timeout", "garbage", "drop", "schema", "prose"],
 )
-def test_one_fault_costs_one_extra_request(tmp_path: Path, openai_server, fault) -> None:
+def test_one_fault_costs_one_extra_request(tmp_path: Path, openai_server, fault, client) -> None:
     openai_server.script(fault)
     started = time.monotonic()
-    summary = synth(tmp_path, openai_server, limit=3, concurrency=1, timeout=1.0)
+    summary = synth(tmp_path, openai_server, limit=3, concurrency=1, timeout=1.0, client=client)
     assert summary.counts["accepted"] == 3
     assert openai_server.count == 4  # exactly one extra request
     attempts = sorted(r["provenance"]["attempts"] for r in lines(tmp_path / "run", "accepted"))
@@ -172,11 +178,11 @@ def test_bad_request_fails_the_record_without_retrying(tmp_path: Path, openai_se
 
 
 def test_authentication_error_stops_the_run_and_a_rerun_continues(
-    tmp_path: Path, openai_server
+    tmp_path: Path, openai_server, client
 ) -> None:
     openai_server.script(ok(), status(401))
-    with pytest.raises(RationaleError, match="AuthenticationError") as info:
-        synth(tmp_path, openai_server, limit=8, concurrency=1)
+    with pytest.raises(RationaleError, match=r"401|AuthenticationError") as info:
+        synth(tmp_path, openai_server, limit=8, concurrency=1, client=client)
     assert KEY not in str(info.value)
     assert openai_server.count == 2  # no retry of a 401, no further requests
     assert len(keys(tmp_path / "run")) == 1
@@ -186,15 +192,17 @@ def test_authentication_error_stops_the_run_and_a_rerun_continues(
     assert summary.counts["accepted"] == 8 and openai_server.count == 9
 
 
-def test_the_api_key_reaches_no_file(tmp_path: Path, openai_server, rationale_home: Path) -> None:
+def test_the_api_key_reaches_no_file(
+    tmp_path: Path, openai_server, rationale_home: Path, client
+) -> None:
     openai_server.script(
         status(401, body={"error": {"message": f"Incorrect API key provided: {KEY}"}})
     )
     with pytest.raises(RationaleError) as info:
-        synth(tmp_path, openai_server, limit=2, concurrency=1)
+        synth(tmp_path, openai_server, limit=2, concurrency=1, client=client)
     assert KEY not in str(info.value)
     openai_server.script(status(400, body={"error": {"message": f"bad: {KEY}"}}))
-    synth(tmp_path, openai_server, limit=4)
+    synth(tmp_path, openai_server, limit=4, client=client)
     assert openai_server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"  # it was sent
     leaked = [
         p
