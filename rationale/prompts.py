@@ -20,6 +20,7 @@ Templates are sandboxed Jinja2 files with the blocks ``system``, ``user`` and op
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -204,6 +205,12 @@ def count_tokens(text: str) -> int:
     it unless already set). Student and teacher tokenizers differ; this is one shared ruler for
     budgets and reports, not an exact count for any one model.
     """
+    return _count_cached(text) if len(text) > 256 else _tokenizer().count(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _count_cached(text: str) -> int:
+    # Long texts that repeat (a template's system prompt, sent with every record) are counted once.
     return _tokenizer().count(text)
 
 

@@ -432,7 +432,7 @@ class _Synth:
             self.tally.cache_hits += 1
             completion = Completion(**cached, attempts=0)
         else:
-            worst = self._worst_case(prompt.messages)
+            worst = self._worst_case(prompt.messages) if self.budget.limit is not None else 0.0
             if not self.budget.reserve(worst):
                 return False
             actual = 0.0

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rationale.errors import ConfigError, FatalTeacherError, TeacherError, redact
+from rationale.errors import ConfigError, FatalTeacherError, RationaleError, TeacherError, redact
 
 RETRYABLE = frozenset({"rate_limit", "server", "timeout", "connection", "invalid_output"})
 FATAL = frozenset({"auth", "not_found"})
@@ -508,6 +508,9 @@ class LocalTeacher:
                 temperature=temperature,
                 seed=seed,
             )
+        except RationaleError as exc:
+            # The model cannot be loaded (not installed, bad path): every record would fail.
+            raise FatalTeacherError(str(exc), category="local_model") from None
         except Exception as exc:
             raise TeacherError(f"{type(exc).__name__}: {exc}", category="other") from None
         return Completion(out.text, out.prompt_tokens, out.completion_tokens, 0.0)
