@@ -24,18 +24,33 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "openai_server.py"
 CURATOR_PY = ROOT / ".bench" / "curator-venv" / "bin" / "python"
 CURATOR_CLIENT = ROOT / "benchmarks" / "curator_client.py"
-WORDS = "shirt linen blue size price rating review cart filter brand sale shoes lamp desk".split()
+WORDS = [
+    "shirt",
+    "linen",
+    "blue",
+    "size",
+    "price",
+    "rating",
+    "review",
+    "cart",
+    "filter",
+    "brand",
+    "sale",
+    "shoes",
+    "lamp",
+    "desk",
+]
 
 
 def make_records(path: Path, n: int, seed: int = 0) -> None:
@@ -76,23 +91,19 @@ def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{line.split()[1]}/v1"
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall s, user+sys CPU s of the process tree, stdout) of one command."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
-    # communicate() reaped the child; its rusage (children included) is in RUSAGE_CHILDREN deltas
-    wall = time.monotonic() - start
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """(user + system CPU seconds of the command's whole process tree, its stdout).
+
+    The child is reaped here, so RUSAGE_CHILDREN grows by its usage and that of every
+    descendant it reaped in turn.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{err[-2000:]}")
-    return wall, 0.0, out
-
-
-def children_cpu() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+        raise SystemExit(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, proc.stdout
 
 
 def run_ours(client: str, records: Path, url: str, n: int, concurrency: int) -> dict[str, float]:
@@ -104,9 +115,7 @@ def run_ours(client: str, records: Path, url: str, n: int, concurrency: int) -> 
             "--teacher", "openai/test-model", "--api-base", url, "--client", client,
             "--concurrency", str(concurrency), "--max-context-tokens", "2000",
         ]  # fmt: skip
-        before = children_cpu()
-        timed(cmd, env)
-        cpu = children_cpu() - before
+        cpu, _ = timed(cmd, env)
         report = json.loads(Path(f"{tmp}/run/run.json").read_text())
     if report["counts"]["accepted"] != n:
         raise SystemExit(f"{client}: {report['counts']} for {n} records")
@@ -120,9 +129,7 @@ def run_curator(records: Path, url: str, n: int, concurrency: int) -> dict[str, 
             str(CURATOR_PY), str(CURATOR_CLIENT), "--api-base", url, "--records", str(records),
             "--concurrency", str(concurrency), "--model", "test-model", "--out", tmp,
         ]  # fmt: skip
-        before = children_cpu()
-        _, _, out = timed(cmd, {**os.environ, "HOME": tmp})
-        cpu = children_cpu() - before
+        cpu, out = timed(cmd, {**os.environ, "HOME": tmp})
     result = json.loads(out.strip().splitlines()[-1])
     if result["responses"] != n:
         raise SystemExit(f"curator: {result['responses']} responses for {n} records")
