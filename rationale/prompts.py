@@ -205,13 +205,15 @@ def count_tokens(text: str) -> int:
     it unless already set). Student and teacher tokenizers differ; this is one shared ruler for
     budgets and reports, not an exact count for any one model.
     """
-    return _count_cached(text) if len(text) > 256 else _tokenizer().count(text)
+    tok = _tokenizer()
+    return _count_cached(tok, text) if len(text) > 256 else tok.count(text)
 
 
 @functools.lru_cache(maxsize=64)
-def _count_cached(text: str) -> int:
-    # Long texts that repeat (a template's system prompt, sent with every record) are counted once.
-    return _tokenizer().count(text)
+def _count_cached(tok: Any, text: str) -> int:
+    # Long texts that repeat (a template's system prompt, sent with every record) are counted
+    # once per tokenizer.
+    return tok.count(text)
 
 
 # -- cutting a context to a budget --------------------------------------------------------------
