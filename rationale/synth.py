@@ -40,6 +40,7 @@ from rationale.errors import FatalTeacherError, RationaleError, TeacherError, re
 from rationale.schema import SCHEMA_VERSION, Provenance, SynthError, SynthRecord
 
 STATES = ("accepted", "rejected", "failed")
+TPM_WINDOW_S = 60.0  # the --tpm bucket's period (tests shorten it)
 
 
 class SynthConfig(BaseModel):
@@ -508,8 +509,13 @@ class _Synth:
     def _limiters(self) -> None:
         from aiolimiter import AsyncLimiter
 
-        self._rpm = AsyncLimiter(self.config.rpm, 60) if self.config.rpm else None
-        self._tpm = AsyncLimiter(self.config.tpm, 60) if self.config.tpm else None
+        # Requests are spread over the minute (a burst of at most rpm/60, or 1, at a time), since
+        # many providers enforce their limit per second; tokens use the whole minute as bucket,
+        # since one request may need more than a second's share.
+        rpm = self.config.rpm
+        self._rpm = AsyncLimiter(max(1.0, rpm / 60), max(1.0, rpm / 60) * 60 / rpm) if rpm else None
+        tpm = self.config.tpm
+        self._tpm = AsyncLimiter(tpm, TPM_WINDOW_S) if tpm else None
         teacher, synth = self.teacher, self
 
         class Limited:

@@ -349,3 +349,26 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+def test_rpm_spreads_requests_over_time(tmp_path: Path, openai_server) -> None:
+    synth(tmp_path, openai_server, limit=8, concurrency=8, rpm=120)  # 2 per second
+    times = sorted(r["time"] for r in openai_server.requests)
+    assert len(times) == 8
+    assert times[-1] - times[0] >= 2.5  # 8 requests at 2/s: at least ~3 s, not a burst
+    for i in range(len(times) - 3):
+        assert times[i + 3] - times[i] >= 0.9  # never more than 3 within a second
+
+
+def test_tpm_holds_requests_back(tmp_path: Path, openai_server, monkeypatch) -> None:
+    import rationale.synth
+
+    monkeypatch.setattr(rationale.synth, "TPM_WINDOW_S", 2.0)  # a 2 s bucket instead of 60 s
+    estimate = synth(tmp_path, openai_server, limit=4, dry_run=True, max_tokens=50)
+    per_request = estimate["prompt_tokens"] // 4 + 50
+    started = time.monotonic()
+    synth(tmp_path, openai_server, limit=4, concurrency=4, max_tokens=50, tpm=per_request * 2)
+    times = sorted(r["time"] for r in openai_server.requests)
+    assert len(times) == 4
+    assert times[2] - times[0] >= 0.5  # the third request waited for the bucket to refill
+    assert time.monotonic() - started < 20
