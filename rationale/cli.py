@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -244,6 +245,64 @@ def steps(
                 count += 1
 
 
+def verifier_options(f: Any) -> Any:
+    f = click.option(
+        "--verifier-template",
+        help="The blind verifier's template (name, .jinja file or folder).  [default: verifier]",
+    )(f)
+    return click.option(
+        "--verifier",
+        default="auto",
+        show_default=True,
+        help="The blind verifier: a litellm model string, 'none' to turn the check off, or "
+        "'auto': the teacher (none with --teacher local, which cannot verify).",
+    )(f)
+
+
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A TOML file of this job's settings (flag names with _ for -, and a [rules] table); "
+    "flags given on the command line win.",
+)
+
+
+def _job_config(ctx: click.Context, model: Any, flags: dict[str, Any], **fixed: Any) -> Any:
+    """A job's config: the --config file, overridden by the flags actually given."""
+    from click.core import ParameterSource
+    from pydantic import ValidationError
+
+    from rationale.errors import ConfigError
+
+    config_file = flags.pop("config_file", None)
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            import tomllib
+        except ImportError:  # pragma: no cover  (Python 3.10)
+            import tomli as tomllib  # type: ignore[no-redef]
+
+        try:
+            with open(config_file, "rb") as f:
+                values = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+    for name, value in flags.items():
+        if not config_file or ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
+            values[name] = value
+        else:
+            values.setdefault(name, value)
+    values.update(fixed)
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{config_file or 'flags'}: {problems}") from None
+
+
 @main.command()
 @click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -324,13 +383,37 @@ def steps(
     is_flag=True,
     help="Add earlier steps' rationales to the history (the paper's setting).",
 )
+@verifier_options
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Candidate rationales per record (needs --temperature above 0).",
+)
+@click.option(
+    "--keep",
+    type=click.Choice(["first", "all"]),
+    default="first",
+    show_default=True,
+    help="Keep the first candidate that passes, or every one that passes.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Rounds per record: a rejected rationale is regenerated with feedback up to N-1 times.",
+)
+@config_option
 @on_error_option
 @action_space_option
-def synth(input_file: str, **flags: Any) -> None:
+@click.pass_context
+def synth(ctx: click.Context, input_file: str, **flags: Any) -> None:
     """Ask a teacher why each recorded action was taken; results stream to a run folder."""
     from rationale.synth import SynthConfig, run_synth
 
-    config = SynthConfig(input=input_file, **flags)
+    config = _job_config(ctx, SynthConfig, flags, input=input_file)
     result = run_synth(config)
     if config.dry_run:
         click.echo(json.dumps(result, indent=2))
@@ -347,25 +430,34 @@ def synth(input_file: str, **flags: Any) -> None:
             err=True,
         )
         return
+    _print_summary("synth", result)
+
+
+def _print_summary(command: str, result: Any) -> None:
+    """The end-of-run summary on stderr."""
     t = result.tally
     cost = f"${t.cost_usd:.4f}" + (
-        f" (+{t.cost_unknown} records of unknown price)" if t.cost_unknown else ""
+        f" (+{t.cost_unknown} calls of unknown price)" if t.cost_unknown else ""
     )
     click.echo(
-        f"synth: accepted {result.counts['accepted']}, rejected {result.counts['rejected']}, "
+        f"{command}: accepted {result.counts['accepted']}, rejected {result.counts['rejected']}, "
         f"failed {result.counts['failed']}, pending {result.pending}; this run: "
-        f"{t.requests} requests, {t.cache_hits} cached, {t.prompt_tokens}+{t.completion_tokens} "
-        f"tokens, {cost}, {result.wall_s:.1f}s -> {result.run_dir}",
+        f"{t.requests} requests ({t.verify_requests} to the verifier), {t.cache_hits} cached, "
+        f"{t.prompt_tokens}+{t.completion_tokens} tokens, {cost}, {result.wall_s:.1f}s "
+        f"-> {result.run_dir}",
         err=True,
     )
+    if t.rule_rejections:
+        rules = ", ".join(f"{k} {v}" for k, v in t.rule_rejections.most_common())
+        click.echo(f"{command}: candidates rejected by {rules}", err=True)
     if t.context_cut_records:
         click.echo(
-            f"synth: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
+            f"{command}: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
             "records (--max-context-tokens)",
             err=True,
         )
     if result.stopped:
-        click.echo(f"synth: stopped early ({result.stopped}); rerun to continue", err=True)
+        click.echo(f"{command}: stopped early ({result.stopped}); rerun to continue", err=True)
 
 
 @main.command()
@@ -438,6 +530,57 @@ def render(
                 click.echo(f"--- {message['role']} ---\n{message['content']}")
             if prompt.assistant_prefix:
                 click.echo(f"--- assistant (prefix) ---\n{prompt.assistant_prefix}")
+
+
+@main.command("filter")
+@click.argument("source", metavar="RUN_DIR|SYNTH.jsonl", type=click.Path(exists=True))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A new run folder for the filtered records. Rerun to resume.",
+)
+@verifier_options
+@click.option("--api-base", help="An OpenAI-compatible endpoint for the verifier.")
+@click.option(
+    "--client", type=click.Choice(["auto", "litellm", "fast"]), default="auto", show_default=True
+)
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--rpm", type=click.IntRange(min=1))
+@click.option("--tpm", type=click.IntRange(min=1))
+@click.option("--template", help="The teacher template whose rules apply.  [default: the run's]")
+@click.option("--max-context-tokens", type=click.IntRange(min=16), default=6000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option("--max-cost", type=click.FloatRange(min=0), help="USD budget of this invocation.")
+@click.option("--keep", type=click.Choice(["first", "all"]), default="first", show_default=True)
+@click.option("--history-rationales", is_flag=True)
+@config_option
+@on_error_option
+@action_space_option
+@click.pass_context
+def filter_(ctx: click.Context, source: str, **flags: Any) -> None:
+    """Check the rationales of a run with the rules and the blind verifier, into a new run."""
+    from rationale.synth import SynthConfig, run_filter
+
+    config = _job_config(ctx, SynthConfig, flags, input=source)
+    result = run_filter(config)
+    _print_summary("filter", result)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def report(run_dir: str, as_json: bool) -> None:
+    """Acceptance, rejections per rule, verifier confusion and spend of a run; draws its chart."""
+    from rationale.report import build_report, render_text, write_chart
+
+    data = build_report(run_dir)
+    chart = write_chart(data, Path(run_dir) / "acceptance.png")
+    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+    click.echo(f"chart: {chart}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -499,6 +499,7 @@ class PromptTemplate:
             digest.update(f"{len(data)}:".encode())
             digest.update(data)
         self.version = digest.hexdigest()[:16]
+        self.declared_rules = _declared_rules(sources[0][0])
         try:
             self._template = self._env.get_template(entry)
         except TemplateSyntaxError as exc:  # pragma: no cover  (parsed in _collect already)
@@ -685,12 +686,33 @@ def render_step(
     max_context_tokens: int | None,
     with_action: bool,
     action_space: ActionSpace | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[RenderedPrompt, ContextCut]:
-    """`prompt_variables` then `PromptTemplate.render`: one step's prompt and its context cut."""
+    """`prompt_variables` then `PromptTemplate.render`: one step's prompt and its context cut.
+
+    ``extra`` adds variables of a stage's own (the verifier's ``rationale``); it cannot add
+    ``action``, ``action_text`` or ``meta`` to a blind prompt.
+    """
     variables, cut = prompt_variables(
         step,
         max_context_tokens=max_context_tokens,
         with_action=with_action,
         action_space=action_space,
     )
+    if extra:
+        if forbidden := {"action", "action_text", "meta"} & set(extra):
+            raise PromptError(f"extra variables may not include {', '.join(sorted(forbidden))}")
+        variables.update(extra)
     return template.render(**variables), cut
+
+
+_FIRST_COMMENT = re.compile(r"\A\s*\{#-?(.*?)-?#\}", re.S)
+_RULES_LINE = re.compile(r"^\s*rules\s*:\s*(.*)$", re.M)
+
+
+def _declared_rules(source: str) -> tuple[str, ...] | None:
+    """The rule names a template declares in its first comment (``rules: empty too_short``)."""
+    comment = _FIRST_COMMENT.match(source)
+    if comment and (line := _RULES_LINE.search(comment.group(1))):
+        return tuple(n for n in re.split(r"[\s,]+", line.group(1).strip()) if n)
+    return None

@@ -435,10 +435,45 @@ class SynthError(BaseModel):
     message: str
 
 
+class Verification(BaseModel):
+    """The blind verifier's verdict on one candidate: what it predicted, and whether that is the
+    true action under `ActionSpace.equal`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prediction: dict[str, Any] | None = None
+    match: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+    cached: bool = False
+
+
+class Candidate(BaseModel):
+    """One rationale tried for a record: a sample of a round (round 0, then regenerations with
+    feedback), the rules and verifier verdicts on it, and its own provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rationale: str | None = None
+    sample: int = 0
+    round: int = 0
+    state: SynthState
+    reasons: list[str] = Field(default_factory=list)
+    verification: Verification | None = None
+    error: SynthError | None = None
+    provenance: Provenance | None = None
+
+
 class SynthRecord(BaseModel):
     """One line of a run's accepted/rejected/failed file: one input record and its outcome.
 
     ``record`` is the input line unchanged (a dict, so custom action spaces round-trip).
+    ``rationale`` is the first accepted candidate's; ``candidates`` holds every candidate tried
+    (with ``--keep all``, every accepted one is among them), so nothing paid for is lost.
+    ``prediction`` is the verifier's prediction for the last candidate verified.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -450,7 +485,13 @@ class SynthRecord(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     error: SynthError | None = None
     provenance: Provenance | None = None
+    prediction: dict[str, Any] | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
     context_cut_tokens: int = 0
+
+    @property
+    def accepted_rationales(self) -> list[str]:
+        return [c.rationale for c in self.candidates if c.state == "accepted" and c.rationale]
 
     @property
     def key(self) -> tuple[str, int]:

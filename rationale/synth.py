@@ -37,7 +37,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rationale.errors import FatalTeacherError, RationaleError, TeacherError, redact
-from rationale.schema import SCHEMA_VERSION, Provenance, SynthError, SynthRecord
+from rationale.filter import RulesConfig
+from rationale.schema import (
+    SCHEMA_VERSION,
+    Candidate,
+    Provenance,
+    SynthError,
+    SynthRecord,
+    Verification,
+)
 
 STATES = ("accepted", "rejected", "failed")
 TPM_WINDOW_S = 60.0  # the --tpm bucket's period (tests shorten it)
@@ -71,6 +79,14 @@ class SynthConfig(BaseModel):
     on_error: Literal["fail", "skip"] = "fail"
     history_rationales: bool = False
     action_space: str | None = None
+    # the consistency filter
+    verifier: str = "auto"  # auto: the teacher (none for a local teacher); none: off
+    verifier_template: str | None = None
+    verify_max_tokens: int = Field(150, ge=1)
+    samples: int = Field(1, ge=1)
+    keep: Literal["first", "all"] = "first"
+    max_attempts: int = Field(1, ge=1)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
 
 
 # -- the run folder ---------------------------------------------------------------------------
@@ -209,6 +225,38 @@ class Tally:
     cost_unknown: int = 0
     context_cut_records: int = 0
     context_cut_tokens: int = 0
+    # the verifier's share of the above
+    verify_requests: int = 0
+    verify_prompt_tokens: int = 0
+    verify_completion_tokens: int = 0
+    verify_cost_usd: float = 0.0
+    rule_rejections: Counter[str] = field(default_factory=Counter)
+    confusion: Counter[tuple[str, str, bool]] = field(default_factory=Counter)
+
+    def add(self, kind: str, requests: int, completion: Any) -> None:
+        """Count a paid call (``completion`` None when it failed after ``requests`` requests)."""
+        p = (completion.prompt_tokens or 0) if completion else 0
+        c = (completion.completion_tokens or 0) if completion else 0
+        cost = (completion.cost_usd or 0.0) if completion else 0.0
+        self.requests += requests
+        self.prompt_tokens += p
+        self.completion_tokens += c
+        self.cost_usd += cost
+        if completion is not None and completion.cost_usd is None:
+            self.cost_unknown += 1
+        if kind == "verifier":
+            self.verify_requests += requests
+            self.verify_prompt_tokens += p
+            self.verify_completion_tokens += c
+            self.verify_cost_usd += cost
+
+
+class _Pending(Exception):
+    """A record left for a rerun: the budget or a fatal fault stopped the run."""
+
+
+def _type_of(action: Any) -> str:
+    return str(action.get("type")) if isinstance(action, dict) else "invalid"
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -251,6 +299,32 @@ class Progress:
 
 
 # -- the engine -----------------------------------------------------------------------------------
+
+
+class _Limited:
+    """A model client whose every attempt (retries included) passes the run's rate limits.
+
+    ``--rpm`` and ``--tpm`` are the provider's limits, shared by the teacher and the verifier.
+    """
+
+    def __init__(self, client: Any, synth: _Synth) -> None:
+        self.client, self.synth = client, synth
+        self.model_id = client.model_id
+
+    async def attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        synth = self.synth
+        if synth._rpm is not None:
+            await synth._rpm.acquire()
+        if synth._tpm is not None:
+            need = synth._prompt_tokens(messages) + kwargs.get("max_tokens", 0)
+            await synth._tpm.acquire(min(need, synth.config.tpm or need))
+        return await self.client.attempt(messages, **kwargs)
+
+    def price(self, p: int, c: int) -> float | None:
+        return self.client.price(p, c)  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 @dataclass(frozen=True)
@@ -297,6 +371,44 @@ class _Synth:
         self.tally = Tally()
         self.budget = Budget(config.max_cost)
         self.fatal: FatalTeacherError | None = None
+        from rationale.filter import template_rules
+
+        self.rules = template_rules(self.template)
+        self.verifier_template = load_template(config.verifier_template or "verifier")
+        if config.samples > 1 and config.temperature == 0:
+            raise RationaleError(
+                "--samples above 1 needs --temperature above 0, or every sample is the same"
+            )
+        self._verifier: Any = None
+
+    @property
+    def verifier_name(self) -> str | None:
+        """The verifier model, or None when the consistency check is off."""
+        name = self.config.verifier
+        if name == "none":
+            return None
+        if name == "auto":
+            return None if self.config.teacher.startswith("local") else self.config.teacher
+        return name
+
+    @property
+    def verifier(self) -> Any:
+        if self._verifier is None and self.verifier_name is not None:
+            from rationale.teacher import make_teacher
+
+            if self.verifier_name == self.config.teacher:
+                self._verifier = self.teacher
+            else:
+                same_provider = (
+                    self.verifier_name.split("/")[0] == self.config.teacher.split("/")[0]
+                )
+                self._verifier = make_teacher(
+                    self.verifier_name,
+                    api_base=self.config.api_base if same_provider else None,
+                    timeout=self.config.timeout,
+                    client=self.config.client,
+                )
+        return self._verifier
 
     @property
     def teacher(self) -> Any:
@@ -355,6 +467,12 @@ class _Synth:
             )
         self.run_dir.create()
         self._check_same_run()
+        if self.config.verifier == "auto" and self.config.teacher.startswith("local"):
+            print(
+                "warning: a 135M local model cannot verify rationales, so the blind "
+                "consistency check is off (--verifier MODEL to turn it on)",
+                file=sys.stderr,
+            )
         done = self.run_dir.load()
         if self.config.retry_failed:
             failed = {k for k, s in done.items() if s == "failed"}
@@ -388,6 +506,8 @@ class _Synth:
             self.run_dir.close()
             self.cache.close()
             await self.teacher.aclose()
+            if self._verifier is not None and self._verifier is not self._teacher:
+                await self._verifier.aclose()
         stopped = None
         if self.fatal is not None:
             stopped = f"fatal: {self.fatal}"
@@ -397,7 +517,11 @@ class _Synth:
                 f"--max-cost ${self.config.max_cost}"
             )
         wall = time.monotonic() - t0
-        counts = self._write_run_json(started, wall, stopped, total)
+        from rationale.report import build_report, write_chart
+
+        report = build_report(self.run_dir.path)
+        write_chart(report, self.run_dir.path / "acceptance.png")
+        counts = self._write_run_json(started, wall, stopped, total, report)
         summary = SynthSummary(
             self.run_dir.path, counts, total - sum(counts.values()), self.tally, wall, stopped
         )
@@ -409,96 +533,239 @@ class _Synth:
         return summary
 
     async def process(self, step: Any) -> bool:
-        """One record to its final state. False if it was left pending (budget or fatal stop)."""
-        from rationale.teacher import Completion, call_with_retries, describe_error
+        """One record to its final state. False if it was left pending (budget or fatal stop).
+
+        Round 0 draws ``--samples`` candidates; while none is accepted, each further round (up
+        to ``--max-attempts`` rounds) regenerates one with feedback on the last rejection. Each
+        candidate passes the template's rules, then the blind verifier. ``--keep first`` stops at
+        the first accepted candidate, ``--keep all`` keeps every accepted one of the round.
+        """
+        from rationale.filter import feedback_message
 
         record = step.record
-        prompt, cut, key = self.prompt(step)
-        prompt_hash = hashlib.sha256(json.dumps(prompt.messages).encode()).hexdigest()[:16]
+        prompt, cut, _ = self.prompt(step)
         if cut.cut_tokens:
             self.tally.context_cut_records += 1
             self.tally.context_cut_tokens += cut.cut_tokens
-        provenance = dict(
-            teacher=self.teacher.model_id,
-            template=self.template.name,
-            template_version=self.template.version,
-            prompt_hash=prompt_hash,
-            seed=self.config.seed,
-            sample=0,
+        candidates: list[Candidate] = []
+        messages = list(prompt.messages)
+        try:
+            for round_ in range(self.config.max_attempts):
+                samples = range(self.config.samples) if round_ == 0 else range(1)
+                for sample in samples:
+                    candidate = await self.candidate(step, messages, prompt, sample, round_)
+                    candidates.append(candidate)
+                    if candidate.state == "failed" or (
+                        candidate.state == "accepted" and self.config.keep == "first"
+                    ):
+                        break
+                last = candidates[-1]
+                if last.state == "failed" or any(c.state == "accepted" for c in candidates):
+                    break
+                # Regenerate: the teacher sees its answer and why it was rejected.
+                prediction = last.verification.prediction if last.verification else None
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": json.dumps({"rationale": last.rationale})},
+                    {"role": "user", "content": feedback_message(
+                        last.rationale, last.reasons, prediction, record.action.model_dump()
+                    )},
+                ]  # fmt: skip
+        except _Pending:
+            return False
+        self._finish(self._outcome(record, candidates, cut.cut_tokens))
+        return True
+
+    def _outcome(self, record: Any, candidates: list[Candidate], cut_tokens: int) -> SynthRecord:
+        """A record's line from its candidates: accepted if any is, failed if the last failed."""
+        accepted = [c for c in candidates if c.state == "accepted"]
+        last = candidates[-1]
+        verified = [c for c in candidates if c.verification is not None]
+        chosen = accepted[0] if accepted else last
+        if accepted:
+            state: str = "accepted"
+        elif last.state == "failed":
+            state = "failed"
+        else:
+            state = "rejected"
+        reasons: list[str] = []
+        for c in candidates:
+            reasons += [r for r in c.reasons if r not in reasons]
+        return SynthRecord(
+            state=state,  # type: ignore[arg-type]
+            record=record.dump(),
+            rationale=chosen.rationale if accepted else None,
+            reasons=[] if accepted else reasons,
+            error=last.error if state == "failed" else None,
+            provenance=chosen.provenance,
+            prediction=verified[-1].verification.prediction if verified else None,  # type: ignore[union-attr]
+            candidates=candidates,
+            context_cut_tokens=cut_tokens,
         )
-        base = dict(record=record.dump(), context_cut_tokens=cut.cut_tokens)
+
+    async def candidate(
+        self, step: Any, messages: list[dict[str, str]], prompt: Any, sample: int, round_: int
+    ) -> Candidate:
+        """Generate one rationale, then judge it (rules, verifier)."""
+        from rationale.cache import cache_key
+        from rationale.teacher import describe_error
+
+        params = {
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "seed": self.config.seed + sample,
+            "assistant_prefix": prompt.assistant_prefix,
+        }
+        key = cache_key(
+            model=self.teacher.model_id,
+            messages=messages,
+            params=params,
+            sample=sample,
+            template_version=self.template.version,
+        )
+        provenance = {
+            "teacher": self.teacher.model_id,
+            "template": self.template.name,
+            "template_version": self.template.version,
+            "prompt_hash": hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16],
+            "seed": self.config.seed + sample,
+            "sample": sample,
+        }
+        try:
+            completion, cached = await self.call(
+                "teacher", self._limited, messages, key=key,
+                assistant_prefix=prompt.assistant_prefix, temperature=self.config.temperature,
+                max_tokens=self.config.max_tokens, seed=self.config.seed + sample,
+            )  # fmt: skip
+        except TeacherError as exc:
+            return Candidate(
+                sample=sample, round=round_, state="failed",
+                error=SynthError(**describe_error(exc)),
+                provenance=Provenance(**provenance, attempts=exc.attempts),
+            )  # fmt: skip
+        prov = Provenance(
+            **provenance,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=completion.cost_usd,
+            attempts=completion.attempts,
+            cached=cached,
+        )
+        return await self.judge(step, completion.text, sample, round_, prov)
+
+    async def judge(
+        self, step: Any, rationale: str | None, sample: int, round_: int, prov: Any
+    ) -> Candidate:
+        """The rules, then (if they pass and a verifier is set) the blind verifier."""
+        from rationale.filter import check_rules
+        from rationale.teacher import describe_error
+
+        truth = step.record.action.model_dump()
+        reasons = check_rules(rationale, truth, self.rules, self.config.rules)
+        base = {"rationale": rationale or None, "sample": sample, "round": round_,
+                "provenance": prov}  # fmt: skip
+        if reasons:
+            self.tally.rule_rejections.update(r.split(":")[0] for r in reasons)
+            return Candidate(state="rejected", reasons=reasons, **base)
+        if self.verifier is None:
+            return Candidate(state="accepted", **base)
+        try:
+            verification = await self.verify(step, rationale or "")
+        except TeacherError as exc:
+            return Candidate(state="failed", error=SynthError(**describe_error(exc)), **base)
+        if verification.match:
+            return Candidate(state="accepted", verification=verification, **base)
+        self.tally.rule_rejections["verifier"] += 1
+        return Candidate(
+            state="rejected", reasons=["verifier: predicted another action"],
+            verification=verification, **base,
+        )  # fmt: skip
+
+    async def verify(self, step: Any, rationale: str) -> Verification:
+        """Ask the verifier, which never sees the action, to predict it from the rationale."""
+        from rationale.cache import cache_key
+        from rationale.prompts import render_step
+
+        prompt, _ = render_step(
+            self.verifier_template, step,
+            max_context_tokens=self.config.max_context_tokens, with_action=False,
+            action_space=self.space, extra={"rationale": rationale},
+        )  # fmt: skip
+        params = {"temperature": 0.0, "max_tokens": self.config.verify_max_tokens,
+                  "seed": self.config.seed, "response": "action"}  # fmt: skip
+        key = cache_key(
+            model=self.verifier.model_id,
+            messages=prompt.messages,
+            params=params,
+            sample=0,
+            template_version=self.verifier_template.version,
+        )
+        completion, cached = await self.call(
+            "verifier", self._verifier_limited, prompt.messages, key=key, assistant_prefix=None,
+            temperature=0.0, max_tokens=self.config.verify_max_tokens, seed=self.config.seed,
+            response_model=self.space.action_only_model,
+        )  # fmt: skip
+        prediction = completion.data.get("action")
+        match = self.space.equal(prediction, step.record.action)
+        self.tally.confusion[(step.record.action.type, _type_of(prediction), match)] += 1
+        return Verification(
+            model=self.verifier.model_id,
+            prediction=prediction,
+            match=match,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=completion.cost_usd,
+            attempts=completion.attempts,
+            cached=cached,
+        )
+
+    async def call(
+        self, kind: str, client: Any, messages: list[dict[str, str]], *, key: str, **kwargs: Any
+    ) -> tuple[Any, bool]:
+        """One model answer, from the cache or paid for: (completion, cached).
+
+        Raises `_Pending` when the budget or a fatal fault stops the run (the record stays
+        pending, and whatever was paid for is in the cache), `TeacherError` after retries.
+        """
+        from rationale.teacher import Completion, call_with_retries
 
         cached = self.cache.get(key)
         if cached is not None:
             self.tally.cache_hits += 1
-            completion = Completion(**cached, attempts=0)
-        else:
-            worst = self._worst_case(prompt.messages) if self.budget.limit is not None else 0.0
-            if not self.budget.reserve(worst):
-                return False
-            actual = 0.0
-            try:
-                completion = await call_with_retries(
-                    self._limited,
-                    prompt.messages,
-                    self.policy,
-                    assistant_prefix=prompt.assistant_prefix,
-                    temperature=self.config.temperature,
-                    max_tokens=self.config.max_tokens,
-                    seed=self.config.seed,
-                )
-                actual = completion.cost_usd or 0.0
-            except FatalTeacherError as exc:
-                self.fatal = self.fatal or exc
-                return False
-            except TeacherError as exc:
-                self._finish(
-                    SynthRecord(
-                        state="failed",
-                        error=SynthError(**describe_error(exc)),
-                        provenance=Provenance(**provenance, attempts=exc.attempts),
-                        **base,
-                    )
-                )
-                self.tally.requests += exc.attempts
-                self.run_dir.charge({"requests": exc.attempts, "failed": True})
-                return True
-            finally:
-                self.budget.settle(worst, actual)
-            self.cache.put(key, completion.to_cache())
-            self.tally.requests += completion.attempts
-            self.tally.prompt_tokens += completion.prompt_tokens or 0
-            self.tally.completion_tokens += completion.completion_tokens or 0
-            if completion.cost_usd is None:
-                self.tally.cost_unknown += 1
-            self.tally.cost_usd += actual
-            self.run_dir.charge(
-                {
-                    "requests": completion.attempts,
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                    "cost_usd": completion.cost_usd,
-                }
-            )
-        rationale = completion.text.strip()
-        reasons = [] if rationale else ["empty: the teacher returned no rationale"]
-        self._finish(
-            SynthRecord(
-                state="rejected" if reasons else "accepted",
-                rationale=rationale or None,
-                reasons=reasons,
-                provenance=Provenance(
-                    **provenance,
-                    prompt_tokens=completion.prompt_tokens,
-                    completion_tokens=completion.completion_tokens,
-                    cost_usd=completion.cost_usd,
-                    attempts=completion.attempts,
-                    cached=cached is not None,
-                ),
-                **base,
-            )
+            return Completion(**cached, attempts=0), True
+        if self.fatal is not None:
+            raise _Pending
+        max_tokens = kwargs["max_tokens"]
+        worst = (
+            self._worst_case(client, messages, max_tokens) if self.budget.limit is not None else 0.0
         )
-        return True
+        if not self.budget.reserve(worst):
+            raise _Pending
+        actual = 0.0
+        try:
+            completion = await call_with_retries(client, messages, self.policy, **kwargs)
+            actual = completion.cost_usd or 0.0
+        except FatalTeacherError as exc:
+            self.fatal = self.fatal or exc
+            raise _Pending from None
+        except TeacherError as exc:
+            self.tally.add(kind, exc.attempts, None)
+            self.run_dir.charge({"kind": kind, "requests": exc.attempts, "failed": True})
+            raise
+        finally:
+            self.budget.settle(worst, actual)
+        self.cache.put(key, completion.to_cache())
+        self.tally.add(kind, completion.attempts, completion)
+        self.run_dir.charge(
+            {
+                "kind": kind,
+                "requests": completion.attempts,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "cost_usd": completion.cost_usd,
+            }
+        )
+        return completion, False
 
     def _finish(self, rec: SynthRecord) -> None:
         self.run_dir.append(rec)
@@ -516,28 +783,8 @@ class _Synth:
         self._rpm = AsyncLimiter(max(1.0, rpm / 60), max(1.0, rpm / 60) * 60 / rpm) if rpm else None
         tpm = self.config.tpm
         self._tpm = AsyncLimiter(tpm, TPM_WINDOW_S) if tpm else None
-        teacher, synth = self.teacher, self
-
-        class Limited:
-            """The teacher, with every attempt (retries included) passing the rate limits."""
-
-            model_id = teacher.model_id
-
-            async def attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
-                if synth._rpm is not None:
-                    await synth._rpm.acquire()
-                if synth._tpm is not None:
-                    need = synth._prompt_tokens(messages) + synth.config.max_tokens
-                    await synth._tpm.acquire(min(need, synth.config.tpm))
-                return await teacher.attempt(messages, **kwargs)
-
-            def price(self, p: int, c: int) -> float | None:
-                return teacher.price(p, c)
-
-            async def aclose(self) -> None:
-                await teacher.aclose()
-
-        self._limited = Limited()
+        self._limited = _Limited(self.teacher, self)
+        self._verifier_limited = _Limited(self.verifier, self) if self.verifier else None
 
     def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         from rationale.prompts import count_tokens
@@ -545,8 +792,8 @@ class _Synth:
         # 4 tokens of chat framing per message, a common provider overhead.
         return sum(count_tokens(m["content"]) + 4 for m in messages)
 
-    def _worst_case(self, messages: list[dict[str, str]]) -> float:
-        price = self.teacher.price(self._prompt_tokens(messages), self.config.max_tokens)
+    def _worst_case(self, client: Any, messages: list[dict[str, str]], max_tokens: int) -> float:
+        price = client.price(self._prompt_tokens(messages), max_tokens)
         return price or 0.0
 
     # -- reporting ----------------------------------------------------------------------------
@@ -575,10 +822,17 @@ class _Synth:
             "teacher": self.teacher.model_id,
             "template_version": self.template.version,
             "seed": self.config.seed,
+            "verifier": self.verifier.model_id if self.verifier else None,
+            "verifier_template_version": self.verifier_template.version if self.verifier else None,
         }
 
     def _write_run_json(
-        self, started: float, wall: float, stopped: str | None, total: int
+        self,
+        started: float,
+        wall: float,
+        stopped: str | None,
+        total: int,
+        report: dict[str, Any] | None = None,
     ) -> dict[str, int]:
         counts = {state: 0 for state in STATES}
         for state, file in self.run_dir.files.items():
@@ -618,6 +872,13 @@ class _Synth:
             "started": started,
             "wall_s": round(wall, 3),
             "stopped": stopped,
+            "verification": {
+                "verifier": self.verifier.model_id if self.verifier else None,
+                "rules": list(self.rules),
+                "requests_this_invocation": self.tally.verify_requests,
+                "cost_usd_this_invocation": round(self.tally.verify_cost_usd, 8),
+            },
+            "report": report,
         }
         tmp = self.run_dir.run_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -662,3 +923,118 @@ class _Synth:
         out["max_cost_usd"] = None if price is None else round(price, 6)
         out["teacher"] = self.teacher.model_id
         return out
+
+
+# -- the standalone filter ------------------------------------------------------------------------
+
+
+def run_filter(config: SynthConfig, *, retry_policy: Any = None) -> Any:
+    """`rationale filter`: judge the rationales of an earlier run (a run folder or a synth JSONL)
+    with the rules and the blind verifier, into a new run folder. No teacher is called; records
+    that were rejected or failed before are carried over unchanged."""
+    return asyncio.run(_Filter(config, retry_policy).run())
+
+
+class _Filter(_Synth):
+    """The synthesis engine with generation replaced by the candidates of an earlier run."""
+
+    def __init__(self, config: SynthConfig, retry_policy: Any) -> None:
+        from rationale.paths import state_dir
+        from rationale.records import write_records
+        from rationale.schema import ActionSpace
+
+        source = Path(config.input)
+        files = [source / f"{s}.jsonl" for s in STATES] if source.is_dir() else [source]
+        self.source: dict[tuple[str, int], SynthRecord] = {}
+        for file in files:
+            for line_no, line in _read_lines(file):
+                try:
+                    rec = SynthRecord.model_validate_json(line)
+                except ValueError:
+                    raise RationaleError(
+                        f"{file} line {line_no}: not a synthesis record (rationale synth output)"
+                    ) from None
+                self.source[rec.key] = rec
+        if not self.source:
+            raise RationaleError(f"{source}: no synthesis records to filter")
+        before: dict[str, Any] = {}
+        if source.is_dir() and (source / "run.json").exists():
+            before = json.loads((source / "run.json").read_text(encoding="utf-8"))["config"]
+        updates: dict[str, Any] = {}
+        if config.template is None and before.get("template"):
+            updates["template"] = before["template"]
+        if config.action_space is None and before.get("action_space"):
+            updates["action_space"] = before["action_space"]
+        verifier = config.verifier
+        if verifier == "auto":
+            verifier = before.get("teacher") or "none"
+        if verifier in ("none", "local") or verifier.startswith("local:"):
+            raise RationaleError(
+                "rationale filter needs a verifier model: give --verifier MODEL "
+                "(a local 135M model cannot verify)"
+            )
+        # The engine's one model client is the verifier; no teacher is called.
+        updates.update(teacher=verifier, verifier=verifier, samples=1, max_attempts=1)
+        config = config.model_copy(update=updates)
+        # History comes from the run's own input when it is still there (so earlier steps that
+        # were not synthesized count), else from the records carried in the lines.
+        history_source = before.get("input")
+        if not history_source or not Path(history_source).is_file():
+            space = ActionSpace.from_file(config.action_space) if config.action_space else None
+            history_source = str(state_dir() / "filter-inputs" / f"{_digest_of(files)}.jsonl")
+            model = (space or ActionSpace.default()).record_model
+            write_records(
+                history_source, (model.model_validate(r.record) for r in self.source.values())
+            )
+        self.source_path = str(source.resolve())
+        super().__init__(config.model_copy(update={"input": history_source}), None, retry_policy)
+        self.config = self.config.model_copy(update={"input": config.input})
+
+    def steps(self) -> Iterator[Any]:
+        steps = self.records.steps(with_rationales=self.config.history_rationales)
+        return (s for s in steps if (s.record.session_id, s.record.step) in self.source)
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "input": self.source_path,
+            "verifier": self.verifier.model_id,
+            "verifier_template_version": self.verifier_template.version,
+            "seed": self.config.seed,
+        }
+
+    async def process(self, step: Any) -> bool:
+        """Judge the source's accepted candidates in order; carry anything else over."""
+        src = self.source[(step.record.session_id, step.record.step)]
+        if src.state != "accepted":
+            self._finish(src)
+            return True
+        tried = [c for c in src.candidates if c.state == "accepted"] or [
+            Candidate(rationale=src.rationale, state="accepted", provenance=src.provenance)
+        ]
+        candidates: list[Candidate] = []
+        try:
+            for old in tried:
+                judged = await self.judge(
+                    step, old.rationale, old.sample, old.round, old.provenance
+                )
+                candidates.append(judged)
+                if judged.state == "failed" or (
+                    judged.state == "accepted" and self.config.keep == "first"
+                ):
+                    break
+        except _Pending:
+            return False
+        self._finish(self._outcome(step.record, candidates, src.context_cut_tokens))
+        return True
+
+    def estimate(self) -> dict[str, Any]:
+        raise RationaleError("rationale filter has no --dry-run")
+
+
+def _digest_of(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            st = f.stat()
+            digest.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]

@@ -30,7 +30,10 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 from rationale.errors import ConfigError, FatalTeacherError, RationaleError, TeacherError, redact
 
@@ -40,17 +43,22 @@ FATAL = frozenset({"auth", "not_found"})
 
 @dataclass(frozen=True)
 class Completion:
-    """One successful answer."""
+    """One successful answer: the parsed response model as a dict, tokens, cost, attempts."""
 
-    text: str
+    data: dict[str, Any]
     prompt_tokens: int | None
     completion_tokens: int | None
     cost_usd: float | None
     attempts: int = 1
 
+    @property
+    def text(self) -> str:
+        """The rationale of a teacher's answer."""
+        return str(self.data.get("rationale") or "").strip()
+
     def to_cache(self) -> dict[str, Any]:
         return {
-            "text": self.text,
+            "data": self.data,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
@@ -70,8 +78,12 @@ class Teacher(Protocol):
         temperature: float,
         max_tokens: int,
         seed: int,
+        response_model: type[BaseModel] | None = None,
     ) -> Completion:
-        """Make exactly one request; raise `TeacherError` with a category on failure."""
+        """Make exactly one request; raise `TeacherError` with a category on failure.
+
+        ``response_model`` is the structured answer to parse (default: `Rationale`).
+        """
         ...
 
     def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -139,7 +151,7 @@ async def call_with_retries(
                 attempts += 1
                 completion = await teacher.attempt(messages, **kwargs)
                 return Completion(
-                    completion.text,
+                    completion.data,
                     completion.prompt_tokens,
                     completion.completion_tokens,
                     completion.cost_usd,
@@ -272,7 +284,7 @@ class LiteLLMTeacher:
         self.model_id = model
         self.api_base = api_base
         self.timeout = timeout
-        self._response_model = Rationale
+        self._default_model = Rationale
         self._client = instructor.from_litellm(litellm.acompletion, mode=instructor.Mode.JSON)
         self._price = model_price(model)
 
@@ -292,11 +304,12 @@ class LiteLLMTeacher:
         temperature: float,
         max_tokens: int,
         seed: int,
+        response_model: type[BaseModel] | None = None,
     ) -> Completion:
         kwargs: dict[str, Any] = {
             "model": self.model_id,
             "messages": messages,
-            "response_model": self._response_model,
+            "response_model": response_model or self._default_model,
             "max_retries": 0,  # no instructor re-asks: call_with_retries is the retry layer
             "num_retries": 0,  # no litellm retries either
             "timeout": self.timeout,
@@ -324,7 +337,7 @@ class LiteLLMTeacher:
             if prompt_tokens is not None and completion_tokens is not None
             else None
         )
-        return Completion(parsed.rationale.strip(), prompt_tokens, completion_tokens, cost)
+        return Completion(parsed.model_dump(), prompt_tokens, completion_tokens, cost)
 
 
 #: litellm provider prefixes whose endpoints speak the OpenAI chat API, and the environment
@@ -353,7 +366,7 @@ class OpenAICompatibleTeacher:
         self.model_id = model
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.timeout = timeout
-        self._response_model = Rationale
+        self._default_model = Rationale
         key = os.environ.get(FAST_PROVIDERS[provider])
         self._headers = {"Content-Type": "application/json"}
         if key:
@@ -390,6 +403,7 @@ class OpenAICompatibleTeacher:
         temperature: float,
         max_tokens: int,
         seed: int,
+        response_model: type[BaseModel] | None = None,
     ) -> Completion:
         import aiohttp
 
@@ -420,7 +434,8 @@ class OpenAICompatibleTeacher:
                 f"the server's answer is not a chat completion: {raw[:200]!r}", category="server"
             ) from None
         try:
-            parsed = self._response_model.model_validate_json(_json_object(content))
+            model = response_model or self._default_model
+            parsed = model.model_validate_json(_json_object(content))
         except ValueError as exc:
             raise TeacherError(
                 f"the answer does not match the response model: {str(exc)[:300]}",
@@ -428,7 +443,7 @@ class OpenAICompatibleTeacher:
             ) from None
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
         cost = self.price(p, c) if p is not None and c is not None else None
-        return Completion(parsed.rationale.strip(), p, c, cost)
+        return Completion(parsed.model_dump(), p, c, cost)
 
 
 def _json_object(content: str) -> str:
@@ -498,7 +513,14 @@ class LocalTeacher:
         temperature: float,
         max_tokens: int,
         seed: int,
+        response_model: type[BaseModel] | None = None,
     ) -> Completion:
+        if response_model is not None and set(response_model.model_fields) != {"rationale"}:
+            raise FatalTeacherError(
+                "the local model writes plain-text rationales only; it cannot verify or predict "
+                "actions: use --verifier none or an API model",
+                category="local_model",
+            )
         try:
             out = await asyncio.to_thread(
                 self._model.generate,
@@ -513,7 +535,7 @@ class LocalTeacher:
             raise FatalTeacherError(str(exc), category="local_model") from None
         except Exception as exc:
             raise TeacherError(f"{type(exc).__name__}: {exc}", category="other") from None
-        return Completion(out.text, out.prompt_tokens, out.completion_tokens, 0.0)
+        return Completion({"rationale": out.text}, out.prompt_tokens, out.completion_tokens, 0.0)
 
 
 def make_teacher(

@@ -140,6 +140,9 @@ def tokenizer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 # -- every shipped template renders -------------------------------------------------------------
 
 SHIPPED = sorted(shipped_templates())
+BLIND_SHIPPED = ["verifier"]  # prompts that must never see the action
+TEACHER_SHIPPED = [n for n in SHIPPED if n not in BLIND_SHIPPED]
+CANDIDATE = "I want sturdy trail shoes, so I open the first pair that says waterproof."
 
 VARIANTS = {
     "full": {"persona": {"age_range": "25-34", "hobbies": ["running", "hiking"]}},
@@ -160,7 +163,7 @@ def test_the_shipped_templates_are_the_documented_ones() -> None:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("action_type", sorted(ACTIONS))
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", TEACHER_SHIPPED)
 def test_every_shipped_template_renders(name: str, action_type: str, variant: str) -> None:
     template = load_template(name)
     step = make_steps(action=ACTIONS[action_type], **VARIANTS[variant])
@@ -188,6 +191,33 @@ def test_every_shipped_template_renders(name: str, action_type: str, variant: st
         assert "age range: 25-34" in user and "hobbies: running, hiking" in user
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("action_type", sorted(ACTIONS))
+@pytest.mark.parametrize("name", BLIND_SHIPPED)
+def test_every_blind_template_renders_without_the_action(
+    name: str, action_type: str, variant: str
+) -> None:
+    template = load_template(name)
+    step = make_steps(action=ACTIONS[action_type], **VARIANTS[variant])
+    rendered, _ = render_step(
+        template, step, max_context_tokens=None, with_action=False,
+        extra={"rationale": CANDIDATE},
+    )  # fmt: skip
+    system, user = (m["content"] for m in rendered.messages)
+    assert CANDIDATE in user and '{"action"' in system
+    other = make_steps(action=ACTIONS["terminate" if action_type != "terminate" else "click"],
+                       **VARIANTS[variant])  # fmt: skip
+    same, _ = render_step(template, other, max_context_tokens=None, with_action=False,
+                          extra={"rationale": CANDIDATE})  # fmt: skip
+    assert same == rendered  # nothing of the action reaches a blind prompt
+    assert not re.search(r"\bNone\b", user) and "\n\n\n" not in user
+    for action_type_name in ACTIONS:  # the whole action space is offered
+        assert f'"type": "{action_type_name}"' in system
+    with pytest.raises(PromptError, match="action"):
+        render_step(template, step, max_context_tokens=None, with_action=False,
+                    extra={"rationale": CANDIDATE, "action": {}})  # fmt: skip
+
+
 def test_the_shipped_templates_are_found_recursively(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,9 +233,8 @@ def test_the_shipped_templates_are_found_recursively(
     assert found["games"] == root / "games" / "template.jinja"
     assert "_part" not in found and "_history" not in found
     for name in found:  # every one of them renders, found recursively
-        rendered = load_template(name).render(
-            **prompt_variables(make_steps(), max_context_tokens=None, with_action=True)[0]
-        )
+        variables = prompt_variables(make_steps(), max_context_tokens=None, with_action=True)[0]
+        rendered = load_template(name).render(**variables, rationale=CANDIDATE)
         assert rendered.messages[-1]["role"] == "user"
 
 
@@ -218,11 +247,14 @@ def test_meta_never_reaches_a_prompt(tmp_path: Path, with_action: bool) -> None:
     variables, _ = prompt_variables(step, max_context_tokens=None, with_action=with_action)
     assert SENTINEL not in json.dumps(variables, ensure_ascii=False)
     assert "meta" not in variables
-    names = SHIPPED if with_action else []
+    names = TEACHER_SHIPPED if with_action else BLIND_SHIPPED
     templates = [load_template(name) for name in names]
     templates.append(load_template(write(tmp_path / "blind.jinja", BLIND)))
     for template in templates:
-        rendered, _ = render_step(template, step, max_context_tokens=None, with_action=with_action)
+        rendered, _ = render_step(
+            template, step, max_context_tokens=None, with_action=with_action,
+            extra={"rationale": CANDIDATE},
+        )  # fmt: skip
         assert SENTINEL not in json.dumps(rendered.messages, ensure_ascii=False)
 
 

@@ -52,6 +52,7 @@ def synth(tmp_path: Path, server, *, policy: RetryPolicy = FAST, **overrides):
         "limit": 12,
         "concurrency": 4,
         "timeout": 5.0,
+        "verifier": "none",  # the consistency filter has its own tests (test_filter.py)
         **overrides,
     }
     return run_synth(SynthConfig(**config), retry_policy=policy)
@@ -312,6 +313,8 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             "4",
             "--limit",
             "60",
+            "--verifier",
+            "none",
         ]
 
     try:

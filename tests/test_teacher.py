@@ -29,7 +29,7 @@ class ScriptedTeacher:
         self.calls.append(time.monotonic())
         if self.faults:
             raise self.faults.pop(0)
-        return Completion("I want it.", 10, 5, 0.001)
+        return Completion({"rationale": "I want it."}, 10, 5, 0.001)
 
 
 def run(teacher: ScriptedTeacher, policy: RetryPolicy = FAST) -> Completion:

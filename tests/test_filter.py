@@ -1,0 +1,289 @@
+"""The consistency filter against the scripted server: rules, the blind verifier, regeneration,
+K-sampling, the standalone `rationale filter`, and the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+from helpers import EXAMPLES, record, write_lines
+from openai_server import ok, status
+
+from rationale.filter import RulesConfig, check_rules
+from rationale.synth import SynthConfig, run_filter, run_synth
+from rationale.teacher import RetryPolicy
+
+FAST = RetryPolicy(max_attempts=3, backoff=0.01, max_backoff=0.05)
+GOOD = "I want to open {name} because it looks like exactly what I need."
+BEHAVIOURS = {
+    "empty": "",
+    "short": "I buy it.",
+    "long": "I " + " ".join(["really"] * 70) + " want it.",
+    "third": "This looks like the nicest option on the page.",
+    "hindsight": "I think the user clicked this because it was the cheapest one.",
+    "pasted": "{name}",
+    "vague": "I want to look around a bit more before I decide anything.",
+}
+
+
+def _teacher_answer(body: dict) -> str:
+    """The simulated teacher: behaviour chosen by the target's name (and the sample's seed)."""
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    done = user.split("## What they did next", 1)[1].strip().splitlines()[0]
+    m = re.match(r"(\w+)\(([^,)]+)(?:, \"(.*)\")?\)", done)
+    kind, name, text = m.group(1), m.group(2), m.group(3)
+    feedback = len(body["messages"]) > 2  # a regeneration round carries feedback
+    if kind == "type_and_submit":
+        return f"I want to search for '{text}' in {name} to find it."
+    behaviour = name.split(".")[-1].rsplit("_", 1)[0] if name.startswith("item.") else _hashed(name)
+    if behaviour == "regen":
+        return GOOD.format(name=name) if feedback else BEHAVIOURS["vague"]
+    if behaviour == "samples":  # seed = config seed + sample: sample 0 is vague, others good
+        return BEHAVIOURS["vague"] if body.get("seed", 0) == 0 else GOOD.format(name=name)
+    return BEHAVIOURS.get(behaviour, GOOD).format(name=name)
+
+
+def _hashed(name: str) -> str:
+    """For real logs: a deterministic behaviour per element name, good half of the time."""
+    options = ["good", "good", "good", "good", *BEHAVIOURS, "regen", "samples"]
+    return options[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(options)]
+
+
+def _verifier_answer(body: dict) -> str:
+    """The simulated blind verifier: it can only follow a rationale that names the element."""
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    thought = user.split("## Their thought right before acting", 1)[1].strip()
+    if m := re.search(r"search for '(.*)' in ([\w.]+)", thought):
+        return json.dumps(
+            {"action": {"type": "type_and_submit", "name": m.group(2), "text": m.group(1)}}
+        )
+    names = re.findall(r"\b[a-z_]+\.[\w.]*\w", thought)
+    return json.dumps({"action": {"type": "click", "name": names[0] if names else "page.body"}})
+
+
+def responder(body: dict, index: int):
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    if system.startswith("You predict the next action"):
+        assert "What they did next" not in json.dumps(body)  # the verifier is blind
+        return ok(_verifier_answer(body))
+    return ok(json.dumps({"rationale": _teacher_answer(body)}))
+
+
+@pytest.fixture
+def server(openai_server):
+    openai_server.responder = responder
+    return openai_server
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-filter")
+
+
+PAGE = "<page>" + "".join(
+    f'<a name="item.{b}_1">{b}</a>'
+    for b in ["good", *BEHAVIOURS, "regen", "samples"]
+) + '<input name="search.box"/></page>'  # fmt: skip
+
+
+def records_file(tmp_path: Path) -> Path:
+    names = ["good", *BEHAVIOURS, "regen", "samples"]
+    lines = [
+        record("s1", i, context=PAGE, action={"type": "click", "name": f"item.{b}_1"})
+        for i, b in enumerate(names)
+    ]
+    lines.append(
+        record("s2", 0, context=PAGE,
+               action={"type": "type_and_submit", "name": "search.box", "text": "red shoes"})
+    )  # fmt: skip
+    return write_lines(tmp_path / "input.jsonl", lines)
+
+
+def synth(tmp_path: Path, server, input_file: Path, **overrides):
+    config = {
+        "input": str(input_file),
+        "output": str(tmp_path / "run"),
+        "teacher": "openai/test-model",
+        "api_base": server.url,
+        "concurrency": 4,
+        "timeout": 5.0,
+        **overrides,
+    }
+    return run_synth(SynthConfig(**config), retry_policy=FAST)
+
+
+def lines(run: Path, state: str) -> dict[str, dict]:
+    file = run / f"{state}.jsonl"
+    if not file.exists():
+        return {}
+    out = {}
+    for line in file.read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["record"]["action"]["name"]] = rec
+    return out
+
+
+def test_every_path_of_the_filter(tmp_path: Path, server) -> None:
+    source = records_file(tmp_path)
+    summary = synth(tmp_path, server, source)
+    run = tmp_path / "run"
+    accepted, rejected = lines(run, "accepted"), lines(run, "rejected")
+    assert summary.counts["failed"] == 0
+    assert sum(summary.counts.values()) == 11  # one line per input record
+    assert set(accepted) == {"item.good_1", "search.box"}
+    expected = {
+        "item.empty_1": "empty",
+        "item.short_1": "too_short",
+        "item.long_1": "too_long",
+        "item.third_1": "first_person",
+        "item.hindsight_1": "hindsight",
+        "item.pasted_1": "pasted_action",
+        "item.vague_1": "verifier",
+        "item.regen_1": "verifier",  # one round only: regeneration is off by default
+        "item.samples_1": "verifier",
+    }
+    for name, rule in expected.items():
+        reasons = rejected[name]["reasons"]
+        assert any(r.startswith(rule) for r in reasons), (name, reasons)
+    # rule rejections never reach the verifier; verifier rejections store its prediction
+    assert rejected["item.short_1"]["candidates"][0]["verification"] is None
+    vague = rejected["item.vague_1"]
+    assert vague["prediction"] == {"type": "click", "name": "page.body"}
+    assert vague["candidates"][0]["verification"]["match"] is False
+    good = accepted["item.good_1"]
+    assert good["prediction"] == {"type": "click", "name": "item.good_1"}
+    assert accepted["search.box"]["prediction"]["text"] == "red shoes"
+    # the report
+    report = json.loads((run / "run.json").read_text())["report"]
+    assert report["counts"] == {"accepted": 2, "rejected": 9, "failed": 0}
+    for rule in ("empty", "too_short", "too_long", "first_person", "hindsight", "pasted_action",
+                 "verifier"):  # fmt: skip
+        assert report["rejections_per_rule"]["records"][rule] >= 1, rule
+    assert report["per_action_type"]["type_and_submit"]["acceptance"] == 1.0
+    confusion = report["verifier_confusion"]["click"]
+    assert confusion["predicted"]["click"] == 4 and confusion["exact_match"] == 1
+    assert report["spend"]["verifier"]["requests"] == 5
+    png = run / "acceptance.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regeneration_with_feedback_then_accepted(tmp_path: Path, server) -> None:
+    summary = synth(tmp_path, server, records_file(tmp_path), max_attempts=2)
+    run = tmp_path / "run"
+    accepted = lines(run, "accepted")
+    regen = accepted["item.regen_1"]
+    assert [(c["round"], c["state"]) for c in regen["candidates"]] == [
+        (0, "rejected"),
+        (1, "accepted"),
+    ]
+    # the second request carried the first answer and the feedback
+    asked = [
+        r["body"]["messages"]
+        for r in server.requests
+        if "What they did next\\nclick(item.regen_1)" in json.dumps(r["body"])
+    ]
+    feedback = [m for m in asked if len(m) > 2]
+    assert feedback and "predicted click(page.body)" in feedback[0][-1]["content"]
+    assert "item.regen_1" in feedback[0][-1]["content"]  # the true action is named
+    # a rule-rejected rationale is regenerated too, and every candidate is kept
+    assert len(lines(run, "rejected")["item.short_1"]["candidates"]) == 2
+    assert sum(summary.counts.values()) == 11
+
+
+@pytest.mark.parametrize("keep", ["first", "all"])
+def test_k_sampling_with_both_keep_modes(tmp_path: Path, server, keep: str) -> None:
+    summary = synth(tmp_path, server, records_file(tmp_path), samples=3, temperature=0.7, keep=keep)
+    run = tmp_path / "run"
+    accepted = lines(run, "accepted")
+    samples = accepted["item.samples_1"]
+    states = [(c["sample"], c["state"]) for c in samples["candidates"]]
+    if keep == "first":
+        assert states == [(0, "rejected"), (1, "accepted")]  # stops at the first that passes
+    else:
+        assert states == [(0, "rejected"), (1, "accepted"), (2, "accepted")]
+    assert samples["rationale"] == GOOD.format(name="item.samples_1")
+    good = accepted["item.good_1"]
+    assert len(good["candidates"]) == (1 if keep == "first" else 3)
+    # one line per input record: the accepted candidates are nested, not extra lines
+    assert sum(summary.counts.values()) == 11
+    total = sum(len(lines(run, s)) for s in ("accepted", "rejected", "failed"))
+    assert total == 11
+
+
+def test_samples_need_temperature(tmp_path: Path, server) -> None:
+    with pytest.raises(Exception, match="--temperature"):
+        synth(tmp_path, server, records_file(tmp_path), samples=2)
+
+
+def test_a_failing_verifier_fails_the_record(tmp_path: Path, server) -> None:
+    server.fault(lambda body: "You predict the next action" in json.dumps(body), status(500),
+                 times=None)  # fmt: skip
+    summary = synth(tmp_path, server, records_file(tmp_path))
+    failed = lines(tmp_path / "run", "failed")
+    assert set(failed) == {"item.good_1", "item.vague_1", "item.regen_1", "item.samples_1",
+                           "search.box"}  # fmt: skip
+    assert failed["item.good_1"]["error"]["category"] == "server"
+    assert sum(summary.counts.values()) == 11
+
+
+def test_standalone_filter_is_resumable_and_uses_the_cache(tmp_path: Path, server) -> None:
+    source = records_file(tmp_path)
+    synth(tmp_path, server, source, verifier="none")
+    run = tmp_path / "run"
+    assert len(lines(run, "accepted")) == 5  # without the verifier, rule-passing ones stay
+    before = server.count
+    config = SynthConfig(input=str(run), output=str(tmp_path / "filtered"),
+                         api_base=server.url, concurrency=2)  # fmt: skip
+    summary = run_filter(config, retry_policy=FAST)
+    filtered = tmp_path / "filtered"
+    assert set(lines(filtered, "accepted")) == {"item.good_1", "search.box"}
+    assert sum(summary.counts.values()) == 11  # rejected lines are carried over
+    assert server.count - before == 5  # only the verifier, once per accepted rationale
+    again = run_filter(config, retry_policy=FAST)
+    assert server.count - before == 5 and again.counts == summary.counts
+    # a fresh output folder is served from the cache
+    fresh = run_filter(config.model_copy(update={"output": str(tmp_path / "f2")}),
+                       retry_policy=FAST)  # fmt: skip
+    assert server.count - before == 5 and fresh.tally.cache_hits == 5
+
+
+def test_the_shipped_mind2web_example_shows_every_path(tmp_path: Path, server) -> None:
+    """The issue's check: Mind2Web records (null contexts) through synth with the verifier."""
+    summary = synth(
+        tmp_path, server, EXAMPLES / "mind2web" / "shopping_sample.jsonl",
+        samples=2, temperature=0.5, keep="all", max_attempts=2, concurrency=8,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "run" / "run.json").read_text())["report"]
+    assert sum(summary.counts.values()) == report["records"] == 169
+    rules = report["rejections_per_rule"]["candidates"]
+    for rule in ("empty", "too_short", "too_long", "first_person", "hindsight", "pasted_action",
+                 "verifier"):  # fmt: skip
+        assert rules.get(rule, 0) >= 1, (rule, rules)
+    assert report["counts"]["accepted"] > 0 and report["counts"]["rejected"] > 0
+    assert report["regenerated_then_accepted"] > 0
+    assert report["verifier_confusion"]["click"]["exact_match"] > 0
+    assert (tmp_path / "run" / "acceptance.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("rationale", "rules", "expected"),
+    [
+        ("I want the blue one because it is cheaper.", (), []),
+        ("", ("empty", "too_short"), ["empty"]),
+        ("I buy.", ("too_short",), ["too_short"]),
+        ("Looks great to me, so this one.", ("first_person",), []),  # "me" is first person
+        ("Looks great, so this one.", ("first_person",), ["first_person"]),
+        ("As instructed I open it.", ("hindsight",), ["hindsight"]),
+        ('{"type": "click", "name": "x"}', ("pasted_action",), ["pasted_action"]),
+        ("product.buy_now", ("pasted_action",), ["pasted_action"]),
+        ("I click product.buy_now since I have decided on this kettle.", ("pasted_action",), []),
+    ],
+)
+def test_rules(rationale: str, rules: tuple, expected: list[str]) -> None:
+    action = {"type": "click", "name": "product.buy_now"}
+    names = ("empty", "too_short", "too_long", "first_person", "hindsight", "pasted_action")
+    got = check_rules(rationale, action, rules or names, RulesConfig())
+    assert [r.split(":")[0] for r in got] == expected
