@@ -114,6 +114,7 @@ def run_ours(client: str, records: Path, url: str, n: int, concurrency: int) -> 
             str(rationale), "synth", str(records), "-o", f"{tmp}/run",
             "--teacher", "openai/test-model", "--api-base", url, "--client", client,
             "--concurrency", str(concurrency), "--max-context-tokens", "2000",
+            "--verifier", "none",
         ]  # fmt: skip
         cpu, _ = timed(cmd, env)
         report = json.loads(Path(f"{tmp}/run/run.json").read_text())

@@ -329,6 +329,15 @@ class RecordFile:
         )
         return [s for (s,) in rows]
 
+    def step_keys(self) -> Iterator[tuple[str, int]]:
+        """(session_id, step) of every kept step, in the order of `steps` (no record is read)."""
+        for session_id in self.session_ids():
+            rows = self._db.execute(
+                "SELECT step FROM steps WHERE session_id=? ORDER BY step", (session_id,)
+            )
+            for (step,) in rows.fetchall():
+                yield session_id, step
+
     def session(self, session_id: str) -> list[ActionRecord]:
         """One session's records, sorted by step."""
         rows = self._db.execute(

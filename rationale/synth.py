@@ -251,6 +251,16 @@ class Tally:
             self.verify_cost_usd += cost
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A step made ready for its requests: rendered prompt, context cut, first-round keys."""
+
+    step: Any
+    prompt: Any
+    cut: Any
+    keys: dict[int, tuple[str, str]]
+
+
 class _Pending(Exception):
     """A record left for a rerun: the budget or a fatal fault stopped the run."""
 
@@ -428,9 +438,12 @@ class _Synth:
         steps = self.records.steps(with_rationales=self.config.history_rationales)
         return itertools.islice(steps, self.config.limit)
 
-    def prompt(self, step: Any) -> tuple[Any, Any, str]:
-        """(rendered prompt, context cut, cache key) of one step."""
-        from rationale.cache import cache_key
+    def prepare(self, step: Any) -> _Prepared:
+        """Render a step's teacher prompt and the keys of its first-round samples.
+
+        Done ahead of time by a producer task, in the loop's idle moments, so a worker whose
+        answer arrives only has to file it and send the next request.
+        """
         from rationale.prompts import render_step
 
         prompt, cut = render_step(
@@ -440,20 +453,36 @@ class _Synth:
             with_action=True,
             action_space=self.space,
         )
+        keys = {
+            sample: self._teacher_key(prompt.messages, prompt.assistant_prefix, sample)
+            for sample in range(self.config.samples)
+        }
+        return _Prepared(step, prompt, cut, keys)
+
+    def _teacher_key(
+        self, messages: list[dict[str, str]], prefix: str | None, sample: int
+    ) -> tuple[str, str]:
+        """(cache key, prompt hash) of one teacher request."""
+        from rationale.cache import cache_key
+
         params = {
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
-            "seed": self.config.seed,
-            "assistant_prefix": prompt.assistant_prefix,
+            "seed": self.config.seed + sample,
+            "assistant_prefix": prefix,
         }
         key = cache_key(
             model=self.teacher.model_id,
-            messages=prompt.messages,
+            messages=messages,
             params=params,
-            sample=0,
+            sample=sample,
             template_version=self.template.version,
         )
-        return prompt, cut, key
+        return key, hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16]
+
+    def keys(self) -> list[tuple[str, int]]:
+        """The (session_id, step) of this run's steps, in order, without reading records."""
+        return list(itertools.islice(self.records.step_keys(), self.config.limit))
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -478,29 +507,42 @@ class _Synth:
             failed = {k for k, s in done.items() if s == "failed"}
             self.run_dir.drop_failed(failed)
             done = {k: s for k, s in done.items() if s != "failed"}
-        todo = [s for s in self.steps() if (s.record.session_id, s.record.step) not in done]
-        total = len(done) + len(todo)
+        todo = sum(1 for k in self.keys() if k not in done)
+        total = len(done) + todo
         started, t0 = time.time(), time.monotonic()
         self._write_run_json(started, 0.0, None, total)
         from rationale.cache import ResponseCache
 
         self.cache = ResponseCache()
-        progress = Progress(len(todo))
+        progress = Progress(todo)
         self._limiters()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        for step in todo:
-            queue.put_nowait(step)
+        workers = min(self.config.concurrency, todo) or 1
+        # Steps stream from the file through a bounded queue: a big run never holds its records.
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * workers)
+
+        def stopping() -> bool:
+            return self.budget.exhausted or self.fatal is not None
+
+        async def producer() -> None:
+            try:
+                for step in self.steps():
+                    if stopping():
+                        break
+                    if (step.record.session_id, step.record.step) in done:
+                        continue
+                    await queue.put(self.prepare(step))
+                    await asyncio.sleep(0)  # let answers in between two renders
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
 
         async def worker() -> None:
-            while not queue.empty() and not self.budget.exhausted and self.fatal is None:
-                step = queue.get_nowait()
-                if await self.process(step):
+            while (item := await queue.get()) is not None:
+                if not stopping() and await self.process(item):
                     progress.update(self.tally)
 
         try:
-            await asyncio.gather(
-                *(worker() for _ in range(min(self.config.concurrency, len(todo)) or 1))
-            )
+            await asyncio.gather(producer(), *(worker() for _ in range(workers)))
         finally:
             progress.close()
             self.run_dir.close()
@@ -532,7 +574,7 @@ class _Synth:
             )
         return summary
 
-    async def process(self, step: Any) -> bool:
+    async def process(self, item: _Prepared) -> bool:
         """One record to its final state. False if it was left pending (budget or fatal stop).
 
         Round 0 draws ``--samples`` candidates; while none is accepted, each further round (up
@@ -542,8 +584,8 @@ class _Synth:
         """
         from rationale.filter import feedback_message
 
+        step, prompt, cut = item.step, item.prompt, item.cut
         record = step.record
-        prompt, cut, _ = self.prompt(step)
         if cut.cut_tokens:
             self.tally.context_cut_records += 1
             self.tally.context_cut_tokens += cut.cut_tokens
@@ -553,7 +595,8 @@ class _Synth:
             for round_ in range(self.config.max_attempts):
                 samples = range(self.config.samples) if round_ == 0 else range(1)
                 for sample in samples:
-                    candidate = await self.candidate(step, messages, prompt, sample, round_)
+                    key = item.keys[sample] if round_ == 0 else None
+                    candidate = await self.candidate(step, messages, prompt, sample, round_, key)
                     candidates.append(candidate)
                     if candidate.state == "failed" or (
                         candidate.state == "accepted" and self.config.keep == "first"
@@ -604,36 +647,29 @@ class _Synth:
         )
 
     async def candidate(
-        self, step: Any, messages: list[dict[str, str]], prompt: Any, sample: int, round_: int
+        self,
+        step: Any,
+        messages: list[dict[str, str]],
+        prompt: Any,
+        sample: int,
+        round_: int,
+        key: tuple[str, str] | None = None,
     ) -> Candidate:
         """Generate one rationale, then judge it (rules, verifier)."""
-        from rationale.cache import cache_key
         from rationale.teacher import describe_error
 
-        params = {
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-            "seed": self.config.seed + sample,
-            "assistant_prefix": prompt.assistant_prefix,
-        }
-        key = cache_key(
-            model=self.teacher.model_id,
-            messages=messages,
-            params=params,
-            sample=sample,
-            template_version=self.template.version,
-        )
+        cache_key, prompt_hash = key or self._teacher_key(messages, prompt.assistant_prefix, sample)
         provenance = {
             "teacher": self.teacher.model_id,
             "template": self.template.name,
             "template_version": self.template.version,
-            "prompt_hash": hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16],
+            "prompt_hash": prompt_hash,
             "seed": self.config.seed + sample,
             "sample": sample,
         }
         try:
             completion, cached = await self.call(
-                "teacher", self._limited, messages, key=key,
+                "teacher", self._limited, messages, key=cache_key,
                 assistant_prefix=prompt.assistant_prefix, temperature=self.config.temperature,
                 max_tokens=self.config.max_tokens, seed=self.config.seed + sample,
             )  # fmt: skip
@@ -907,7 +943,8 @@ class _Synth:
                 if (step.record.session_id, step.record.step) in done:
                     out["already_done"] += 1
                     continue
-                prompt, cut, key = self.prompt(step)
+                item = self.prepare(step)
+                prompt, cut, key = item.prompt, item.cut, item.keys[0][0]
                 if cut.cut_tokens:
                     out["context_cut_records"] += 1
                     out["context_cut_tokens"] += cut.cut_tokens
@@ -994,6 +1031,12 @@ class _Filter(_Synth):
         steps = self.records.steps(with_rationales=self.config.history_rationales)
         return (s for s in steps if (s.record.session_id, s.record.step) in self.source)
 
+    def keys(self) -> list[tuple[str, int]]:
+        return [k for k in self.records.step_keys() if k in self.source]
+
+    def prepare(self, step: Any) -> _Prepared:
+        return _Prepared(step, None, None, {})  # nothing to render: no teacher is called
+
     def _identity(self) -> dict[str, Any]:
         return {
             "input": self.source_path,
@@ -1002,8 +1045,9 @@ class _Filter(_Synth):
             "seed": self.config.seed,
         }
 
-    async def process(self, step: Any) -> bool:
+    async def process(self, item: _Prepared) -> bool:
         """Judge the source's accepted candidates in order; carry anything else over."""
+        step = item.step
         src = self.source[(step.record.session_id, step.record.step)]
         if src.state != "accepted":
             self._finish(src)
