@@ -583,5 +583,45 @@ def report(run_dir: str, as_json: bool) -> None:
     click.echo(f"chart: {chart}", err=True)
 
 
+@main.command("export-sft")
+@click.argument("data", metavar="RUN_DIR|FILE.jsonl", type=click.Path(exists=True))
+@output_option
+@click.option("--no-rationale", is_flag=True, help="Action-only targets (the ablation).")
+@click.option("--session-mode", is_flag=True, help="Whole sessions as multi-turn chats.")
+@click.option("--max-context-tokens", type=click.IntRange(min=32), default=4000, show_default=True)
+@click.option("--history-rationales", is_flag=True)
+@action_space_option
+def export_sft(
+    data: str,
+    output: str,
+    no_rationale: bool,
+    session_mode: bool,
+    max_context_tokens: int,
+    history_rationales: bool,
+    action_space: str | None,
+) -> None:
+    """Write the SFT data as TRL conversational JSONL (TRL, axolotl, LLaMA-Factory load it)."""
+    from distill.data import SFTData
+
+    sft = SFTData(
+        data, no_rationale=no_rationale, session_mode=session_mode,
+        max_context_tokens=max_context_tokens, history_rationales=history_rationales,
+        action_space=action_space,
+    )  # fmt: skip
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for ex in sft.examples():
+            f.write(json.dumps(sft.trl_row(ex), ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    s = sft.stats
+    click.echo(
+        f"wrote {s.steps} examples ({s.sessions} sessions; {s.skipped_not_accepted} steps without "
+        f"an accepted rationale left out) to {output}",
+        err=True,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -140,9 +140,10 @@ def tokenizer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 # -- every shipped template renders -------------------------------------------------------------
 
 SHIPPED = sorted(shipped_templates())
-BLIND_SHIPPED = ["verifier"]  # prompts that must never see the action
+BLIND_SHIPPED = ["student", "verifier"]  # prompts that must never see the action
 TEACHER_SHIPPED = [n for n in SHIPPED if n not in BLIND_SHIPPED]
 CANDIDATE = "I want sturdy trail shoes, so I open the first pair that says waterproof."
+BLIND_EXTRA = {"rationale": CANDIDATE, "with_rationale": True}  # the verifier's and the student's
 
 VARIANTS = {
     "full": {"persona": {"age_range": "25-34", "hobbies": ["running", "hiking"]}},
@@ -201,21 +202,23 @@ def test_every_blind_template_renders_without_the_action(
     step = make_steps(action=ACTIONS[action_type], **VARIANTS[variant])
     rendered, _ = render_step(
         template, step, max_context_tokens=None, with_action=False,
-        extra={"rationale": CANDIDATE},
+        extra=BLIND_EXTRA,
     )  # fmt: skip
     system, user = (m["content"] for m in rendered.messages)
-    assert CANDIDATE in user and '{"action"' in system
+    assert '{"action"' in system or '"action": {...}' in system
+    if name == "verifier":
+        assert CANDIDATE in user
     other = make_steps(action=ACTIONS["terminate" if action_type != "terminate" else "click"],
                        **VARIANTS[variant])  # fmt: skip
     same, _ = render_step(template, other, max_context_tokens=None, with_action=False,
-                          extra={"rationale": CANDIDATE})  # fmt: skip
+                          extra=BLIND_EXTRA)  # fmt: skip
     assert same == rendered  # nothing of the action reaches a blind prompt
     assert not re.search(r"\bNone\b", user) and "\n\n\n" not in user
     for action_type_name in ACTIONS:  # the whole action space is offered
         assert f'"type": "{action_type_name}"' in system
     with pytest.raises(PromptError, match="action"):
         render_step(template, step, max_context_tokens=None, with_action=False,
-                    extra={"rationale": CANDIDATE, "action": {}})  # fmt: skip
+                    extra={**BLIND_EXTRA, "action": {}})  # fmt: skip
 
 
 def test_the_shipped_templates_are_found_recursively(
@@ -234,7 +237,7 @@ def test_the_shipped_templates_are_found_recursively(
     assert "_part" not in found and "_history" not in found
     for name in found:  # every one of them renders, found recursively
         variables = prompt_variables(make_steps(), max_context_tokens=None, with_action=True)[0]
-        rendered = load_template(name).render(**variables, rationale=CANDIDATE)
+        rendered = load_template(name).render(**variables, **BLIND_EXTRA)
         assert rendered.messages[-1]["role"] == "user"
 
 
@@ -253,7 +256,7 @@ def test_meta_never_reaches_a_prompt(tmp_path: Path, with_action: bool) -> None:
     for template in templates:
         rendered, _ = render_step(
             template, step, max_context_tokens=None, with_action=with_action,
-            extra={"rationale": CANDIDATE},
+            extra=BLIND_EXTRA,
         )  # fmt: skip
         assert SENTINEL not in json.dumps(rendered.messages, ensure_ascii=False)
 

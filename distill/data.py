@@ -1,0 +1,340 @@
+"""SFT data: accepted rationales become (prompt, completion) examples for a student.
+
+One example per accepted step. The prompt is the blind ``student`` template (system text, the
+step's context cut to ``max_context_tokens`` without looking at the action, and the history as
+`rationale.sessions.build_history` defines it); the completion is the paper's JSON,
+``{"rationale": ..., "action": {...}}``, or ``{"action": {...}}`` for the action-only ablation
+(``no_rationale``), built on exactly the same steps.
+
+Deviation from the paper, stated: the paper showed the student every earlier *context* of the
+session (40k-token windows on 64 GPUs); here the prompt holds the current context and the earlier
+*actions* (and, with ``history_rationales``, their rationales), to fit one GPU.
+
+With ``session_mode`` a whole session is one multi-turn chat, as the paper did: a user turn per
+step (its context) and an assistant turn per step (its answer); only the turns of accepted steps
+are trained, the others are there as history. The loss mask is built here, turn by turn, since
+chat templates such as SmolLM2's have no ``{% generation %}`` markers.
+
+Examples longer than ``max_seq_length`` student tokens lose their oldest history first (whole
+turns in session mode), then more of their context; what was cut is counted and reported. Nothing
+is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill import DistillError
+
+STUDENT_TEMPLATE = "student"
+
+
+@dataclass
+class SFTStats:
+    """What building the data did."""
+
+    steps: int = 0  # steps that became examples (or trained turns in session mode)
+    examples: int = 0
+    sessions: int = 0
+    skipped_not_accepted: int = 0
+    history_entries_dropped: int = 0
+    examples_with_history_dropped: int = 0
+    context_tokens_cut: int = 0  # by max_context_tokens, on the cl100k ruler
+    examples_context_shrunk: int = 0  # cut further to fit max_seq_length
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SFTExample:
+    """One training example: a step (or a session) and how to render it."""
+
+    session_id: str
+    steps: list[Any]  # rationale.sessions.Step, in order
+    answers: list[dict[str, Any] | None]  # the completion object per step; None = not trained
+    drop: int = 0  # oldest history entries (single) or turns (session) left out
+    context_budget: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class SFTData:
+    """Accepted rationales of a run folder or a JSONL file, as student examples."""
+
+    def __init__(
+        self,
+        data: str | Path,
+        *,
+        no_rationale: bool = False,
+        session_mode: bool = False,
+        max_context_tokens: int | None = 4000,
+        history_rationales: bool = False,
+        action_space: str | None = None,
+    ) -> None:
+        from rationale.prompts import load_template
+        from rationale.schema import ActionSpace
+
+        self.data = Path(data)
+        self.no_rationale = no_rationale
+        self.session_mode = session_mode
+        self.max_context_tokens = max_context_tokens
+        self.history_rationales = history_rationales
+        self.template = load_template(STUDENT_TEMPLATE)
+        self.stats = SFTStats()
+        self.rationales, history_source, space_file = self._accepted()
+        self.space = ActionSpace.from_file(space_file or action_space) if (
+            space_file or action_space
+        ) else ActionSpace.default()  # fmt: skip
+        self.history_source = history_source
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _accepted(self) -> tuple[dict[tuple[str, int], str], str, str | None]:
+        """(key -> accepted rationale, the file history comes from, action-space file)."""
+        from rationale.schema import SynthRecord
+
+        if self.data.is_dir():
+            files = [self.data / "accepted.jsonl"]
+            run_json = self.data / "run.json"
+            config = json.loads(run_json.read_text())["config"] if run_json.exists() else {}
+            source = config.get("input")
+            if not files[0].exists():
+                raise DistillError(f"{self.data}: no accepted.jsonl (run rationale synth first)")
+            if not source or not Path(source).is_file():
+                raise DistillError(
+                    f"{self.data}: its input {source!r} is gone; history is built from the run's "
+                    "input, so restore it or pass the accepted.jsonl file instead"
+                )
+            out = {}
+            for line in files[0].read_text(encoding="utf-8").splitlines():
+                if line.strip().endswith("}"):
+                    rec = SynthRecord.model_validate_json(line)
+                    if rec.state == "accepted" and rec.rationale:
+                        out[rec.key] = rec.rationale
+            return out, source, config.get("action_space")
+        if not self.data.is_file():
+            raise DistillError(f"{self.data}: no such file or run folder")
+        # A JSONL file: synthesis lines (accepted ones are used) or plain records that carry a
+        # human-written rationale. History comes from the records in the file itself.
+        out = {}
+        records = []
+        for n, line in enumerate(self.data.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise DistillError(f"{self.data} line {n}: not valid JSON") from None
+            if isinstance(obj, dict) and "state" in obj and "record" in obj:
+                rec = SynthRecord.model_validate(obj)
+                records.append(rec.record)
+                if rec.state == "accepted" and rec.rationale:
+                    out[rec.key] = rec.rationale
+            elif isinstance(obj, dict) and "session_id" in obj:
+                records.append(obj)
+                if obj.get("rationale"):
+                    out[(str(obj["session_id"]), int(obj["step"]))] = obj["rationale"]
+            else:
+                raise DistillError(
+                    f"{self.data} line {n}: neither a synthesis record nor a step record"
+                )
+        import hashlib
+
+        from rationale.paths import state_dir
+
+        digest = hashlib.sha256(str(self.data.resolve()).encode()).hexdigest()[:24]
+        source = state_dir() / "distill-inputs" / f"{digest}.jsonl"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return out, str(source), None
+
+    def answer(self, step: Any) -> dict[str, Any] | None:
+        """The completion object of a step, or None if it has no accepted rationale."""
+        key = (step.record.session_id, step.record.step)
+        rationale = self.rationales.get(key)
+        if rationale is None:
+            return None
+        action = step.record.action.model_dump()
+        return (
+            {"action": action} if self.no_rationale else {"rationale": rationale, "action": action}
+        )
+
+    def examples(self) -> Iterator[SFTExample]:
+        """Every example, in session order."""
+        from rationale.records import RecordFile
+        from rationale.sessions import iter_steps
+
+        with RecordFile(self.history_source, space=self.space) as records:
+            for session in records.sessions():
+                steps = list(iter_steps(session, with_rationales=self.history_rationales))
+                answers = [self.answer(s) for s in steps]
+                trained = sum(a is not None for a in answers)
+                self.stats.skipped_not_accepted += len(steps) - trained
+                if not trained:
+                    continue
+                self.stats.sessions += 1
+                if self.session_mode:
+                    self.stats.steps += trained
+                    yield SFTExample(steps[0].record.session_id, steps, answers,
+                                     context_budget=self.max_context_tokens)  # fmt: skip
+                    continue
+                for step, answer in zip(steps, answers, strict=True):
+                    if answer is not None:
+                        self.stats.steps += 1
+                        yield SFTExample(step.record.session_id, [step], [answer],
+                                         context_budget=self.max_context_tokens)  # fmt: skip
+
+    # -- rendering ----------------------------------------------------------------------------
+
+    def _user(
+        self, step: Any, *, drop: int, budget: int | None
+    ) -> tuple[list[dict[str, str]], int]:
+        """The system + user messages of one step with its ``drop`` oldest history entries left
+        out, and the context tokens cut."""
+        from dataclasses import replace
+
+        from rationale.prompts import render_step
+
+        step = replace(step, history=step.history[drop:]) if drop else step
+        prompt, cut = render_step(
+            self.template, step, max_context_tokens=budget, with_action=False,
+            action_space=self.space, extra={"with_rationale": not self.no_rationale},
+        )  # fmt: skip
+        return prompt.messages, cut.cut_tokens
+
+    def conversation(self, ex: SFTExample) -> tuple[list[dict[str, str]], list[bool]]:
+        """The chat of an example and, per message, whether it is a trained assistant turn."""
+        if not self.session_mode:
+            messages, _ = self._user(ex.steps[0], drop=ex.drop, budget=ex.context_budget)
+            answer = json.dumps(ex.answers[0], ensure_ascii=False)
+            return [*messages, {"role": "assistant", "content": answer}], [False] * len(
+                messages
+            ) + [True]
+        # Session mode: the system text once, then a user turn (that step's context, no history:
+        # the earlier turns are the history) and an assistant turn per step.
+        chat: list[dict[str, str]] = []
+        trained: list[bool] = []
+        steps = list(zip(ex.steps, ex.answers, strict=True))[ex.drop :]
+        for i, (step, answer) in enumerate(steps):
+            from dataclasses import replace
+
+            messages, _ = self._user(replace(step, history=()), drop=0, budget=ex.context_budget)
+            if i == 0:
+                chat.append(messages[0])
+                trained.append(False)
+            chat.append(messages[-1])
+            trained.append(False)
+            content = answer if answer is not None else {"action": step.record.action.model_dump()}
+            chat.append({"role": "assistant", "content": json.dumps(content, ensure_ascii=False)})
+            trained.append(answer is not None)
+        return chat, trained
+
+    def trl_row(self, ex: SFTExample) -> dict[str, Any]:
+        """The example in TRL's conversational format (prompt-completion, or messages)."""
+        chat, trained = self.conversation(ex)
+        if self.session_mode:
+            return {"messages": chat, "trained_turns": [i for i, t in enumerate(trained) if t]}
+        return {"prompt": chat[:-1], "completion": chat[-1:]}
+
+    # -- tokenizing ---------------------------------------------------------------------------
+
+    def tokenize(
+        self, tokenizer: Any, max_seq_length: int
+    ) -> tuple[list[dict[str, Any]], SFTStats]:
+        """Every example as ``input_ids`` and ``completion_mask`` (1 on trained tokens), fitted
+        into ``max_seq_length``: oldest history first, then the context, never silently."""
+        rows = []
+        for ex in self.examples():
+            before_cut = self._context_cut(ex)
+            self.stats.context_tokens_cut += before_cut
+            ids, mask = self._ids(ex, tokenizer)
+            shrunk = False
+            history = len(ex.steps) if self.session_mode else len(ex.steps[0].history)
+            while len(ids) > max_seq_length:
+                if ex.drop < history - (1 if self.session_mode else 0):
+                    ex.drop += 1
+                else:
+                    budget = ex.context_budget or self._context_len(ex)
+                    if budget <= 64:
+                        raise DistillError(
+                            f"session {ex.session_id!r}: one step is longer than max_seq_length="
+                            f"{max_seq_length} even with no history and a 64-token context; "
+                            "raise --max-seq-length"
+                        )
+                    ex.context_budget = max(64, int(budget * 0.75))
+                    shrunk = True
+                ids, mask = self._ids(ex, tokenizer)
+            if ex.drop:
+                self.stats.examples_with_history_dropped += 1
+                self.stats.history_entries_dropped += ex.drop
+            self.stats.examples_context_shrunk += shrunk
+            self.stats.examples += 1
+            self.stats.prompt_tokens += len(mask) - sum(mask)
+            self.stats.completion_tokens += sum(mask)
+            rows.append({"input_ids": ids, "completion_mask": mask})
+        return rows, self.stats
+
+    def _context_cut(self, ex: SFTExample) -> int:
+        return sum(self._user(s, drop=0, budget=ex.context_budget)[1] for s in ex.steps[:1])
+
+    def _context_len(self, ex: SFTExample) -> int:
+        from rationale.prompts import count_tokens
+
+        return max(count_tokens(s.record.context or "") for s in ex.steps)
+
+    def _ids(self, ex: SFTExample, tokenizer: Any) -> tuple[list[int], list[int]]:
+        """Token ids of the chat and the mask of its trained assistant turns."""
+        chat, trained = self.conversation(ex)
+        ids: list[int] = []
+        mask: list[int] = []
+        for i, is_trained in enumerate(trained):
+            if chat[i]["role"] != "assistant":
+                continue
+            before = _encode(tokenizer, chat[:i], generation_prompt=True)
+            through = _encode(tokenizer, chat[: i + 1], generation_prompt=False)
+            if through[: len(before)] != before or len(before) < len(ids):
+                raise DistillError(
+                    "the student's chat template does not render a conversation as a prefix of "
+                    "its continuation, so the loss mask cannot be built; use another base model "
+                    "or give the tokenizer a plain chat template"
+                )
+            mask += [0] * (len(before) - len(ids)) + [int(is_trained)] * (
+                len(through) - len(before)
+            )
+            ids = through
+        return ids, mask
+
+
+def _encode(tokenizer: Any, chat: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        chat, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+    )
+    if hasattr(out, "input_ids"):  # some tokenizers return a BatchEncoding
+        out = out["input_ids"]
+    return list(out)
+
+
+def prompt_format(data: SFTData, tokenizer: Any) -> dict[str, Any]:
+    """The exact prompt format of the student, saved with it so evaluation prompts it the same
+    way: the template (name, version, sources), the chat template, the options that shape it."""
+    return {
+        "template": data.template.name,
+        "template_version": data.template.version,
+        "template_sources": {
+            Path(f).name: Path(f).read_text(encoding="utf-8") for f in data.template.files
+        },
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "no_rationale": data.no_rationale,
+        "session_mode": data.session_mode,
+        "history_rationales": data.history_rationales,
+        "max_context_tokens": data.max_context_tokens,
+        "action_space": data.space.declaration(),
+    }
