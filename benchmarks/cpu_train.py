@@ -62,19 +62,27 @@ else:  # the same training, written directly against TRL
     from rationale.local_teacher import find_smollm2_gguf
     gguf = find_smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    from transformers import GgufConfig
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 torch_dtype=torch.float32)
+                                                 dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     rows, _ = SFTData(run_dir, max_context_tokens=config.max_context_tokens).tokenize(tok, 512)
-    args = SFTConfig(output_dir=out_dir, per_device_train_batch_size=4, max_steps=steps,
-                     learning_rate=2e-4, lr_scheduler_type="cosine", warmup_ratio=0.03,
-                     logging_steps=1, save_strategy="no", report_to="none", bf16=False,
-                     fp16=False, max_length=512, completion_only_loss=True, packing=False,
-                     seed=0, use_cpu=True)
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    kw = dict(output_dir=out_dir, per_device_train_batch_size=4, max_steps=steps,
+              learning_rate=2e-4, lr_scheduler_type="cosine", logging_steps=1,
+              save_strategy="no", report_to="none", bf16=False, fp16=False, max_length=512,
+              completion_only_loss=True, packing=False, seed=0, use_cpu=True,
+              gradient_checkpointing=False)
+    kw["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = 0.03
+    if "activation_checkpointing" in fields:
+        kw["activation_checkpointing"] = False
+    args = SFTConfig(**kw)
     SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                processing_class=tok, callbacks=[Clock()]).train()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -272,7 +272,18 @@ def model_price(model: str) -> tuple[float, float] | None:
     return None
 
 
-class LiteLLMTeacher:
+class _PriceMap:
+    """Prices a model by litellm's offline price map (``_price`` set by the subclass)."""
+
+    _price: tuple[float, float] | None = None
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if self._price is None:
+            return None
+        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+
+
+class LiteLLMTeacher(_PriceMap):
     """Any litellm model, structured output through instructor (JSON mode)."""
 
     def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
@@ -287,11 +298,6 @@ class LiteLLMTeacher:
         self._default_model = Rationale
         self._client = instructor.from_litellm(litellm.acompletion, mode=instructor.Mode.JSON)
         self._price = model_price(model)
-
-    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        if self._price is None:
-            return None
-        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
 
     async def aclose(self) -> None:
         return None
@@ -350,7 +356,7 @@ def fast_path_eligible(model: str, api_base: str | None) -> bool:
     return bool(api_base) and model.split("/", 1)[0] in FAST_PROVIDERS and "/" in model
 
 
-class OpenAICompatibleTeacher:
+class OpenAICompatibleTeacher(_PriceMap):
     """The fast path for OpenAI-compatible endpoints: one aiohttp session, JSON mode, pydantic.
 
     Same model strings, same response model and same retry layer as `LiteLLMTeacher`, without
@@ -373,11 +379,6 @@ class OpenAICompatibleTeacher:
             self._headers["Authorization"] = f"Bearer {key}"
         self._session: Any = None
         self._price = model_price(model)
-
-    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        if self._price is None:
-            return None
-        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
 
     async def _client(self) -> Any:
         import aiohttp

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_model import build_tiny_llama
 
 from rationale import local_teacher
 from rationale.errors import RationaleError
@@ -28,19 +29,6 @@ from rationale.local_teacher import (
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SENTENCES = [
-    "I clicked buy now because the kettle was blue and under forty dollars.",
-    "I typed the search words to find a cheaper pair of running shoes.",
-    "I stopped here because the order was placed and the task was done.",
-    "I opened the product page to read the reviews before buying.",
-    "The shopper wants a blue kettle under forty dollars.",
-]
 MESSAGES = [
     {"role": "system", "content": "You explain why a shopper took an action."},
     {"role": "user", "content": "Task: buy a blue kettle.\nAction: click product.buy_now"},
@@ -57,49 +45,11 @@ def one_thread() -> object:
     torch.set_num_threads(before)
 
 
-def build_tiny_model(folder: Path, *, chat_template: str | None = CHATML) -> Path:
-    """Save a random 2-layer Llama (hidden size 32) and a BPE tokenizer trained on SENTENCES."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(SENTENCES * 3, trainer=trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def build_tiny_model(folder: Path, **kwargs: object) -> Path:
+    """A random 2-layer Llama and a BPE tokenizer trained locally (tests/tiny_model.py)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return build_tiny_llama(folder, **kwargs)
 
 
 @pytest.fixture(scope="module")
