@@ -103,6 +103,7 @@ class RunDir:
         self.ledger = self.path / "ledger.jsonl"
         self.run_json = self.path / "run.json"
         self._handles: dict[str, Any] = {}
+        self._pending: dict[str, list[str]] = {}
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -139,20 +140,33 @@ class RunDir:
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(tmp, file)
 
-    def append(self, rec: SynthRecord) -> None:
-        self._write(rec.state, self.files[rec.state], rec.model_dump_json())
+    def append(self, rec: SynthRecord, *, now: bool = True) -> None:
+        """Add a record's line; with ``now=False`` it waits for the next `flush` (the engine
+        flushes every few milliseconds, off the requests' critical path: a kill in between costs
+        nothing, since the answer is already in the response cache)."""
+        self._pending.setdefault(rec.state, []).append(rec.model_dump_json())
+        if now:
+            self.flush()
 
-    def _write(self, name: str, file: Path, line: str) -> None:
+    def flush(self) -> None:
+        for state, lines in self._pending.items():
+            if lines:
+                self._write(state, self.files[state], "".join(line + "\n" for line in lines))
+                lines.clear()
+
+    def _write(self, name: str, file: Path, text: str) -> None:
         handle = self._handles.get(name)
         if handle is None:
             # kept open for the whole run (closed in `close`): one open per file, not per line
             handle = open(file, "a", encoding="utf-8")  # noqa: SIM115
             self._handles[name] = handle
-        handle.write(line + "\n")
-        handle.flush()  # a kill loses at most the line being written
+        handle.write(text)
+        handle.flush()  # whole lines only: a kill can tear at most the last one
 
     def charge(self, entry: dict[str, Any]) -> None:
-        self._write("ledger", self.ledger, json.dumps(entry))
+        # At once, not batched: the cost of an answer must survive a kill (it will not be paid
+        # again, so it would otherwise be missing from the cumulative total).
+        self._write("ledger", self.ledger, json.dumps(entry) + "\n")
 
     def spent(self) -> dict[str, float | int]:
         """Totals over every invocation, from the ledger."""
@@ -169,6 +183,7 @@ class RunDir:
         return total
 
     def close(self) -> None:
+        self.flush()
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
@@ -384,6 +399,9 @@ class _Synth:
         from rationale.filter import template_rules
 
         self.rules = template_rules(self.template)
+        from rationale.prompts import count_tokens
+
+        count_tokens("")  # load the tokenizer now (~0.3 s), not inside the timed loop
         self.verifier_template = load_template(config.verifier_template or "verifier")
         if config.samples > 1 and config.temperature == 0:
             raise RationaleError(
@@ -541,8 +559,23 @@ class _Synth:
                 if not stopping() and await self.process(item):
                     progress.update(self.tally)
 
+        done_flag = asyncio.Event()
+
+        async def filer() -> None:
+            # Writes the finished records' lines every few ms, between waves of answers.
+            while not done_flag.is_set():
+                self.run_dir.flush()
+                await asyncio.sleep(0.005)
+            self.run_dir.flush()
+
+        async def work() -> None:
+            try:
+                await asyncio.gather(producer(), *(worker() for _ in range(workers)))
+            finally:
+                done_flag.set()
+
         try:
-            await asyncio.gather(producer(), *(worker() for _ in range(workers)))
+            await asyncio.gather(work(), filer())
         finally:
             progress.close()
             self.run_dir.close()
@@ -804,7 +837,7 @@ class _Synth:
         return completion, False
 
     def _finish(self, rec: SynthRecord) -> None:
-        self.run_dir.append(rec)
+        self.run_dir.append(rec, now=False)  # the filer task writes it within milliseconds
         self.tally.states[rec.state] += 1
 
     # -- limits -------------------------------------------------------------------------------
