@@ -290,14 +290,16 @@ def _type_of(action: Any) -> str:
 class Progress:
     """A bar on a terminal, plain lines every few seconds otherwise; always on stderr."""
 
-    def __init__(self, total: int, *, every: float = 10.0) -> None:
-        self.total, self.done, self.every = total, 0, every
+    def __init__(self, total: int, *, every: float = 10.0, label: str = "synth") -> None:
+        self.total, self.done, self.every, self.label = total, 0, every, label
         self.start = self.last = time.monotonic()
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="rec", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, unit="rec", file=sys.stderr, dynamic_ncols=True, desc=label
+            )
 
     def update(self, tally: Tally) -> None:
         self.done += 1
@@ -312,7 +314,7 @@ class Progress:
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate else float("inf")
             print(
-                f"synth: {self.done}/{self.total} records, {rate:.1f}/s, "
+                f"{self.label}: {self.done}/{self.total} records, {rate:.1f}/s, "
                 f"ETA {eta:.0f}s, cost {cost}",
                 file=sys.stderr,
                 flush=True,
@@ -374,6 +376,8 @@ def run_synth(config: SynthConfig, *, teacher: Any = None, retry_policy: Any = N
 
 
 class _Synth:
+    label = "synth"
+
     def __init__(self, config: SynthConfig, teacher: Any, retry_policy: Any) -> None:
         from rationale.prompts import load_template
         from rationale.records import RecordFile
@@ -532,7 +536,7 @@ class _Synth:
         from rationale.cache import ResponseCache
 
         self.cache = ResponseCache()
-        progress = Progress(todo)
+        progress = Progress(todo, label=self.label)
         self._limiters()
         workers = min(self.config.concurrency, todo) or 1
         # Steps stream from the file through a bounded queue: a big run never holds its records.
@@ -1007,6 +1011,8 @@ def run_filter(config: SynthConfig, *, retry_policy: Any = None) -> Any:
 
 class _Filter(_Synth):
     """The synthesis engine with generation replaced by the candidates of an earlier run."""
+
+    label = "filter"
 
     def __init__(self, config: SynthConfig, retry_policy: Any) -> None:
         from rationale.paths import state_dir
