@@ -111,12 +111,13 @@ class SFTData:
                     f"{self.data}: its input {source!r} is gone; history is built from the run's "
                     "input, so restore it or pass the accepted.jsonl file instead"
                 )
-            out = {}
-            for line in files[0].read_text(encoding="utf-8").splitlines():
-                if line.strip().endswith("}"):
-                    rec = SynthRecord.model_validate_json(line)
-                    if rec.state == "accepted" and rec.rationale:
-                        out[rec.key] = rec.rationale
+            from rationale.synth import read_synth_records
+
+            out = {
+                rec.key: rec.rationale
+                for _, rec in read_synth_records(files[0])
+                if rec.state == "accepted" and rec.rationale
+            }
             return out, source, config.get("action_space")
         if not self.data.is_file():
             raise DistillError(f"{self.data}: no such file or run folder")
@@ -213,7 +214,8 @@ class SFTData:
     def conversation(self, ex: SFTExample) -> tuple[list[dict[str, str]], list[bool]]:
         """The chat of an example and, per message, whether it is a trained assistant turn."""
         if not self.session_mode:
-            messages, _ = self._user(ex.steps[0], drop=ex.drop, budget=ex.context_budget)
+            messages, cut = self._user(ex.steps[0], drop=ex.drop, budget=ex.context_budget)
+            ex.meta["context_cut_tokens"] = cut
             answer = json.dumps(ex.answers[0], ensure_ascii=False)
             return [*messages, {"role": "assistant", "content": answer}], [False] * len(
                 messages
@@ -223,10 +225,12 @@ class SFTData:
         chat: list[dict[str, str]] = []
         trained: list[bool] = []
         steps = list(zip(ex.steps, ex.answers, strict=True))[ex.drop :]
+        ex.meta["context_cut_tokens"] = 0
         for i, (step, answer) in enumerate(steps):
             from dataclasses import replace
 
-            messages, _ = self._user(replace(step, history=()), drop=0, budget=ex.context_budget)
+            messages, cut = self._user(replace(step, history=()), drop=0, budget=ex.context_budget)
+            ex.meta["context_cut_tokens"] += cut
             if i == 0:
                 chat.append(messages[0])
                 trained.append(False)
@@ -253,9 +257,9 @@ class SFTData:
         into ``max_seq_length``: oldest history first, then the context, never silently."""
         rows = []
         for ex in self.examples():
-            before_cut = self._context_cut(ex)
-            self.stats.context_tokens_cut += before_cut
             ids, mask = self._ids(ex, tokenizer)
+            # the cut by max_context_tokens alone, before any fitting to max_seq_length
+            self.stats.context_tokens_cut += ex.meta["context_cut_tokens"]
             shrunk = False
             history = len(ex.steps) if self.session_mode else len(ex.steps[0].history)
             while len(ids) > max_seq_length:
@@ -281,9 +285,6 @@ class SFTData:
             self.stats.completion_tokens += sum(mask)
             rows.append({"input_ids": ids, "completion_mask": mask})
         return rows, self.stats
-
-    def _context_cut(self, ex: SFTExample) -> int:
-        return sum(self._user(s, drop=0, budget=ex.context_budget)[1] for s in ex.steps[:1])
 
     def _context_len(self, ex: SFTExample) -> int:
         from rationale.prompts import count_tokens

@@ -276,6 +276,70 @@ config_option = click.option(
 )
 
 
+def _stack(*decorators: Any) -> Any:
+    """Several click options as one decorator, applied in the order written."""
+
+    def apply(f: Any) -> Any:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+#: The options of every command that calls models (synth, filter): one definition each.
+model_call_options = _stack(
+    click.option(
+        "--api-base",
+        help="An OpenAI-compatible endpoint (also the verifier's when it has the teacher's "
+        "provider prefix).",
+    ),
+    click.option(
+        "--client",
+        type=click.Choice(["auto", "litellm", "fast"]),
+        default="auto",
+        show_default=True,
+        help="auto: an openai/ or hosted_vllm/ model with --api-base takes the fast aiohttp path; "
+        "everything else goes through litellm + instructor.",
+    ),
+    click.option(
+        "--concurrency",
+        type=click.IntRange(min=1),
+        default=16,
+        show_default=True,
+        help="Requests in flight.",
+    ),
+    click.option("--rpm", type=click.IntRange(min=1), help="At most this many requests a minute."),
+    click.option(
+        "--tpm",
+        type=click.IntRange(min=1),
+        help="At most this many tokens a minute (prompt + max completion).",
+    ),
+    click.option(
+        "--max-context-tokens",
+        type=click.IntRange(min=16),
+        default=6000,
+        show_default=True,
+        help="Cut longer contexts to this many tokens (the teacher's around the acted-on "
+        "element when found; blind prompts without looking at the action).",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=60.0,
+        show_default=True,
+        help="Seconds per request.",
+    ),
+    click.option("--max-cost", type=click.FloatRange(min=0), help="USD budget of this invocation."),
+    click.option(
+        "--history-rationales",
+        is_flag=True,
+        help="Add earlier steps' rationales to the history (the paper's setting).",
+    ),
+)
+
+
 def _job_config(ctx: click.Context, model: Any, flags: dict[str, Any], **fixed: Any) -> Any:
     """A job's config: the --config file, overridden by the flags actually given."""
     from click.core import ParameterSource
@@ -328,42 +392,13 @@ def _job_config(ctx: click.Context, model: Any, flags: dict[str, Any], **fixed: 
     help="A litellm model string (openai/gpt-4o-mini, anthropic/..., hosted_vllm/...) "
     "or 'local' (SmolLM2-135M in-process, no key; 'local:PATH' for another model).",
 )
-@click.option("--api-base", help="An OpenAI-compatible endpoint for the teacher.")
-@click.option(
-    "--client",
-    type=click.Choice(["auto", "litellm", "fast"]),
-    default="auto",
-    show_default=True,
-    help="auto: an openai/ or hosted_vllm/ model with --api-base takes the fast aiohttp path; "
-    "everything else goes through litellm + instructor.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Requests in flight.",
-)
-@click.option("--rpm", type=click.IntRange(min=1), help="At most this many requests a minute.")
-@click.option(
-    "--tpm",
-    type=click.IntRange(min=1),
-    help="At most this many tokens a minute (prompt + max completion).",
-)
+@model_call_options
 @click.option(
     "--template",
     help="A shipped template name (web_shopping, generic) or a .jinja "
     "file or a folder with template.jinja.  [default: web_shopping]",
 )
-@click.option(
-    "--max-context-tokens",
-    type=click.IntRange(min=16),
-    default=6000,
-    show_default=True,
-    help="Cut longer contexts (around the acted-on element when found).",
-)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N steps (session order).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option(
     "--max-tokens",
@@ -373,24 +408,11 @@ def _job_config(ctx: click.Context, model: Any, flags: dict[str, Any], **fixed: 
     help="Completion cap per request (also the worst case --max-cost reserves).",
 )
 @click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds per request.",
-)
-@click.option(
     "--dry-run",
     is_flag=True,
     help="Render everything, print the token and cost estimate, call nothing.",
 )
-@click.option("--max-cost", type=click.FloatRange(min=0), help="USD budget of this invocation.")
 @click.option("--retry-failed", is_flag=True, help="Retry the records in failed.jsonl.")
-@click.option(
-    "--history-rationales",
-    is_flag=True,
-    help="Add earlier steps' rationales to the history (the paper's setting).",
-)
 @verifier_options
 @click.option(
     "--samples",
@@ -551,20 +573,9 @@ def render(
     help="A new run folder for the filtered records. Rerun to resume.",
 )
 @verifier_options
-@click.option("--api-base", help="An OpenAI-compatible endpoint for the verifier.")
-@click.option(
-    "--client", type=click.Choice(["auto", "litellm", "fast"]), default="auto", show_default=True
-)
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--rpm", type=click.IntRange(min=1))
-@click.option("--tpm", type=click.IntRange(min=1))
+@model_call_options
 @click.option("--template", help="The teacher template whose rules apply.  [default: the run's]")
-@click.option("--max-context-tokens", type=click.IntRange(min=16), default=6000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
-@click.option("--max-cost", type=click.FloatRange(min=0), help="USD budget of this invocation.")
 @click.option("--keep", type=click.Choice(["first", "all"]), default="first", show_default=True)
-@click.option("--history-rationales", is_flag=True)
 @config_option
 @on_error_option
 @action_space_option
@@ -627,7 +638,6 @@ def report(run_dir: str, as_json: bool) -> None:
 def distill(ctx: click.Context, **flags: Any) -> None:
     """Fine-tune a student on accepted rationales (LoRA; Unsloth QLoRA on a GPU)."""
     from distill.config import DistillConfig
-
     from distill.pipeline import run_distill
 
     config = _job_config(ctx, DistillConfig, flags)

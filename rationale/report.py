@@ -19,13 +19,9 @@ STATES = ("accepted", "rejected", "failed")
 
 
 def _lines(file: Path) -> list[SynthRecord]:
-    if not file.exists():
-        return []
-    return [
-        SynthRecord.model_validate_json(line)
-        for line in file.read_text(encoding="utf-8").splitlines()
-        if line.strip() and line.endswith("}")
-    ]
+    from rationale.synth import read_synth_records
+
+    return [rec for _, rec in read_synth_records(file)]  # read only: a run may be writing
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:

@@ -112,14 +112,7 @@ class RunDir:
         """Every record already done -> its state. Repairs a line torn by a kill first."""
         done: dict[tuple[str, int], str] = {}
         for state, file in self.files.items():
-            for line_no, line in _read_lines(file):
-                try:
-                    rec = SynthRecord.model_validate_json(line)
-                except ValueError:
-                    raise RationaleError(
-                        f"{file} line {line_no}: not a synthesis record; the run folder is "
-                        "damaged: move that line out or use a new -o"
-                    ) from None
+            for line_no, rec in read_synth_records(file, repair=True):
                 if rec.key in done:
                     raise RationaleError(
                         f"{file} line {line_no}: session {rec.key[0]!r} step {rec.key[1]} is "
@@ -131,13 +124,9 @@ class RunDir:
     def drop_failed(self, keys: set[tuple[str, int]]) -> None:
         """Rewrite failed.jsonl without ``keys`` (atomically), so they can be retried."""
         file = self.files["failed"]
-        kept = [
-            line
-            for _, line in _read_lines(file)
-            if SynthRecord.model_validate_json(line).key not in keys
-        ]
+        kept = [rec for _, rec in read_synth_records(file, repair=True) if rec.key not in keys]
         tmp = file.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.write_text("".join(rec.model_dump_json() + "\n" for rec in kept), encoding="utf-8")
         os.replace(tmp, file)
 
     def append(self, rec: SynthRecord, *, now: bool = True) -> None:
@@ -189,18 +178,33 @@ class RunDir:
         self._handles.clear()
 
 
-def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
-    """Complete lines of a JSONL file; a torn last line (no newline) is cut off the file."""
+def _read_lines(file: Path, *, repair: bool = True) -> Iterator[tuple[int, str]]:
+    """Complete lines of a JSONL file. A torn last line (no newline) is skipped, and with
+    ``repair`` (only for the run's own files, before it writes) cut off the file."""
     if not file.exists():
         return
-    with open(file, "rb+") as f:
+    with open(file, "rb+" if repair else "rb") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+            if repair:
+                f.truncate(data.rfind(b"\n") + 1)
             data = data[: data.rfind(b"\n") + 1]
     for n, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
         if raw.strip():
             yield n, raw
+
+
+def read_synth_records(file: Path, *, repair: bool = False) -> Iterator[tuple[int, SynthRecord]]:
+    """(line number, record) of a run's accepted/rejected/failed file; a torn last line is
+    skipped (and cut off with ``repair``); any other bad line is an error naming it."""
+    for line_no, line in _read_lines(file, repair=repair):
+        try:
+            yield line_no, SynthRecord.model_validate_json(line)
+        except ValueError:
+            raise RationaleError(
+                f"{file} line {line_no}: not a synthesis record (rationale synth output); "
+                "move that line out, or use a new -o"
+            ) from None
 
 
 # -- accounting ---------------------------------------------------------------------------------
@@ -1022,14 +1026,8 @@ class _Filter(_Synth):
         source = Path(config.input)
         files = [source / f"{s}.jsonl" for s in STATES] if source.is_dir() else [source]
         self.source: dict[tuple[str, int], SynthRecord] = {}
-        for file in files:
-            for line_no, line in _read_lines(file):
-                try:
-                    rec = SynthRecord.model_validate_json(line)
-                except ValueError:
-                    raise RationaleError(
-                        f"{file} line {line_no}: not a synthesis record (rationale synth output)"
-                    ) from None
+        for file in files:  # another run's files: read only, never repaired
+            for _, rec in read_synth_records(file):
                 self.source[rec.key] = rec
         if not self.source:
             raise RationaleError(f"{source}: no synthesis records to filter")
