@@ -163,7 +163,8 @@ def choose_backend(requested: str) -> tuple[str, str]:
         if not cuda:
             raise DistillError(
                 "--backend unsloth needs a CUDA GPU and this machine has none; use --backend hf "
-                f"(or auto) here, or run on a GPU machine where you {_UNSLOTH_HINT}"
+                "(or auto) here. On a CUDA machine, install unsloth in a separate environment: "
+                "pip install 'rationale-distill[unsloth]' (see README, Environments)"
             )
         if not unsloth:
             raise DistillError(f"--backend unsloth: unsloth is not installed; {_UNSLOTH_HINT}")
