@@ -90,8 +90,9 @@ print(json.dumps({"kind": kind, "step_s": times, "peak_rss_mib": rss}))
 """
 
 
-def make_run(folder: Path) -> Path:
-    """A synth run on the shipped Mind2Web sample, rationales from the scripted local server."""
+def make_run(folder: Path, source: Path = SAMPLE) -> Path:
+    """A synth run on ``source`` (the shipped Mind2Web sample), rationales from the tests'
+    scripted local teacher server."""
     sys.path.insert(0, str(ROOT / "tests"))
     from openai_server import ScriptedServer
 
@@ -100,7 +101,7 @@ def make_run(folder: Path) -> Path:
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     with ScriptedServer() as server:
         run_synth(
-            SynthConfig(input=str(SAMPLE), output=str(folder / "run"),
+            SynthConfig(input=str(source), output=str(folder / "run"),
                         teacher="openai/test-model", api_base=server.url, verifier="none")
         )  # fmt: skip
     return folder / "run"

@@ -215,10 +215,7 @@ def page(rng: random.Random, products: int) -> str:
 def make_run(folder: Path, *, steps: int, products: int) -> Path:
     """The first sessions of the shipped sample (at least ``steps`` steps), each step given a
     long page as its context; rationales from the tests' scripted local teacher server."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from openai_server import ScriptedServer
-
-    from rationale.synth import SynthConfig, run_synth
+    from cpu_train import make_run as synth_run  # benchmarks/ is on sys.path
 
     rng = random.Random(0)
     lines, sessions = [], []
@@ -233,13 +230,7 @@ def make_run(folder: Path, *, steps: int, products: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "input.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
-    with ScriptedServer() as server:
-        run_synth(
-            SynthConfig(input=str(source), output=str(folder / "run"),
-                        teacher="openai/test-model", api_base=server.url, verifier="none")
-        )  # fmt: skip
-    return folder / "run"
+    return synth_run(folder, source)
 
 
 def default_tokenizer(folder: Path) -> Path:
@@ -423,9 +414,8 @@ def main() -> int:
             + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in r["checks"].items())
         )
     if args.json:
-        args.json.write_text(json.dumps({"model": built, "args": vars(args) | {
-            "tokenizer": str(args.tokenizer), "data": str(args.data), "json": str(args.json),
-            "logs": str(args.logs)}, "results": results}, indent=2, default=str))  # fmt: skip
+        report = {"model": built, "args": vars(args), "results": results}
+        args.json.write_text(json.dumps(report, indent=2, default=str))  # Paths as text
     return 0 if ok else 1
 
 
