@@ -50,6 +50,14 @@ class DistillConfig(BaseModel):
             "or 'auto': unsloth when CUDA is present and unsloth is installed, else hf."
         ),
     )
+    allow_cpu: bool = Field(
+        default=False,
+        description=(
+            "Train on a machine without CUDA even a base of several billion parameters (or one "
+            "whose memory estimate is more than the machine has), which is otherwise refused: "
+            "it would take days. See `distill.sizing`."
+        ),
+    )
 
     # -- what the data looks like (read by the data module) ----------------------------------
     no_rationale: bool = Field(
@@ -67,6 +75,11 @@ class DistillConfig(BaseModel):
             "Token budget of a prompt's context (the history is cut to fit), the same default as "
             "`rationale synth --max-context-tokens`; None for no budget."
         ),
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="A bad line in the data: fail, or skip it and report it (a run made with "
+        "--on-error skip is read with skip for its input either way).",
     )
     history_rationales: bool = Field(
         default=False,

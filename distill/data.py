@@ -76,6 +76,7 @@ class SFTData:
         max_context_tokens: int | None = 4000,
         history_rationales: bool = False,
         action_space: str | None = None,
+        on_error: str = "fail",
     ) -> None:
         from rationale.prompts import load_template
         from rationale.schema import ActionSpace
@@ -85,8 +86,15 @@ class SFTData:
         self.session_mode = session_mode
         self.max_context_tokens = max_context_tokens
         self.history_rationales = history_rationales
+        self.on_error = on_error  # skip: bad lines are left out and listed in `skipped`
+        self.input_on_error = on_error  # the run's own choice for its input wins (skip)
+        self.skipped: list[str] = []
         self.template = load_template(STUDENT_TEMPLATE)
         self.stats = SFTStats()
+        # Where the accepted rationales came from, for `caveats`: local teachers' names, and the
+        # keys of rationales that no blind verifier checked.
+        self.local_teachers: set[str] = set()
+        self.unverified: set[tuple[str, int]] = set()
         self.rationales, history_source, space_file = self._accepted()
         self.space = ActionSpace.from_file(space_file or action_space) if (
             space_file or action_space
@@ -100,24 +108,28 @@ class SFTData:
         from rationale.schema import SynthRecord
 
         if self.data.is_dir():
-            files = [self.data / "accepted.jsonl"]
-            run_json = self.data / "run.json"
-            config = json.loads(run_json.read_text())["config"] if run_json.exists() else {}
-            source = config.get("input")
-            if not files[0].exists():
-                raise DistillError(f"{self.data}: no accepted.jsonl (run rationale synth first)")
-            if not source or not Path(source).is_file():
-                raise DistillError(
-                    f"{self.data}: its input {source!r} is gone; history is built from the run's "
-                    "input, so restore it or pass the accepted.jsonl file instead"
-                )
-            from rationale.synth import read_synth_records
+            from rationale.rundir import read_run_json, read_synth_records, run_records_file
 
-            out = {
-                rec.key: rec.rationale
-                for _, rec in read_synth_records(files[0])
-                if rec.state == "accepted" and rec.rationale
-            }
+            accepted = self.data / "accepted.jsonl"
+            if not accepted.exists():
+                raise DistillError(f"{self.data}: no accepted.jsonl (run rationale synth first)")
+            run = read_run_json(self.data) or {}
+            config = run.get("config", {})
+            source = str(run_records_file(self.data))  # synth or filter run: its record file
+            if config.get("on_error") == "skip":  # the run left out its input's bad sessions
+                self.input_on_error = "skip"
+            out = {}
+            for _, rec in read_synth_records(
+                accepted, on_error=self.on_error, skipped=self.skipped
+            ):
+                if rec.state == "accepted" and rec.rationale:
+                    out[rec.key] = rec.rationale
+                    self._note_origin(rec)
+            teacher = str(config.get("teacher") or "")
+            if teacher == "local" or teacher.startswith("local:"):
+                self.local_teachers.add(teacher)
+            if "verification" in run and not (run["verification"] or {}).get("verifier"):
+                self.unverified.update(out)  # the run had no verifier
             return out, source, config.get("action_space")
         if not self.data.is_file():
             raise DistillError(f"{self.data}: no such file or run folder")
@@ -130,21 +142,24 @@ class SFTData:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError:
-                raise DistillError(f"{self.data} line {n}: not valid JSON") from None
-            if isinstance(obj, dict) and "state" in obj and "record" in obj:
-                rec = SynthRecord.model_validate(obj)
-                records.append(rec.record)
-                if rec.state == "accepted" and rec.rationale:
-                    out[rec.key] = rec.rationale
-            elif isinstance(obj, dict) and "session_id" in obj:
-                records.append(obj)
-                if obj.get("rationale"):
-                    out[(str(obj["session_id"]), int(obj["step"]))] = obj["rationale"]
-            else:
-                raise DistillError(
-                    f"{self.data} line {n}: neither a synthesis record nor a step record"
-                )
+                if isinstance(obj, dict) and "state" in obj and "record" in obj:
+                    rec = SynthRecord.model_validate(obj)
+                    records.append(rec.record)
+                    if rec.state == "accepted" and rec.rationale:
+                        out[rec.key] = rec.rationale
+                        self._note_origin(rec)
+                elif isinstance(obj, dict) and "session_id" in obj:
+                    records.append(obj)
+                    if obj.get("rationale"):
+                        out[(str(obj["session_id"]), int(obj["step"]))] = obj["rationale"]
+                else:
+                    raise ValueError("neither a synthesis record nor a step record")
+            except (ValueError, TypeError, RecursionError) as exc:
+                first = (str(exc).splitlines() or [""])[0][:200]
+                problem = f"{self.data} line {n}: {first}"
+                if self.on_error != "skip":
+                    raise DistillError(f"{problem} (use --on-error skip to leave it out)") from None
+                self.skipped.append(problem)
         import hashlib
 
         from rationale.paths import state_dir
@@ -156,6 +171,51 @@ class SFTData:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         return out, str(source), None
+
+    def _note_origin(self, rec: Any) -> None:
+        """Note a local teacher, or a missing verification, on an accepted synthesis record."""
+        chosen = next((c for c in rec.candidates if c.state == "accepted"
+                       and c.rationale == rec.rationale), None)  # fmt: skip
+        provenance = rec.provenance or (chosen.provenance if chosen else None)
+        if provenance is not None and provenance.teacher.startswith("local/"):
+            self.local_teachers.add(provenance.teacher.split("@")[0])  # drop the fingerprint
+        if chosen is not None and chosen.verification is None:
+            self.unverified.add(rec.key)
+
+    def caveats(self) -> list[str]:
+        """What to say about the rationales' origin, on stderr and in the model card: a local
+        teacher wrote them, or no blind verifier checked them. Empty when neither is known."""
+        out = []
+        if self.local_teachers:
+            out.append(
+                f"the rationales in {self.data} come from the offline local teacher "
+                f"({', '.join(sorted(self.local_teachers))}), which is meant for trying the "
+                "pipeline, not for training a useful student"
+            )
+        unverified = len(self.unverified & self.rationales.keys())
+        if unverified:
+            out.append(
+                f"{unverified} of {len(self.rationales)} rationales in {self.data} were not "
+                "checked by the blind verifier (the consistency filter was off), so some may not "
+                "explain the action they precede"
+            )
+        return out
+
+    def check(self) -> int:
+        """The number of examples, counted without a tokenizer, so a run with nothing to train
+        fails before any model is loaded; `DistillError` when there are none."""
+        # Counting must not add to the stats or the skipped lines that tokenizing reports.
+        stats, skipped, self.stats = self.stats, list(self.skipped), SFTStats()
+        try:
+            count = sum(1 for _ in self.examples())
+        finally:
+            self.stats, self.skipped = stats, skipped
+        if not count:
+            raise DistillError(
+                f"{self.data}: no step with an accepted rationale to train on "
+                "(run rationale synth, or check the run's accepted.jsonl)"
+            )
+        return count
 
     def answer(self, step: Any) -> dict[str, Any] | None:
         """The completion object of a step, or None if it has no accepted rationale."""
@@ -171,11 +231,18 @@ class SFTData:
     def examples(self) -> Iterator[SFTExample]:
         """Every example, in session order."""
         from rationale.records import RecordFile
-        from rationale.sessions import iter_steps
+        from rationale.sessions import fill_rationales, iter_steps
 
-        with RecordFile(self.history_source, space=self.space) as records:
+        with RecordFile(
+            self.history_source,
+            space=self.space,
+            on_error=self.input_on_error,  # type: ignore[arg-type]
+        ) as records:
+            self.skipped += [str(e) for e in records.errors]
             for session in records.sessions():
                 steps = list(iter_steps(session, with_rationales=self.history_rationales))
+                if self.history_rationales:  # earlier steps' accepted synthesized rationales
+                    steps = [fill_rationales(s, self.rationales) for s in steps]
                 answers = [self.answer(s) for s in steps]
                 trained = sum(a is not None for a in answers)
                 self.stats.skipped_not_accepted += len(steps) - trained

@@ -1,7 +1,10 @@
 """`rationale distill` end to end: data -> student -> training -> a saved student.
 
 Each step is a library call of its own (`distill.data.SFTData`, `distill.train.prepare`,
-`fit`, `save`); this module only chains them the way the command does.
+`fit`, `save`); this module only chains them the way the command does. Everything that can be
+checked without the model is checked before it is loaded (minutes for a large base): that the
+data has examples to train, that the output folder can be started or resumed, and (in
+`prepare`) that the base is not too big for a CPU.
 """
 
 from __future__ import annotations
@@ -11,23 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill import DistillError
-
 
 @dataclass(frozen=True)
 class DistillRun:
     """What `run_distill` produced."""
 
     output: Path
-    result: Any  # distill.train.TrainResult
+    result: Any  # distill.checkpoints.TrainResult
     stats: Any  # distill.data.SFTStats
     backend: str
     reason: str
+    caveats: tuple[str, ...] = ()  # on the training data: see `distill.data.SFTData.caveats`
+    skipped: tuple[str, ...] = ()  # bad data lines left out (``on_error="skip"``)
 
 
 def run_distill(config: Any) -> DistillRun:
-    """Build the SFT data for the student's tokenizer, train, and save into ``config.output``."""
+    """Build the SFT data for the student's tokenizer, train, and save into ``config.output``.
+
+    The data is read and its examples counted, and the output folder checked, before the model
+    is loaded; data from a local teacher or without the blind verifier is trained with a
+    warning on stderr that the model card repeats.
+    """
+    from distill.checkpoints import resume_point
     from distill.data import SFTData, prompt_format
+    from distill.student import log
+
+    # fit, prepare and save are looked up at call time: the benchmarks wrap distill.train.fit.
     from distill.train import fit, prepare, save
 
     data = SFTData(
@@ -36,14 +48,15 @@ def run_distill(config: Any) -> DistillRun:
         session_mode=config.session_mode,
         max_context_tokens=config.max_context_tokens,
         history_rationales=config.history_rationales,
+        on_error=config.on_error,
     )
+    data.check()
+    resume_point(config)
+    caveats = tuple(data.caveats())
+    for caveat in caveats:
+        log(f"warning: {caveat}")
     student = prepare(config)
     rows, stats = data.tokenize(student.tokenizer, config.max_seq_length)
-    if not rows:
-        raise DistillError(
-            f"{config.data}: no step with an accepted rationale to train on "
-            "(run rationale synth, or check the run's accepted.jsonl)"
-        )
     from datasets import Dataset
 
     dataset = Dataset.from_list(rows)
@@ -56,5 +69,9 @@ def run_distill(config: Any) -> DistillRun:
             "prompt_format.json": json.dumps(prompt_format(data, student.tokenizer), indent=2),
             "data_stats.json": json.dumps(stats.as_dict(), indent=2),
         },
+        caveats=caveats,
     )
-    return DistillRun(Path(output), result, stats, student.backend, student.reason)
+    return DistillRun(
+        Path(output), result, stats, student.backend, student.reason, caveats,
+        tuple(data.skipped),
+    )  # fmt: skip

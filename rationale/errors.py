@@ -105,17 +105,34 @@ class FatalTeacherError(TeacherError):
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)S?$|^AWS_SESSION", re.IGNORECASE)
 _BEARER = re.compile(
-    r"(Bearer\s+|api[_-]?key[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9._\-]{8,})", re.IGNORECASE
+    r"(Bearer\s+|Authorization[\"']?\s*[:=]\s*[\"']?Basic\s+|api[_-]?key[\"']?\s*[:=]\s*[\"']?)"
+    r"([A-Za-z0-9._\-+/=]{8,})",
+    re.IGNORECASE,
+)
+# The userinfo of a URL (``scheme://user:password@host``): everything between ``//`` and the
+# last ``@`` before the path, query or fragment. Quotes end it too, so JSON stays valid.
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#\"'<>]*@")
+# A query parameter that carries a credential: ``?api_key=``, ``&key=``, ``?token=``,
+# ``?access_token=``, ``?sig=`` (Azure SAS), ``X-Amz-Signature=``, ``?password=``...
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:[\w.\-]*(?:key|token|secret|passw(?:or)?d|pwd|auth|credential|signature)"
+    r"[\w.\-]*|sig)=)[^&#\s\"'<>]+",
+    re.IGNORECASE,
 )
 
 
 def redact(text: str) -> str:
-    """``text`` with every secret-looking environment value and bearer token replaced.
+    """``text`` with every secret-looking environment value, bearer token and URL credential
+    replaced.
 
-    Applied to every error message the tool stores or prints, so API keys never reach a log,
-    an output file or an exception message.
+    Applied to every error message the tool stores or prints, and to the config saved in
+    ``run.json``, so API keys never reach a log, an output file or an exception message. A URL
+    keeps its scheme, host, port and path: ``http://user:pw@host:8000/v1?api_key=k`` becomes
+    ``http://***@host:8000/v1?api_key=***``.
     """
     for name, value in os.environ.items():
         if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, "[redacted]")
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
     return _BEARER.sub(lambda m: m.group(1) + "[redacted]", text)

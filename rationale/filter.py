@@ -1,165 +1,198 @@
-"""The consistency filter: cheap rules first, then a verifier that never sees the action.
+"""`rationale filter`: judge the rationales of an earlier run with the rules and the blind
+verifier, into a new run folder. No teacher is called.
 
-The teacher is told the true action, so "does the rationale agree with its action" filters
-nothing. The test that matters hides the action: a verifier model reads the context (cut
-without looking at the action), the history and the candidate rationale, and predicts the
-action; the rationale is kept only if that prediction equals the true action under
-`ActionSpace.equal`, the one definition of action equality.
-
-Cheap rules run before any verifier call and each can reject on its own. Which rules apply is
-declared by the teacher template (a ``{# rules: ... #}`` comment at its top; `template_rules`);
-their thresholds live in `RulesConfig`.
+The source is a run folder or a synth JSONL. Its accepted candidates are judged again, in order
+(``--keep first`` stops at the first that passes); records that were rejected or failed are
+carried over unchanged; every candidate the source had stays on the line. The new run.json names
+the record file the source run read, so ``synth -> filter -> distill`` builds the same histories.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from rationale.errors import ConfigError
-
-#: Rules used when a template declares none (first person is a property of the persona the
-#: template asks for, so only templates that ask for it declare it).
-DEFAULT_RULES = ("empty", "too_short", "too_long", "hindsight", "pasted_action")
-
-DEFAULT_HINDSIGHT = (
-    r"\bthe (user|shopper|customer|person|human|annotator)\b",
-    r"\b(given|true|correct|recorded|actual|above) action\b",
-    r"\bas instructed\b",
-    r"\bthe (task|instruction) (says|said|tells|told)\b",
-    r"\b(he|she|they) (clicked|typed|selected|chose|decided)\b",
-    r"\bwas (clicked|typed|selected)\b",
-)
-FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'll|i'd|me|my|mine|we|we're|our|us)\b", re.IGNORECASE)
-_WORD = re.compile(r"[\w'’-]+")
+from rationale.engine import Engine
+from rationale.errors import RationaleError
+from rationale.judging import Judge, outcome
+from rationale.rundir import STATES, RunDir, SynthConfig, read_run_json, read_synth_records
+from rationale.runner import RunSummary, run_job
+from rationale.schema import Candidate, SynthRecord
 
 
-class RulesConfig(BaseModel):
-    """Thresholds of the cheap rules (``[rules]`` in a ``--config`` file)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_words: int = Field(4, ge=0, description="too_short: fewer words than this")
-    max_words: int = Field(60, ge=1, description="too_long: more words than this")
-    hindsight_patterns: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_HINDSIGHT),
-        description="hindsight: regexes (case-insensitive) of meta-language",
-    )
-    pasted_action_share: float = Field(
-        0.6, gt=0, le=1,
-        description="pasted_action: reject when the target name or action JSON makes up at least "
-        "this share of the rationale's characters",
-    )  # fmt: skip
+def run_filter(config: SynthConfig, *, retry_policy: Any = None) -> RunSummary:
+    """Judge an earlier run's rationales (see the module docstring); returns a `RunSummary`."""
+    if config.dry_run:
+        raise RationaleError("rationale filter has no --dry-run")
+    return asyncio.run(run_job(FilterJob(config, retry_policy)))
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text)
+class FilterJob:
+    """The filter job on the shared engine: candidates come from the source, not a teacher."""
 
+    label = "filter"
 
-def _empty(rationale: str, action: Mapping[str, Any], cfg: RulesConfig) -> str | None:
-    return "empty: no rationale" if not rationale.strip() else None
+    def __init__(self, config: SynthConfig, retry_policy: Any) -> None:
+        from rationale.prompts import load_template
+        from rationale.records import RecordFile
+        from rationale.schema import ActionSpace
+        from rationale.synth import make_client
 
-
-def _too_short(rationale: str, action: Mapping[str, Any], cfg: RulesConfig) -> str | None:
-    n = len(_words(rationale))
-    return f"too_short: {n} words < {cfg.min_words}" if 0 < n < cfg.min_words else None
-
-
-def _too_long(rationale: str, action: Mapping[str, Any], cfg: RulesConfig) -> str | None:
-    n = len(_words(rationale))
-    return f"too_long: {n} words > {cfg.max_words}" if n > cfg.max_words else None
-
-
-def _first_person(rationale: str, action: Mapping[str, Any], cfg: RulesConfig) -> str | None:
-    if rationale.strip() and not FIRST_PERSON.search(rationale):
-        return "first_person: no I, me, my or we"
-    return None
-
-
-def _hindsight(rationale: str, action: Mapping[str, Any], cfg: RulesConfig) -> str | None:
-    for pattern in cfg.hindsight_patterns:
-        if m := re.search(pattern, rationale, re.IGNORECASE):
-            return f"hindsight: {m.group(0)!r}"
-    return None
-
-
-def _pasted_action(rationale: str, action: Mapping[str, Any], cfg: RulesConfig) -> str | None:
-    text = rationale.strip().strip("\"'`.")
-    if not text:
-        return None
-    if text.startswith("{") and '"type"' in text:
-        return "pasted_action: the rationale is action JSON"
-    name = str(action.get("name") or "")
-    if name and len(name) >= cfg.pasted_action_share * len(text) and name.lower() in text.lower():
-        return f"pasted_action: the rationale is the target name {name!r}"
-    return None
-
-
-RULES: dict[str, Callable[[str, Mapping[str, Any], RulesConfig], str | None]] = {
-    "empty": _empty,
-    "too_short": _too_short,
-    "too_long": _too_long,
-    "first_person": _first_person,
-    "hindsight": _hindsight,
-    "pasted_action": _pasted_action,
-}
-
-
-def check_rules(
-    rationale: str | None,
-    action: Mapping[str, Any],
-    rules: tuple[str, ...] = DEFAULT_RULES,
-    config: RulesConfig | None = None,
-) -> list[str]:
-    """The reasons the named rules reject ``rationale`` (empty when it passes them all)."""
-    config = config or RulesConfig()
-    unknown = [r for r in rules if r not in RULES]
-    if unknown:
-        raise ConfigError(f"unknown rule(s) {', '.join(unknown)}; the rules are {', '.join(RULES)}")
-    text = rationale or ""
-    if "empty" in rules and (reason := _empty(text, action, config)):
-        return [reason]  # nothing else can be said of an empty rationale
-    return [r for name in rules if name != "empty" and (r := RULES[name](text, action, config))]
-
-
-def template_rules(template: Any) -> tuple[str, ...]:
-    """The rules a teacher template declares (``rules: ...`` in its first comment), checked, or
-    `DEFAULT_RULES` when it declares none."""
-    names = template.declared_rules
-    if names is None:
-        return DEFAULT_RULES
-    if unknown := [n for n in names if n not in RULES]:
-        raise ConfigError(
-            f"template {template.name!r} declares unknown rule(s) {', '.join(unknown)}; "
-            f"the rules are {', '.join(RULES)}"
+        source = Path(config.input)
+        files = [source / f"{s}.jsonl" for s in STATES] if source.is_dir() else [source]
+        self.source: dict[tuple[str, int], SynthRecord] = {}
+        self.skipped_lines: list[str] = []
+        for file in files:  # another run's files: read only, never repaired
+            for _, rec in read_synth_records(
+                file, on_error=config.on_error, skipped=self.skipped_lines
+            ):
+                self.source[rec.key] = rec
+        if not self.source:
+            raise RationaleError(f"{source}: no synthesis records to filter")
+        before_run = read_run_json(source) if source.is_dir() else None
+        before: dict[str, Any] = (before_run or {}).get("config", {})
+        updates: dict[str, Any] = {}
+        if config.template is None and before.get("template"):
+            updates["template"] = before["template"]
+        if config.action_space is None and before.get("action_space"):
+            updates["action_space"] = before["action_space"]
+        verifier = config.verifier
+        if verifier == "auto":
+            verifier = before.get("teacher") or "none"
+        if verifier in ("none", "local") or verifier.startswith("local:"):
+            raise RationaleError(
+                "rationale filter needs a verifier model: give --verifier MODEL "
+                "(a local 135M model cannot verify)"
+            )
+        updates.update(teacher=verifier, verifier=verifier, samples=1, max_attempts=1)
+        self.config = config = config.model_copy(update=updates)
+        self.space = (
+            ActionSpace.from_file(config.action_space)
+            if config.action_space
+            else ActionSpace.default()
         )
-    return names
+        self.records_file = self._history_source(before_run, files)
+        # a source run made with --on-error skip left its input's bad sessions out: so do we
+        input_on_error = "skip" if before.get("on_error") == "skip" else config.on_error
+        self.records = RecordFile(self.records_file, space=self.space, on_error=input_on_error)
+        self.template = load_template(config.template)
+        self.verifier_template = load_template(config.verifier_template or "verifier")
+        self.source_path = str(source.resolve())
+        self.run_dir = RunDir(config.output)
+        self.engine = Engine(config, self.run_dir, retry_policy=retry_policy)
+        self.verifier_client = make_client(verifier, config, api_base=config.api_base)
+        self.judge = Judge(
+            config, self.engine, space=self.space, teacher_template=self.template,
+            verifier=self.engine.limited(self.verifier_client, "verifier"),
+            verifier_template=self.verifier_template,
+        )  # fmt: skip
+        self.rationales = {k: r.rationale for k, r in self.source.items() if r.rationale}
+
+    def _history_source(self, before_run: dict[str, Any] | None, files: list[Path]) -> str:
+        """The record file histories come from: the source run's own input when it is still
+        there (so earlier steps that were not synthesized count), else the records carried in
+        the source's lines, written once to the state folder."""
+        from rationale.paths import state_dir
+        from rationale.records import write_records
+
+        if before_run is not None:
+            named = before_run.get("records_file") or before_run.get("config", {}).get("input")
+            if named and Path(named).is_file():
+                return str(Path(named).resolve())
+        path = state_dir() / "filter-inputs" / f"{_digest_of(files)}.jsonl"
+        if not path.is_file():
+            model = self.space.record_model
+            write_records(path, (model.model_validate(r.record) for r in self.source.values()))
+        return str(path)
+
+    # -- what the runner needs ----------------------------------------------------------------
+
+    def check(self) -> None:
+        if self.config.max_cost is not None and self.verifier_client.price(1, 1) is None:
+            raise RationaleError(
+                f"the price of the verifier {self.verifier_client.model_id!r} is not in "
+                "litellm's price map, so --max-cost cannot be enforced; drop --max-cost or use "
+                "a priced model"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "input": self.source_path,
+            "verifier": self.verifier_client.model_id,
+            "verifier_template_version": self.verifier_template.version,
+            "seed": self.config.seed,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        t = self.template
+        return {"name": t.name, "version": t.version, "path": str(t.path)}
+
+    def price_known(self) -> bool:
+        return self.verifier_client.price(1, 1) is not None
+
+    def keys(self) -> list[tuple[str, int]]:
+        return [k for k in self.records.step_keys() if k in self.source]
+
+    def items(self, done: dict[tuple[str, int], str]) -> Iterator[Any]:
+        from rationale.sessions import fill_rationales
+
+        steps = self.records.steps(with_rationales=self.config.history_rationales)
+        for step in steps:
+            key = (step.record.session_id, step.record.step)
+            if key in self.source and key not in done:
+                if self.config.history_rationales:
+                    step = fill_rationales(step, self.rationales)
+                yield step
+
+    async def aclose(self) -> None:
+        await self.verifier_client.aclose()
+
+    # -- one record -----------------------------------------------------------------------------
+
+    async def process(self, step: Any) -> bool:
+        """Judge the source's accepted candidates in order; carry anything else over."""
+        src = self.source[(step.record.session_id, step.record.step)]
+        if src.state != "accepted":
+            self._file(src)
+            return True
+        given = src.candidates or [
+            Candidate(rationale=src.rationale, state="accepted", provenance=src.provenance)
+        ]
+        judged: list[Candidate] = []
+        untried: list[Candidate] = []
+        for old in given:
+            if old.state != "accepted":
+                continue
+            if judged and (
+                judged[-1].state == "failed"
+                or (judged[-1].state == "accepted" and self.config.keep == "first")
+            ):
+                untried.append(old.model_copy(update={
+                    "state": "rejected", "verification": None,
+                    "reasons": ["filter: not judged (an earlier candidate settled the record)"],
+                }))  # fmt: skip
+                continue
+            judged.append(
+                await self.judge.judge(step, old.rationale, old.sample, old.round, old.provenance)
+            )
+        rec = outcome(step.record, judged, src.context_cut_tokens)
+        # every candidate the source had stays: its rejected and failed ones as they were
+        carried = [c for c in given if c.state != "accepted"]
+        self._file(rec.model_copy(update={"candidates": carried + judged + untried}))
+        return True
+
+    def _file(self, rec: SynthRecord) -> None:
+        self.run_dir.append(rec, now=False)
+        self.engine.tally.states[rec.state] += 1
 
 
-def feedback_message(
-    rationale: str | None,
-    reasons: list[str],
-    predicted: Mapping[str, Any] | None,
-    truth: Mapping[str, Any],
-) -> str:
-    """What the teacher is told when its rationale was rejected, to write a better one."""
-    from rationale.prompts import format_action
-
-    done = format_action(truth)
-    if predicted is not None:
-        return (
-            f"A reader who saw the same page, the earlier actions and your rationale, but not the "
-            f"action, predicted {format_action(predicted)}; the person actually did {done}. Look "
-            f"again: what on the page or in the earlier actions made them choose {done} rather "
-            "than something else? Write a new rationale, one short first-person sentence, that "
-            'leads to exactly that action. Answer with one JSON object: {"rationale": "..."}'
-        )
-    why = "; ".join(reasons) or "it was rejected"
-    return (
-        f"That rationale was rejected ({why}). Write a new one for the same action ({done}): one "
-        "short first-person sentence, in the moment, without naming the element's identifier. "
-        'Answer with one JSON object: {"rationale": "..."}'
-    )
+def _digest_of(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            st = f.stat()
+            digest.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]

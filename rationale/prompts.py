@@ -1,18 +1,14 @@
-"""Prompt templates: the variables of one step, a context cut to a token budget, and rendering.
+"""Prompt templates: loading, versioning and rendering one step into chat messages.
 
-Data flows records -> prompts -> teacher: this module turns one `Step` into chat messages.
+Data flows records -> prompts -> teacher. The step's variables come from `rationale.variables`
+(which cuts the context with `rationale.context`, counting with `rationale.tokens`); this module
+loads the template and renders them. The names of those modules are re-exported here, so
+``from rationale.prompts import count_tokens, cut_context, prompt_variables`` keeps working.
 
-- Teacher prompts (``with_action=True``) see the action the person took: the variables ``action``
-  and ``action_text`` exist, and a context too long for its budget is cut around the acted-on
-  element (``focus``) so the teacher sees what was clicked.
-- Blind prompts (``with_action=False``: verifier, training, evaluation) never see it: the two
-  variables are undefined (a template that uses them fails), and the cut keeps the head and tail
-  of the context, so nothing in the prompt can depend on the action.
-- ``meta`` is never passed to a template.
-
-Tokens are counted with tiktoken's ``cl100k_base``, read offline from the copy bundled with
-litellm (found without importing litellm, which takes seconds). If tiktoken or that file is
-missing, a token is taken to be 4 characters. See `count_tokens`.
+- Teacher prompts (``with_action=True``) see the action the person took; blind prompts
+  (``with_action=False``: verifier, training, evaluation) never do: ``action`` and
+  ``action_text`` are undefined there (a template that uses them fails). ``meta`` is never
+  passed to a template.
 
 Templates are sandboxed Jinja2 files with the blocks ``system``, ``user`` and optionally
 ``assistant_prefix``; the contract is in ``prompts/README.md``.
@@ -20,35 +16,33 @@ Templates are sandboxed Jinja2 files with the blocks ``system``, ``user`` and op
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
-import itertools
 import json
-import math
 import os
 import re
 import sys
-import threading
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2 import StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
+from rationale.context import MIN_CONTEXT_TOKENS, ContextCut, cut_context
 from rationale.errors import ConfigError
 from rationale.paths import prompts_dir
+from rationale.tokens import count_tokens
+from rationale.variables import format_action, prompt_variables
 
 if TYPE_CHECKING:
     from rationale.schema import ActionSpace
     from rationale.sessions import Step
 
 __all__ = [
+    "MIN_CONTEXT_TOKENS",
     "ContextCut",
     "PromptError",
     "PromptTemplate",
@@ -66,374 +60,10 @@ __all__ = [
 FOLDER_ENTRY = "template.jinja"
 #: The blocks a template may define; ``user`` is required.
 BLOCKS = ("system", "user", "assistant_prefix")
-#: The smallest context budget: two cut markers and a little text must fit.
-MIN_CONTEXT_TOKENS = 32
 
 
 class PromptError(ConfigError):
     """A prompt template cannot be found, parsed or rendered."""
-
-
-# -- token counting -----------------------------------------------------------------------------
-
-_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
-_CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
-# tiktoken names a cached file by the sha1 of the URL it would download it from.
-_CL100K_CACHE_NAME = hashlib.sha1(_CL100K_URL.encode()).hexdigest()
-
-
-class _Tiktoken:
-    """cl100k_base. Tokens are token ids; offsets map through their UTF-8 byte lengths."""
-
-    name = "tiktoken cl100k_base"
-
-    def __init__(self, encoding: Any) -> None:
-        self._enc = encoding
-
-    def encode(self, text: str) -> list[int]:
-        # encode_ordinary: text that looks like a special token (<|endoftext|>) is plain text.
-        return self._enc.encode_ordinary(text)  # type: ignore[no-any-return]
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        # A cut inside a multi-byte character decodes to U+FFFD; callers re-count the result.
-        return self._enc.decode(list(tokens))  # type: ignore[no-any-return]
-
-    def count(self, text: str) -> int:
-        return len(self._enc.encode_ordinary(text))
-
-    def token_span(self, text: str, tokens: Sequence[int], start: int, end: int) -> tuple[int, int]:
-        """Indexes of the first and last tokens holding characters ``start`` to ``end - 1``."""
-        ends = list(
-            itertools.accumulate(len(self._enc.decode_single_token_bytes(t)) for t in tokens)
-        )
-
-        def index(char: int) -> int:
-            byte = len(text[:char].encode("utf-8"))
-            return min(bisect_right(ends, byte), len(tokens) - 1)
-
-        return index(start), index(end - 1)
-
-
-class _Chars:
-    """The fallback: a token is 4 characters, so counts are ``ceil(len(text) / 4)``."""
-
-    name = "characters / 4 (tiktoken unavailable)"
-
-    def encode(self, text: str) -> list[str]:
-        return [text[i : i + 4] for i in range(0, len(text), 4)]
-
-    def decode(self, tokens: Sequence[str]) -> str:
-        return "".join(tokens)
-
-    def count(self, text: str) -> int:
-        return math.ceil(len(text) / 4)
-
-    def token_span(self, text: str, tokens: Sequence[str], start: int, end: int) -> tuple[int, int]:
-        return min(start // 4, len(tokens) - 1), min((end - 1) // 4, len(tokens) - 1)
-
-
-_TOKENIZER: _Tiktoken | _Chars | None = None
-_TOKENIZER_LOCK = threading.Lock()
-
-
-def _litellm_tokenizers_dir() -> Path | None:
-    """litellm's bundled tiktoken cache, located without importing litellm."""
-    try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
-        return None
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(location) / "litellm_core_utils" / "tokenizers"
-        if folder.is_dir():
-            return folder
-    return None
-
-
-def _verified_cache_file(folder: str | Path | None) -> bool:
-    if not folder:
-        return False
-    path = Path(folder) / _CL100K_CACHE_NAME
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == _CL100K_SHA256
-    except OSError:
-        return False
-
-
-def _load_tokenizer() -> _Tiktoken | _Chars:
-    bundled = _litellm_tokenizers_dir()
-    if bundled is not None and "TIKTOKEN_CACHE_DIR" not in os.environ:
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
-    try:
-        import tiktoken
-    except ImportError:
-        return _Chars()
-    # tiktoken downloads a missing or corrupt file; ask it only for a file verified here, so the
-    # network is never touched. Its cache folder is resolved the way tiktoken resolves it.
-    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
-    try:
-        if _verified_cache_file(cache_dir):
-            return _Tiktoken(tiktoken.get_encoding("cl100k_base"))
-        if _verified_cache_file(bundled):
-            # The user's own cache folder lacks cl100k_base: read litellm's copy this once.
-            saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
-            try:
-                return _Tiktoken(tiktoken.get_encoding("cl100k_base"))
-            finally:
-                if saved is None:
-                    del os.environ["TIKTOKEN_CACHE_DIR"]
-                else:
-                    os.environ["TIKTOKEN_CACHE_DIR"] = saved
-    except Exception:  # any failure to build the encoding means the fallback, never a crash
-        return _Chars()
-    return _Chars()
-
-
-def _tokenizer() -> _Tiktoken | _Chars:
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        with _TOKENIZER_LOCK:
-            if _TOKENIZER is None:
-                _TOKENIZER = _load_tokenizer()
-    return _TOKENIZER
-
-
-def count_tokens(text: str) -> int:
-    """Tokens in ``text``: tiktoken ``cl100k_base`` if available offline, else ``ceil(len / 4)``.
-
-    cl100k_base is read from litellm's bundled tiktoken cache (``TIKTOKEN_CACHE_DIR`` is set to
-    it unless already set). Student and teacher tokenizers differ; this is one shared ruler for
-    budgets and reports, not an exact count for any one model.
-    """
-    tok = _tokenizer()
-    return _count_cached(tok, text) if len(text) > 256 else tok.count(text)
-
-
-@functools.lru_cache(maxsize=64)
-def _count_cached(tok: Any, text: str) -> int:
-    # Long texts that repeat (a template's system prompt, sent with every record) are counted
-    # once per tokenizer.
-    return tok.count(text)
-
-
-# -- cutting a context to a budget --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContextCut:
-    """A context as shown to a model, and how much of it was cut.
-
-    ``original_tokens`` counts the whole context; ``kept_tokens`` counts the tokens of that same
-    encoding that were kept (markers excluded); ``cut_tokens = original_tokens - kept_tokens``,
-    which is also the sum of the numbers written in the markers. ``count_tokens(text)`` is at
-    most the budget.
-    """
-
-    text: str | None
-    original_tokens: int
-    kept_tokens: int
-    cut_tokens: int
-    how: Literal["none", "around-target", "head-tail"]
-
-
-def _marker(n: int) -> str:
-    return f"[... {n} tokens cut ...]"
-
-
-def cut_context(
-    context: str | None, max_tokens: int | None, *, focus: str | None = None
-) -> ContextCut:
-    """Fit ``context`` into ``max_tokens`` tokens, marking where text was removed.
-
-    A context that fits (or no budget, or no context) comes back unchanged. Otherwise:
-
-    - with ``focus`` (the acted-on element's name; only teacher prompts pass it) found in the
-      context (first ``name="focus"``, then ``name='focus'``, then the bare string, ignoring
-      case), a window centred on its first occurrence is kept, with ``[... N tokens cut ...]``
-      on its own line before and/or after it ("around-target");
-    - else the first two thirds of the room go to the head and the rest to the tail, with
-      ``\\n[... N tokens cut ...]\\n`` between them ("head-tail").
-
-    Cuts fall on token boundaries and the result is re-counted, so ``count_tokens(text)`` never
-    exceeds ``max_tokens``.
-    """
-    if max_tokens is not None and max_tokens < MIN_CONTEXT_TOKENS:
-        raise ConfigError(
-            f"max_context_tokens={max_tokens} is too small to cut a context into: use at least "
-            f"{MIN_CONTEXT_TOKENS}, or no limit"
-        )
-    if context is None:
-        return ContextCut(None, 0, 0, 0, "none")
-    tok = _tokenizer()
-    tokens = tok.encode(context)
-    n = len(tokens)
-    if max_tokens is None or n <= max_tokens:
-        return ContextCut(context, n, n, 0, "none")
-
-    span = _find_focus(context, focus) if focus else None
-    if span is not None:
-        first, last = tok.token_span(context, tokens, *span)  # type: ignore[arg-type]
-
-        def around(room: int) -> tuple[str, int]:
-            centre = (first + last + 1) // 2
-            start = max(0, min(centre - room // 2, n - room, first))
-            end = min(n, start + room)
-            text = tok.decode(tokens[start:end])
-            if start > 0:
-                text = _marker(start) + "\n" + text
-            if end < n:
-                text = text + "\n" + _marker(n - end)
-            return text, end - start
-
-        overhead = 2 * tok.count(_marker(n) + "\n")
-        text, kept = _fit(around, max_tokens, max_tokens - overhead, tok)
-        return ContextCut(text, n, kept, n - kept, "around-target")
-
-    def head_tail(room: int) -> tuple[str, int]:
-        head = math.ceil(room * 2 / 3)
-        tail = room - head
-        text = tok.decode(tokens[:head]) + "\n" + _marker(n - room) + "\n"
-        return text + (tok.decode(tokens[n - tail :]) if tail else ""), room
-
-    overhead = tok.count("\n" + _marker(n) + "\n")
-    text, kept = _fit(head_tail, max_tokens, max_tokens - overhead, tok)
-    return ContextCut(text, n, kept, n - kept, "head-tail")
-
-
-def _fit(build: Any, budget: int, room: int, tok: _Tiktoken | _Chars) -> tuple[str, int]:
-    """The largest ``room`` (context tokens kept) found whose built text fits ``budget``.
-
-    Re-tokenising decoded slices and markers can differ by a few tokens from the estimate (and
-    a window at one end needs one marker, not two), so the result is counted: shrunk by the
-    overshoot until it fits, then grown into the slack a few times while it still fits.
-    """
-    room = max(room, 0)
-    while True:
-        text, kept = build(room)
-        over = tok.count(text) - budget
-        if over <= 0 or room == 0:
-            break
-        room = max(0, room - over)
-    for _ in range(3):
-        if over >= 0:
-            break
-        grown_text, grown_kept = build(room - over)
-        grown_over = tok.count(grown_text) - budget
-        if grown_over > 0:
-            break
-        room, over, text, kept = room - over, grown_over, grown_text, grown_kept
-    return text, kept
-
-
-def _find_focus(context: str, focus: str) -> tuple[int, int] | None:
-    """Character span of the first ``name="focus"``, ``name='focus'`` or bare ``focus``."""
-    escaped = re.escape(focus)
-    for pattern in (rf'name="{escaped}"', rf"name='{escaped}'", escaped):
-        if match := re.search(pattern, context, re.IGNORECASE):
-            return match.span()
-    return None
-
-
-# -- the variables of one step ------------------------------------------------------------------
-
-
-def format_action(action: Mapping[str, Any]) -> str:
-    """A compact form of an action: ``click(search_results.view_product)``,
-    ``type_and_submit(search_bar.input, "red shoes")``, ``terminate()``.
-
-    ``name`` comes first and unquoted; every other field follows as JSON, in the dict's order.
-    """
-    args = []
-    if isinstance(action.get("name"), str):
-        args.append(action["name"])
-    for key, value in action.items():
-        if key not in ("type", "name"):
-            args.append(json.dumps(value, ensure_ascii=False))
-    return f"{action.get('type', '?')}({', '.join(args)})"
-
-
-def _format_persona(persona: str | Mapping[str, Any] | None) -> str | None:
-    """A persona as readable text: a string as is, a dict as ``key: value`` lines."""
-    if persona is None:
-        return None
-    if isinstance(persona, str):
-        return persona.strip() or None
-    lines: list[str] = []
-    _persona_lines(persona, 0, lines)
-    return "\n".join(lines) or None
-
-
-def _persona_lines(data: Mapping[str, Any], depth: int, lines: list[str]) -> None:
-    pad = "  " * depth
-    for key, value in data.items():
-        label = str(key).replace("_", " ")
-        if value is None or value == "" or value == [] or value == {}:
-            continue
-        if isinstance(value, Mapping):
-            lines.append(f"{pad}{label}:")
-            _persona_lines(value, depth + 1, lines)
-        elif isinstance(value, list):
-            if all(not isinstance(v, (Mapping, list)) for v in value):
-                lines.append(f"{pad}{label}: {', '.join(str(v) for v in value)}")
-            else:
-                lines.append(f"{pad}{label}:")
-                for item in value:
-                    if isinstance(item, Mapping):
-                        _persona_lines(item, depth + 1, lines)
-                    else:
-                        lines.append(f"{pad}  {json.dumps(item, ensure_ascii=False)}")
-        else:
-            lines.append(f"{pad}{label}: {value}")
-
-
-def prompt_variables(
-    step: Step,
-    *,
-    max_context_tokens: int | None,
-    with_action: bool,
-    action_space: ActionSpace | None = None,
-) -> tuple[dict[str, Any], ContextCut]:
-    """The template variables of one step, and how its context was cut.
-
-    Always: ``instruction``, ``persona``, ``context``, ``context_cut_tokens``, ``history`` (dicts
-    with ``step``, ``action``, ``action_text``, ``rationale``), ``step``, ``action_space`` (dicts
-    with ``type``, ``fields``, ``description``). Only with ``with_action``: ``action`` and
-    ``action_text``, and the cut keeps the acted-on element. ``meta`` is never passed.
-    """
-    from rationale.schema import ActionSpace
-
-    record = step.record
-    action = record.action.model_dump()
-    focus = action.get("name") if with_action and isinstance(action.get("name"), str) else None
-    cut = cut_context(record.context, max_context_tokens, focus=focus)
-    space = action_space or ActionSpace.default()
-    variables: dict[str, Any] = {
-        "instruction": record.instruction,
-        "persona": _format_persona(record.persona),
-        "context": cut.text,
-        "context_cut_tokens": cut.cut_tokens,
-        "history": [
-            {
-                "step": entry.step,
-                "action": dict(entry.action),
-                "action_text": format_action(entry.action),
-                "rationale": entry.rationale,
-            }
-            for entry in step.history
-        ],
-        "step": record.step,
-        "action_space": [
-            {"type": t.name, "fields": dict(t.fields), "description": t.description}
-            for t in space.types.values()
-        ],
-    }
-    if with_action:
-        variables["action"] = action
-        variables["action_text"] = format_action(action)
-    return variables, cut
-
-
-# -- templates ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

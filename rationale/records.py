@@ -5,7 +5,8 @@ index of (session_id, step) -> byte offset into a **sqlite side file** under
 ``$RATIONALE_HOME/index/``. Grouping a session then means one indexed query plus a few seeks, so
 sessions can arrive interleaved and unsorted. The side file is keyed by the file's absolute path,
 size, modification time and action space, so it is rebuilt when any of them changes and reused
-otherwise. Its PRIMARY KEY (session_id, step) is also what finds a repeated step.
+otherwise. Its PRIMARY KEY (session_id, step) is also what finds a repeated step. Each line is
+validated by `rationale.record_line.parse_record` (re-exported here).
 
 Error handling (``on_error``):
 
@@ -20,152 +21,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from rationale.errors import DuplicateStepError, RationaleError, RecordError
 from rationale.paths import state_dir
+from rationale.record_line import parse_record
 from rationale.schema import ActionRecord, ActionSpace
 from rationale.sessions import Step, iter_steps
 
 OnError = Literal["fail", "skip"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
 
-_INDEX_VERSION = 1
-_SHOWN = 60  # characters of a bad value quoted in an error message
-_SESSION_ID_IN_RAW = re.compile(rb'"session_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
-
-
-# -- one line -----------------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    # Strings as 'text' (like the issue's example), everything else as JSON.
-    text = repr(value) if isinstance(value, (str, bytes)) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-
-
-def _field_path(loc: tuple[Any, ...], space: ActionSpace) -> str:
-    parts = [str(p) for p in loc]
-    # pydantic puts the union member (the action type) into the location: action.click.name
-    if len(parts) > 2 and parts[0] == "action" and parts[1] in space.types:
-        del parts[1]
-    return ".".join(parts)
-
-
-def _describe(err: dict[str, Any], space: ActionSpace) -> tuple[str | None, str]:
-    """One pydantic error as (field, message with its fix)."""
-    kind, loc, value = err["type"], tuple(err["loc"]), err.get("input")
-    field = _field_path(loc, space) or None
-    types = ", ".join(space.types)
-    record_fields = ", ".join(ActionRecord.model_fields)
-    if kind == "json_invalid":
-        return None, (
-            f"not valid JSON ({err['ctx']['error']}); each line must be one complete JSON object"
-        )
-    if not loc and kind in ("model_type", "model_attributes_type", "dict_type"):
-        return None, (
-            f"is {_show(value)}, not a JSON object; each line must be one object with "
-            "session_id, step and action"
-        )
-    if kind == "union_tag_invalid":
-        return "action.type", f"action.type {_show(err['ctx']['tag'])} is not one of {types}"
-    if kind == "union_tag_not_found":
-        return "action.type", f"action.type is missing; it must be one of {types}"
-    if kind in ("dict_type", "model_type", "model_attributes_type") and field == "action":
-        return field, (
-            f'action must be an object such as {{"type": "click", "name": "..."}}, '
-            f"got {_show(value)}"
-        )
-    if kind == "missing":
-        if len(loc) > 1 and loc[0] == "action" and str(loc[1]) in space.types:
-            needed = ", ".join(space.types[str(loc[1])].fields) or "no fields"
-            return field, f"{field} is missing: a {loc[1]} action needs {needed}"
-        return field, f"{field} is missing; every record needs session_id, step and action"
-    if kind == "extra_forbidden":
-        if len(loc) > 1 and loc[0] == "action" and str(loc[1]) in space.types:
-            allowed = ", ".join(space.types[str(loc[1])].fields) or "none"
-            return field, (
-                f"{field} is not a field of {loc[1]} actions (their fields: {allowed}); "
-                "remove it or declare it in an action-space file (--action-space)"
-            )
-        return field, (
-            f"{field} is not a record field (fields: {record_fields}); "
-            "fix its spelling or move the data under meta"
-        )
-    if kind.startswith("int_"):
-        return field, f"{field} must be an integer, got {_show(value)}"
-    if kind in ("string_too_short", "string_pattern_mismatch"):
-        return field, f"{field} must not be empty"
-    if kind == "string_type":
-        return field, f"{field} must be a string, got {_show(value)}"
-    if kind == "literal_error" and field == "schema_version":
-        return field, (
-            f"schema_version {_show(value)} is not supported (this version reads 1); "
-            "upgrade rationale-distill or convert the file"
-        )
-    if kind == "dict_type" and field == "meta":
-        return field, f"meta must be a JSON object, got {_show(value)}"
-    message = err["msg"][0].lower() + err["msg"][1:]
-    if message.startswith("value error, "):
-        message = message[len("value error, ") :]
-    return field, f"{field}: {message}, got {_show(value)}"
-
-
-def _session_id_of(raw: bytes) -> str | None:
-    """Best effort: the session_id of a line that failed validation (even torn JSON)."""
-    try:
-        data = json.loads(raw)
-        value = data.get("session_id") if isinstance(data, dict) else None
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value)
-        return None
-    except (ValueError, UnicodeDecodeError):
-        pass
-    if match := _SESSION_ID_IN_RAW.search(raw):
-        if match.group(1) is not None:
-            try:
-                return str(json.loads(b'"' + match.group(1) + b'"'))
-            except ValueError:
-                return None
-        return match.group(2).decode()
-    return None
-
-
-def parse_record(
-    raw: bytes | str,
-    *,
-    path: str = "<input>",
-    line: int = 1,
-    space: ActionSpace | None = None,
-) -> ActionRecord:
-    """Validate one JSONL line. Raises `RecordError` naming path, line and field, never else."""
-    space = space or ActionSpace.default()
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", errors="surrogatepass")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecordError(
-            path, line, f"is not UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
-        ) from None
-    try:
-        return space.record_model.model_validate_json(raw)
-    except ValidationError as exc:
-        described = [_describe(e, space) for e in exc.errors(include_url=False)]
-        field = described[0][0]
-        message = "; ".join(m for _, m in described)
-        raise RecordError(
-            path, line, message, field=field, session_id=_session_id_of(raw)
-        ) from None
-    except RecursionError:
-        raise RecordError(path, line, "is nested too deeply to read") from None
+_INDEX_VERSION = 2  # bumped whenever what a valid line is changes, so old indexes are rebuilt
 
 
 # -- a whole file ---------------------------------------------------------------------------------

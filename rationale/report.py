@@ -13,13 +13,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from rationale.rundir import STATES
 from rationale.schema import SynthRecord
-
-STATES = ("accepted", "rejected", "failed")
 
 
 def _lines(file: Path) -> list[SynthRecord]:
-    from rationale.synth import read_synth_records
+    from rationale.rundir import read_synth_records
 
     return [rec for _, rec in read_synth_records(file)]  # read only: a run may be writing
 

@@ -30,12 +30,14 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     create_model,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rationale.errors import ConfigError
 
@@ -96,6 +98,31 @@ def _camel(type_name: str) -> str:
 
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode reads JSON true/false as the integers 1/0 (and 1.0/0.0): a record
+    # with "step": true would silently become step 1. A bool is never a number here.
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+    return value
+
+
+def _not_bool_literal(value: Any) -> Any:
+    if isinstance(value, bool):  # Literal[1] would otherwise accept true (True == 1)
+        raise PydanticCustomError("literal_error", "Input should be 1")
+    return value
+
+
+#: An integer that is not a bool (``true`` is an error, not 1). Use it for every int field.
+Integer = Annotated[int, BeforeValidator(_not_bool)]
+#: A float that is not a bool.
+Number = Annotated[float, BeforeValidator(_not_bool)]
+#: The largest step number: the record index stores steps as sqlite's signed 64-bit INTEGER.
+MAX_STEP = 2**63 - 1
+#: A step number: 0 <= step <= MAX_STEP.
+StepNumber = Annotated[Integer, Field(ge=0, le=MAX_STEP)]
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_not_bool_literal)]
 
 
 @dataclass(frozen=True)
@@ -339,7 +366,7 @@ class HistoryEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    step: int
+    step: StepNumber
     action: dict[str, Any]
     rationale: str | None = None
 
@@ -353,9 +380,9 @@ class ActionRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     session_id: str
-    step: int
+    step: StepNumber
     context: str | None = None
     action: _DEFAULT_ACTION  # type: ignore[valid-type]  # noqa: F821  (set below)
     user_id: str | None = None
@@ -416,12 +443,12 @@ class Provenance(BaseModel):
     template: str
     template_version: str
     prompt_hash: str
-    seed: int
-    sample: int = 0
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cost_usd: float | None = None
-    attempts: int = 0
+    seed: Integer
+    sample: Integer = 0
+    prompt_tokens: Integer | None = None
+    completion_tokens: Integer | None = None
+    cost_usd: Number | None = None
+    attempts: Integer = 0
     cached: bool = False
 
 
@@ -444,10 +471,10 @@ class Verification(BaseModel):
     model: str
     prediction: dict[str, Any] | None = None
     match: bool = False
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cost_usd: float | None = None
-    attempts: int = 0
+    prompt_tokens: Integer | None = None
+    completion_tokens: Integer | None = None
+    cost_usd: Number | None = None
+    attempts: Integer = 0
     cached: bool = False
 
 
@@ -458,8 +485,8 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rationale: str | None = None
-    sample: int = 0
-    round: int = 0
+    sample: Integer = 0
+    round: Integer = 0
     state: SynthState
     reasons: list[str] = Field(default_factory=list)
     verification: Verification | None = None
@@ -478,7 +505,7 @@ class SynthRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     state: SynthState
     record: dict[str, Any]
     rationale: str | None = None
@@ -487,7 +514,7 @@ class SynthRecord(BaseModel):
     provenance: Provenance | None = None
     prediction: dict[str, Any] | None = None
     candidates: list[Candidate] = Field(default_factory=list)
-    context_cut_tokens: int = 0
+    context_cut_tokens: Integer = 0
 
     @property
     def accepted_rationales(self) -> list[str]:

@@ -15,7 +15,7 @@ to 626k characters we keep only the current context and say so in the README).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,3 +71,21 @@ def session_outcome(
         return None
     last = max(session, key=lambda r: r.step)
     return (space or ActionSpace.default()).outcome(last.action)
+
+
+def fill_rationales(step: Step, rationales: Mapping[tuple[str, int], str]) -> Step:
+    """``step`` with each history entry that has no rationale given the accepted synthesized one
+    from ``rationales`` ((session_id, step) -> rationale), where there is one.
+
+    A human-written rationale on the record wins; this is how ``--history-rationales`` reaches
+    logs that have none (Mind2Web): earlier steps carry what the teacher wrote and the filter
+    accepted.
+    """
+    session_id = step.record.session_id
+    history = tuple(
+        entry
+        if entry.rationale or (session_id, entry.step) not in rationales
+        else entry.model_copy(update={"rationale": rationales[(session_id, entry.step)]})
+        for entry in step.history
+    )
+    return Step(step.record, history)

@@ -271,6 +271,7 @@ class ScriptedServer:
         self._faults: list[list[Any]] = []  # [predicate, reply, times left or None]
         self._records: list[dict] = []
         self._count = 0
+        self._billed = [0, 0, 0]  # answers sent with usage, prompt tokens, completion tokens
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -299,6 +300,7 @@ class ScriptedServer:
             self._faults.clear()
             self._records.clear()
             self._count = 0
+            self._billed = [0, 0, 0]
 
     @property
     def requests(self) -> list[dict]:
@@ -311,6 +313,22 @@ class ScriptedServer:
         """How many chat requests have arrived (including ones that got faults)."""
         with self._lock:
             return self._count
+
+    @property
+    def billed(self) -> dict[str, int]:
+        """What the server billed: every answer it sent with a usage block (valid or not),
+        as a provider bills, and the tokens in those blocks."""
+        with self._lock:
+            answers, prompt, completion = self._billed
+        return {"answers": answers, "prompt_tokens": prompt, "completion_tokens": completion}
+
+    def _bill(self, completion: dict) -> dict:
+        usage = completion["usage"]
+        with self._lock:
+            self._billed[0] += 1
+            self._billed[1] += usage["prompt_tokens"]
+            self._billed[2] += usage["completion_tokens"]
+        return completion
 
     @property
     def pending(self) -> int:
@@ -395,7 +413,9 @@ class ScriptedServer:
         if reply.kind == "ok":
             if body.get("stream"):
                 return await self._stream(request, reply, body, index)
-            return web.json_response(_completion(reply, body, index), headers=reply.headers)
+            return web.json_response(
+                self._bill(_completion(reply, body, index)), headers=reply.headers
+            )
         if reply.kind == "status":
             if reply.body is None:
                 return web.json_response(
@@ -417,7 +437,7 @@ class ScriptedServer:
         self, request: web.Request, reply: Reply, body: dict, index: int
     ) -> web.StreamResponse:
         """The same answer as server-sent events (when the request asks for ``stream``)."""
-        full = _completion(reply, body, index)
+        full = self._bill(_completion(reply, body, index))
         choice = full["choices"][0]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         if reply.headers:

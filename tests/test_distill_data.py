@@ -108,20 +108,74 @@ def test_no_rationale_builds_the_same_steps_without_rationales(run_dir: Path) ->
         assert "rationale" not in rb["prompt"][0]["content"].split("The actions:")[0]
 
 
-def test_prompt_tokens_are_masked_and_only_the_completion_is_trained(
-    run_dir: Path, tokenizer
+def expected_labels(tokenizer, chat: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of a chat worked out from its text, not from `SFTData`'s mask.
+
+    A trained answer is an assistant turn with a rationale (the others only show the action as
+    history); its tokens are those whose characters lie within its content and the
+    ``<|im_end|>\\n`` that closes it. Every other token is labelled -100.
+    """
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    spans, pos = [], 0
+    for message in chat:
+        start = text.index(message["content"], pos)
+        pos = start + len(message["content"])
+        if message["role"] == "assistant" and "rationale" in json.loads(message["content"]):
+            assert text.startswith("<|im_end|>\n", pos)
+            spans.append((start, pos + len("<|im_end|>\n")))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    labels = [
+        token if any(s <= a and b <= e for s, e in spans) else -100
+        for token, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
+    offsets = encoded["offset_mapping"]
+    trained_chars = sum(b - a for (a, b), x in zip(offsets, labels, strict=True) if x != -100)
+    assert trained_chars == sum(e - s for s, e in spans)  # no token straddles an answer's edge
+    return ids, labels
+
+
+@pytest.mark.parametrize("session_mode", [False, True], ids=["steps", "sessions"])
+def test_the_model_sees_labels_only_on_the_completion(
+    run_dir: Path, tiny: Path, tmp_path: Path, session_mode: bool
 ) -> None:
-    data = SFTData(run_dir)
-    rows, stats = data.tokenize(tokenizer, 2048)
-    assert stats.examples == 4 and stats.completion_tokens > 0
-    for row in rows:
-        ids, mask = row["input_ids"], row["completion_mask"]
-        assert len(ids) == len(mask) and 0 < sum(mask) < len(mask)
-        first = mask.index(1)
-        assert all(mask[first:])  # one trained span at the end
-        trained = tokenizer.decode(ids[first:])
-        assert trained.startswith('{"rationale":') and trained.endswith("<|im_end|>\n")
-        assert "<|im_start|>assistant" in tokenizer.decode(ids[:first])
+    """`SFTData.tokenize`'s rows through the trainer `build_trainer` sets up, batched by that
+    trainer's own data loader and collator: the labels the model is given are -100 on every
+    prompt token (system text, user turns, untrained assistant turns, padding) and the input id
+    on exactly the tokens of the trained answers."""
+    from datasets import Dataset
+
+    from distill.config import DistillConfig
+    from distill.train import build_trainer, prepare
+
+    config = DistillConfig(base=str(tiny), data=str(run_dir), output=str(tmp_path / "out"),
+                           backend="hf", max_seq_length=4096, batch_size=3,
+                           session_mode=session_mode)  # fmt: skip
+    student = prepare(config)
+    data = SFTData(run_dir, session_mode=session_mode)
+    rows, stats = data.tokenize(student.tokenizer, config.max_seq_length)
+    assert stats.examples == (2 if session_mode else 4)
+    expected = {}
+    for example in SFTData(run_dir, session_mode=session_mode).examples():
+        ids, labels = expected_labels(student.tokenizer, data.conversation(example)[0])
+        expected[tuple(ids)] = labels
+    assert set(expected) == {tuple(row["input_ids"]) for row in rows}
+
+    trainer = build_trainer(student, Dataset.from_list(rows), config)
+    seen, padding = {}, 0
+    for batch in trainer.get_train_dataloader():
+        columns = (batch["input_ids"].tolist(), batch["labels"].tolist(),
+                   batch["attention_mask"].tolist())  # fmt: skip
+        for ids, labels, attention in zip(*columns, strict=True):
+            real = [i for i, a in enumerate(attention) if a]
+            assert all(labels[i] == -100 for i, a in enumerate(attention) if not a)  # padding
+            padding += len(attention) - len(real)
+            seen[tuple(ids[i] for i in real)] = [labels[i] for i in real]
+    assert seen == expected and padding > 0
+    trained = [t for labels in seen.values() for t in labels if t != -100]
+    assert len(trained) == stats.completion_tokens > 0
+    text = student.tokenizer.decode(trained)
+    assert text.count('{"rationale":') == 4 and "<|im_start|>" not in text  # no prompt at all
 
 
 def test_session_mode_trains_only_accepted_turns(run_dir: Path, tokenizer) -> None:
@@ -154,6 +208,84 @@ def test_over_long_examples_drop_the_oldest_history_first(tmp_path: Path, tokeni
     assert "click(item.n6)" in last and "click(item.n0)" not in last
     with pytest.raises(Exception, match="max_seq_length"):
         SFTData(run).tokenize(tokenizer, 40)
+
+
+def distill_config(data: Path, tiny: Path, output: Path, **overrides: object):
+    from distill.config import DistillConfig
+
+    values = {"base": str(tiny), "data": str(data), "output": str(output), "backend": "hf",
+              "max_steps": 1, "max_seq_length": 1024, **overrides}  # fmt: skip
+    return DistillConfig(**values)
+
+
+def test_data_and_output_are_checked_before_the_model_is_loaded(
+    run_dir: Path, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distill import DistillError, student
+    from distill.pipeline import run_distill
+
+    def load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the data and output were checked")
+
+    monkeypatch.setattr(student, "load_model_and_tokenizer", load)
+    # Step records without a rationale: nothing to train.
+    plain = write_lines(tmp_path / "plain.jsonl", [record("s1", 0), record("s1", 1)])
+    with pytest.raises(DistillError, match=r"plain\.jsonl: no step with an accepted rationale"):
+        run_distill(distill_config(plain, tiny, tmp_path / "out"))
+    # Good data, but an output folder that holds another run's checkpoints, or no checkpoint
+    # to --resume from.
+    checkpoint = tmp_path / "used" / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    with pytest.raises(DistillError, match=r"already holds checkpoints .*checkpoint-2"):
+        run_distill(distill_config(run_dir, tiny, tmp_path / "used"))
+    with pytest.raises(DistillError, match=r"--resume: no checkpoint in"):
+        run_distill(distill_config(run_dir, tiny, tmp_path / "new", resume=True))
+    with pytest.raises(AssertionError, match="the model was loaded"):  # all good: it loads
+        run_distill(distill_config(run_dir, tiny, tmp_path / "new"))
+
+
+def test_local_teacher_and_no_verifier_are_warned_and_on_the_model_card(
+    run_dir: Path, tiny: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """run_dir was synthesized with --verifier none; its run.json is made to say --teacher local
+    too, as a run of the local teacher does."""
+    from distill.pipeline import run_distill
+
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["verification"]["verifier"] is None
+    run["config"]["teacher"] = "local"
+    (run_dir / "run.json").write_text(json.dumps(run))
+    local = f"the rationales in {run_dir} come from the offline local teacher (local), "
+    unverified = f"4 of 4 rationales in {run_dir} were not checked by the blind verifier "
+    capfd.readouterr()
+    done = run_distill(distill_config(run_dir, tiny, tmp_path / "student"))
+    err = capfd.readouterr().err
+    assert f"distill: warning: {local}" in err and f"distill: warning: {unverified}" in err
+    assert err.index("warning: the rationales") < err.index("distill: backend")  # before loading
+    assert len(done.caveats) == 2
+    assert done.caveats[0].startswith(local) and done.caveats[1].startswith(unverified)
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "## Caveats" in card and local in card and unverified in card
+    assert "passed the consistency filter" not in card
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["data_caveats"] == list(done.caveats)
+
+
+def test_caveats_come_from_each_record_too(run_dir: Path, tmp_path: Path) -> None:
+    """A JSONL of synthesis lines has no run.json: the lines' provenance and verification say
+    it. Human-written rationales carry no caveat."""
+    lines = [json.loads(x) for x in (run_dir / "accepted.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["provenance"]["teacher"] = "local/smollm2-135m@0123abcd"
+    data = SFTData(write_lines(tmp_path / "synth.jsonl", lines))
+    caveats = data.caveats()
+    assert len(caveats) == 2
+    assert "come from the offline local teacher (local/smollm2-135m), " in caveats[0]
+    assert caveats[1].startswith("4 of 4 rationales in ")
+    assert "not checked by the blind verifier" in caveats[1]
+    human = [record("s1", 0, rationale="I want the red one."), record("s1", 1)]
+    assert SFTData(write_lines(tmp_path / "human.jsonl", human)).caveats() == []
 
 
 def test_export_sft_loads_in_datasets(run_dir: Path, tmp_path: Path) -> None:

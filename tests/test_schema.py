@@ -9,7 +9,16 @@ from helpers import record
 from pydantic import ValidationError
 
 from rationale import ActionRecord, ActionSpace, ConfigError, build_history, session_outcome
-from rationale.schema import SCHEMA_VERSION, normalize_name, normalize_text
+from rationale.schema import (
+    MAX_STEP,
+    SCHEMA_VERSION,
+    Candidate,
+    HistoryEntry,
+    Provenance,
+    SynthRecord,
+    normalize_name,
+    normalize_text,
+)
 from rationale.sessions import iter_steps
 
 SPACE = ActionSpace.default()
@@ -37,6 +46,65 @@ def test_integer_ids_become_strings_but_bools_do_not() -> None:
     assert ActionRecord.model_validate(record(session_id=17, user_id=3)).session_id == "17"
     with pytest.raises(ValidationError):
         ActionRecord.model_validate(record(session_id=True))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"step": True},
+        {"step": False},
+        {"schema_version": True},
+        {"step": -1},
+        {"step": 2**63},
+        {"step": 10**40},
+    ],
+)
+def test_bools_and_out_of_range_steps_are_rejected(fields: dict) -> None:
+    # pydantic's lax mode would read true as 1; the sqlite index stores steps as 64-bit ints.
+    for validate in (
+        ActionRecord.model_validate,
+        lambda d: ActionRecord.model_validate_json(json.dumps(d)),
+    ):
+        with pytest.raises(ValidationError):
+            validate(record(**fields))
+    assert ActionRecord.model_validate(record(step=2**63 - 1)).step == MAX_STEP
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (HistoryEntry, {"step": True, "action": {}}),
+        (
+            Provenance,
+            {
+                "teacher": "t",
+                "template": "x",
+                "template_version": "1",
+                "prompt_hash": "h",
+                "seed": True,
+            },
+        ),
+        (
+            Provenance,
+            {
+                "teacher": "t",
+                "template": "x",
+                "template_version": "1",
+                "prompt_hash": "h",
+                "seed": 0,
+                "cost_usd": True,
+            },
+        ),
+        (Candidate, {"state": "accepted", "round": False}),
+        (SynthRecord, {"state": "accepted", "record": {}, "context_cut_tokens": True}),
+        (SynthRecord, {"state": "accepted", "record": {}, "schema_version": True}),
+    ],
+)
+def test_no_integer_field_reads_a_bool(model: type, fields: dict) -> None:
+    with pytest.raises(ValidationError):
+        model.model_validate(fields)
+    with pytest.raises(ValidationError):
+        model.model_validate_json(json.dumps(fields))
 
 
 @pytest.mark.parametrize(

@@ -364,9 +364,9 @@ def test_rpm_spreads_requests_over_time(tmp_path: Path, openai_server) -> None:
 
 
 def test_tpm_holds_requests_back(tmp_path: Path, openai_server, monkeypatch) -> None:
-    import rationale.synth
+    import rationale.engine
 
-    monkeypatch.setattr(rationale.synth, "TPM_WINDOW_S", 2.0)  # a 2 s bucket instead of 60 s
+    monkeypatch.setattr(rationale.engine, "TPM_WINDOW_S", 2.0)  # a 2 s bucket instead of 60 s
     estimate = synth(tmp_path, openai_server, limit=4, dry_run=True, max_tokens=50)
     per_request = estimate["prompt_tokens"] // 4 + 50
     started = time.monotonic()

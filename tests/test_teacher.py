@@ -1,8 +1,11 @@
-"""The retry layer and fault classification, with a scripted in-process teacher."""
+"""The retry layer and fault classification (a scripted in-process teacher), and the modules
+of the teacher layer."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
@@ -124,3 +127,72 @@ def test_secrets_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     out = redact(text)
     assert "sk-sentinel-1234567890" not in out and "abcdefghijkl" not in out
     assert "sk-sentinel" not in str(TeacherError(text))
+
+
+# -- the modules of the teacher layer ------------------------------------------------------------
+
+# Each module, and the only rationale modules importing it may load: imports run one way,
+# errors <- completion <- retry <- clients <- teacher, and nothing heavy (litellm, aiohttp) loads.
+LAYERS = {
+    "rationale.completion": set(),
+    "rationale.pricing": set(),
+    "rationale.retry": {"rationale.completion", "rationale.errors"},
+    "rationale.litellm_teacher": {
+        "rationale.completion",
+        "rationale.errors",
+        "rationale.pricing",
+        "rationale.retry",
+    },
+    "rationale.fast_teacher": {
+        "rationale.completion",
+        "rationale.errors",
+        "rationale.pricing",
+        "rationale.retry",
+    },
+}
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_teacher_modules_import_one_way(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        "print(*sorted(m for m in sys.modules if m.startswith(('rationale.', 'litellm', "
+        "'aiohttp', 'instructor'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(out) == LAYERS[module] | {module}
+
+
+def test_rationale_teacher_keeps_the_names_callers_import() -> None:
+    from rationale import completion, fast_teacher, litellm_teacher, retry, teacher
+
+    assert teacher.Completion is completion.Completion and teacher.Teacher is completion.Teacher
+    assert teacher.RetryPolicy is retry.RetryPolicy
+    assert teacher.call_with_retries is retry.call_with_retries
+    assert teacher.classify is retry.classify
+    assert teacher.make_teacher("openai/m", api_base="http://h/v1").__class__ is (
+        fast_teacher.OpenAICompatibleTeacher
+    )
+    assert teacher.make_teacher("openai/m", client="litellm").__class__ is (
+        litellm_teacher.LiteLLMTeacher
+    )
+
+
+@pytest.mark.parametrize(
+    ("api_base", "url"),
+    [
+        ("http://h:8000/v1", "http://h:8000/v1/chat/completions"),
+        ("http://h:8000/v1/", "http://h:8000/v1/chat/completions"),
+        ("http://h:8000", "http://h:8000/chat/completions"),
+        (
+            "http://u:p@h/v1?api-version=2024&key=k",
+            "http://u:p@h/v1/chat/completions?api-version=2024&key=k",
+        ),
+    ],
+)
+def test_the_fast_client_puts_the_path_before_the_query(api_base: str, url: str) -> None:
+    from rationale.fast_teacher import OpenAICompatibleTeacher
+
+    assert OpenAICompatibleTeacher("openai/m", api_base=api_base).url == url

@@ -1,0 +1,124 @@
+"""Money and counts of one invocation: the budget, the tally, and the ledger they feed.
+
+``--max-cost`` is a hard cap on what one invocation is billed. The unit is the request, not
+the record or the retried call: before each request (each retry too) the worst case it could
+cost (its prompt, with a margin for the provider's own count, plus ``max_tokens`` of completion)
+is reserved, and no request starts that could take spent + reserved over the cap. After it,
+the reservation is settled with what the provider billed, also for answers that were paid for but
+did not validate (their usage rides on the `TeacherError`). Each request is one ledger line, so
+the ledger's tokens are the provider's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Our tokenizer is not the provider's; a request is reserved as if its prompt were this much
+#: longer (plus the chat framing counted by the engine).
+PROMPT_MARGIN = 1.15
+
+
+@dataclass
+class Budget:
+    """Money this invocation may spend, with reservations for requests in flight."""
+
+    limit: float | None
+    spent: float = 0.0
+    reserved: float = 0.0
+    exhausted: bool = False
+
+    def reserve(self, worst: float) -> bool:
+        """Hold ``worst`` for one request; False (and exhausted) when it would pass the cap."""
+        if self.limit is not None and self.spent + self.reserved + worst > self.limit:
+            self.exhausted = True
+            return False
+        self.reserved += worst
+        return True
+
+    def settle(self, worst: float, actual: float) -> None:
+        self.reserved -= worst
+        self.spent += actual
+
+
+@dataclass
+class Tally:
+    """What this invocation did (the ledger has the same requests, tokens and cost)."""
+
+    states: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    failed_requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_unknown: int = 0
+    invalid_paid: int = 0  # answers billed but not valid (not JSON, wrong shape)
+    context_cut_records: int = 0
+    context_cut_tokens: int = 0
+    # the verifier's share of the above
+    verify_requests: int = 0
+    verify_prompt_tokens: int = 0
+    verify_completion_tokens: int = 0
+    verify_cost_usd: float = 0.0
+    rule_rejections: Counter[str] = field(default_factory=Counter)
+    confusion: Counter[tuple[str, str, bool]] = field(default_factory=Counter)
+
+    def charge(self, kind: str, usage: Usage | None, *, ok: bool) -> None:
+        """Count one request sent (``usage`` None when nothing came back to bill)."""
+        p = usage.prompt_tokens if usage else 0
+        c = usage.completion_tokens if usage else 0
+        cost = (usage.cost_usd or 0.0) if usage else 0.0
+        self.requests += 1
+        self.failed_requests += 0 if ok else 1
+        self.prompt_tokens += p
+        self.completion_tokens += c
+        self.cost_usd += cost
+        if usage is not None and usage.cost_usd is None:
+            self.cost_unknown += 1
+        if usage is not None and not ok:
+            self.invalid_paid += 1
+        if kind == "verifier":
+            self.verify_requests += 1
+            self.verify_prompt_tokens += p
+            self.verify_completion_tokens += c
+            self.verify_cost_usd += cost
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one request was billed: tokens as the provider counted them, and their price."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+    @classmethod
+    def of(cls, source: Any, price: Any) -> Usage | None:
+        """From a `Completion` (or an error carrying ``usage``), priced with ``price(p, c)``
+        where the source has no cost of its own. None when no tokens were reported."""
+        p = getattr(source, "prompt_tokens", None)
+        c = getattr(source, "completion_tokens", None)
+        if p is None and c is None:
+            return None
+        cost = getattr(source, "cost_usd", None)
+        if cost is None:
+            cost = price(p or 0, c or 0)
+        return cls(p or 0, c or 0, cost)
+
+    def ledger_entry(self, kind: str, *, ok: bool) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "requests": 1,
+            "ok": ok,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+
+def worst_case_cost(price: Any, prompt_tokens: int, max_tokens: int) -> float | None:
+    """The most one request could cost: the prompt with `PROMPT_MARGIN` plus a full completion.
+    None when the model's price is unknown."""
+    return price(int(prompt_tokens * PROMPT_MARGIN) + 16, max_tokens)  # type: ignore[no-any-return]

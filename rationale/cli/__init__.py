@@ -1,0 +1,62 @@
+"""The ``rationale`` command.
+
+Exit codes: 0 done; 1 a user or run-time error, shown as one line without a traceback;
+2 bad flags (click's own). Data goes to files or stdout; progress and summaries go to stderr.
+Every module beyond click is imported inside the command that needs it, so ``--help`` is instant.
+The flag vocabulary shared by all commands is in the README ("Flags").
+
+This module holds the group and its error handling and registers the commands, which live one
+module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth, filter,
+report) and ``distill`` (distill, export-sft); their shared options are in ``options``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from rationale import __version__
+from rationale.cli import data, distill, synth
+
+
+class _Group(click.Group):
+    """A click group that turns the package's errors into exit code 1 without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from rationale.errors import RationaleError
+
+        try:
+            return super().invoke(ctx)
+        except RationaleError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # A file we could not read or write: the OS message names it.
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="rationale")
+def main() -> None:
+    """Synthesize the reasons behind recorded human actions and distil them into a student."""
+
+
+@main.group("import", cls=_Group)
+def import_() -> None:
+    """Convert a real action log into the record format (JSONL)."""
+
+
+import_.add_command(data.import_mind2web)
+import_.add_command(data.import_opera)
+main.add_command(data.validate)
+main.add_command(data.steps)
+main.add_command(synth.synth)
+main.add_command(data.render)
+main.add_command(synth.filter_)
+main.add_command(synth.report)
+main.add_command(distill.distill)
+main.add_command(distill.export_sft)

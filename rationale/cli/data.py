@@ -1,0 +1,241 @@
+"""The commands that read and show record files: import mind2web/opera, validate, steps, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from rationale.cli.options import (
+    _space,
+    action_space_option,
+    on_error_option,
+    open_records,
+    output_option,
+)
+
+
+@click.command("mind2web")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@output_option
+@click.option("--add-terminate", is_flag=True, help="Append a terminate step to every session.")
+def import_mind2web(sources: tuple[str, ...], output: str, add_terminate: bool) -> None:
+    """Import raw Mind2Web train files (files or folders of train_*.json)."""
+    from rationale.importers.mind2web import read_mind2web
+    from rationale.records import write_records
+
+    records = read_mind2web(sources, add_terminate=add_terminate)
+    _report_written(output, records, write_records)
+
+
+@click.command("opera")
+@click.argument("source", type=click.Path(exists=True))
+@output_option
+@click.option(
+    "--sessions",
+    "sessions",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="OPeRA session rows (session_id, user_id) giving each session its user_id.",
+)
+@click.option(
+    "--users",
+    "users",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="OPeRA user rows (user_id, survey) giving each user a persona.",
+)
+def import_opera(
+    source: str, output: str, sessions: tuple[str, ...], users: tuple[str, ...]
+) -> None:
+    """Import OPeRA action records (a JSONL/parquet file, or a folder of them)."""
+    from rationale.importers.opera import read_opera
+    from rationale.records import write_records
+
+    records = read_opera(source, sessions=list(sessions), users=list(users))
+    _report_written(output, records, write_records)
+
+
+def _report_written(output: str, records: Any, write_records: Any) -> None:
+    sessions: set[str] = set()
+
+    def counted() -> Any:
+        for record in records:
+            sessions.add(record.session_id)
+            yield record
+
+    steps = write_records(output, counted())
+    click.echo(f"wrote {steps} steps of {len(sessions)} sessions to {output}", err=True)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@action_space_option
+def validate(file: str, as_json: bool, action_space: str | None) -> None:
+    """Check a record file and summarise it; exit 1 if any line is bad."""
+    from rationale.records import RecordFile
+
+    with RecordFile(file, space=_space(action_space), on_error="skip") as records:
+        stats = records.stats()
+        errors = records.errors
+        skipped = records.skipped_sessions
+    stats["errors"] = [e.to_dict() | {"error": str(e)} for e in errors]
+    stats["skipped_sessions"] = sorted(skipped)
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+    else:
+        click.echo(_validate_text(stats))
+    if errors:
+        sys.exit(1)
+
+
+def _validate_text(stats: dict[str, Any]) -> str:
+    ctx = stats["context_chars"]
+    lines = [
+        f"{stats['file']}: {stats['sessions']} sessions, {stats['steps']} steps"
+        f" ({stats['lines']} lines read)",
+        "action types: " + (", ".join(f"{k} {v}" for k, v in stats["action_types"].items()) or "-"),
+        "outcomes: " + ", ".join(f"{k} {v}" for k, v in stats["outcomes"].items()),
+        f"context characters: {ctx['with_context']} steps with context, {ctx['null']} null"
+        + (
+            f"; p50 {ctx['p50']}, p90 {ctx['p90']}, p99 {ctx['p99']}, max {ctx['max']}"
+            if ctx["with_context"]
+            else ""
+        ),
+    ]
+    errors = stats["errors"]
+    lines.append(f"errors: {len(errors)}")
+    shown = 20
+    lines += [f"  {e['error']}" for e in errors[:shown]]
+    if len(errors) > shown:
+        lines.append(f"  ... {len(errors) - shown} more (--json lists them all)")
+    if stats["skipped_sessions"]:
+        lines.append(
+            f"sessions left out because of a bad line: {len(stats['skipped_sessions'])} "
+            "(their steps are not counted above)"
+        )
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--session", "session_ids", multiple=True, help="Only this session (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many steps.")
+@click.option(
+    "--history-rationales",
+    is_flag=True,
+    help="Add earlier steps' rationales to the history (the paper's setting).",
+)
+@on_error_option
+@action_space_option
+def steps(
+    file: str,
+    session_ids: tuple[str, ...],
+    limit: int | None,
+    history_rationales: bool,
+    on_error: str,
+    action_space: str | None,
+) -> None:
+    """Print each step with the history every later stage derives for it (JSONL)."""
+    from rationale.sessions import iter_steps, session_outcome
+
+    with open_records(file, on_error=on_error, action_space=action_space) as records:
+        count = 0
+        for session_id in session_ids or records.session_ids():
+            session = records.session(session_id)
+            if not session:
+                raise click.ClickException(f"{file}: no session {session_id!r}")
+            outcome = session_outcome(session, records.space)
+            for step in iter_steps(session, with_rationales=history_rationales):
+                if limit is not None and count >= limit:
+                    return
+                line = {
+                    "record": step.record.dump(),
+                    "history": [h.model_dump(exclude_none=True) for h in step.history],
+                    "session_outcome": outcome,
+                }
+                click.echo(json.dumps(line, ensure_ascii=False))
+                count += 1
+
+
+@click.command()
+@click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--template", help="Template name, .jinja file or folder.  [default: web_shopping]")
+@click.option("--max-context-tokens", type=click.IntRange(min=16), default=6000, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Render the first N steps.",
+)
+@click.option(
+    "--blind",
+    is_flag=True,
+    help="Render without the action (as a verifier, training or evaluation prompt sees it).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt.")
+@click.option("--history-rationales", is_flag=True)
+@on_error_option
+@action_space_option
+def render(
+    input_file: str,
+    template: str | None,
+    max_context_tokens: int,
+    limit: int,
+    blind: bool,
+    as_json: bool,
+    history_rationales: bool,
+    on_error: str,
+    action_space: str | None,
+) -> None:
+    """Print the rendered prompts of the first steps (what the teacher would see)."""
+    from rationale.prompts import load_template, render_step
+
+    tmpl = load_template(template)
+    with open_records(input_file, on_error=on_error, action_space=action_space) as records:
+        for n, step in enumerate(records.steps(with_rationales=history_rationales)):
+            if n >= limit:
+                break
+            prompt, cut = render_step(
+                tmpl,
+                step,
+                max_context_tokens=max_context_tokens,
+                with_action=not blind,
+                action_space=records.space,
+                # the blind stages' own variables: the student's answer format, and the
+                # verifier's candidate (the record's own rationale, or a placeholder)
+                extra={
+                    "with_rationale": True,
+                    "rationale": step.record.rationale or "<the candidate rationale>",
+                }
+                if blind
+                else None,
+            )
+            where = {"session_id": step.record.session_id, "step": step.record.step}
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            **where,
+                            "template": tmpl.name,
+                            "version": tmpl.version,
+                            "messages": prompt.messages,
+                            "assistant_prefix": prompt.assistant_prefix,
+                            "context_cut_tokens": cut.cut_tokens,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+                continue
+            click.echo(
+                f"=== session {where['session_id']} step {where['step']} "
+                f"({tmpl.name}@{tmpl.version}, {cut.cut_tokens} context tokens cut) ==="
+            )
+            for message in prompt.messages:
+                click.echo(f"--- {message['role']} ---\n{message['content']}")
+            if prompt.assistant_prefix:
+                click.echo(f"--- assistant (prefix) ---\n{prompt.assistant_prefix}")

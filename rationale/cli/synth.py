@@ -1,0 +1,174 @@
+"""The commands that call models and look at their runs: synth, filter, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rationale.cli.options import (
+    _job_config,
+    action_space_option,
+    config_option,
+    model_call_options,
+    on_error_option,
+    verifier_options,
+)
+
+
+@click.command()
+@click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.",
+)
+@click.option(
+    "--teacher",
+    default="local",
+    show_default=True,
+    help="A litellm model string (openai/gpt-4o-mini, anthropic/..., hosted_vllm/...) "
+    "or 'local' (SmolLM2-135M in-process, no key; 'local:PATH' for another model).",
+)
+@model_call_options
+@click.option(
+    "--template",
+    help="A shipped template name (web_shopping, generic) or a .jinja "
+    "file or a folder with template.jinja.  [default: web_shopping]",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N steps (session order).")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Completion cap per request (also the worst case --max-cost reserves).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Render everything, print the token and cost estimate, call nothing.",
+)
+@click.option("--retry-failed", is_flag=True, help="Retry the records in failed.jsonl.")
+@verifier_options
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Candidate rationales per record (needs --temperature above 0).",
+)
+@click.option(
+    "--keep",
+    type=click.Choice(["first", "all"]),
+    default="first",
+    show_default=True,
+    help="Keep the first candidate that passes, or every one that passes.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Rounds per record: a rejected rationale is regenerated with feedback up to N-1 times.",
+)
+@config_option
+@on_error_option
+@action_space_option
+@click.pass_context
+def synth(ctx: click.Context, input_file: str, **flags: Any) -> None:
+    """Ask a teacher why each recorded action was taken; results stream to a run folder."""
+    from rationale.synth import SynthConfig, run_synth
+
+    config = _job_config(ctx, SynthConfig, flags, input=input_file)
+    result = run_synth(config)
+    if config.dry_run:
+        click.echo(json.dumps(result, indent=2))
+        cost = result["max_cost_usd"]
+        click.echo(
+            f"dry run: {result['to_call']} calls to make ({result['cached']} cached, "
+            f"{result['already_done']} done), {result['prompt_tokens']} prompt tokens, at most "
+            f"{result['max_completion_tokens']} completion tokens, at most "
+            + (
+                f"${cost:.4f}"
+                if cost is not None
+                else "an unknown cost (model not in the price map)"
+            ),
+            err=True,
+        )
+        return
+    _print_summary("synth", result)
+
+
+def _print_summary(command: str, result: Any) -> None:
+    """The end-of-run summary on stderr."""
+    t = result.tally
+    cost = f"${t.cost_usd:.4f}" + (
+        f" (+{t.cost_unknown} calls of unknown price)" if t.cost_unknown else ""
+    )
+    click.echo(
+        f"{command}: accepted {result.counts['accepted']}, rejected {result.counts['rejected']}, "
+        f"failed {result.counts['failed']}, pending {result.pending}; this run: "
+        f"{t.requests} requests ({t.verify_requests} to the verifier), {t.cache_hits} cached, "
+        f"{t.prompt_tokens}+{t.completion_tokens} tokens, {cost}, {result.wall_s:.1f}s "
+        f"-> {result.run_dir}",
+        err=True,
+    )
+    if t.rule_rejections:
+        rules = ", ".join(f"{k} {v}" for k, v in t.rule_rejections.most_common())
+        click.echo(f"{command}: candidates rejected by {rules}", err=True)
+    if t.context_cut_records:
+        click.echo(
+            f"{command}: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
+            "records (--max-context-tokens)",
+            err=True,
+        )
+    if result.stopped:
+        click.echo(f"{command}: stopped early ({result.stopped}); rerun to continue", err=True)
+
+
+@click.command("filter")
+@click.argument("source", metavar="RUN_DIR|SYNTH.jsonl", type=click.Path(exists=True))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A new run folder for the filtered records. Rerun to resume.",
+)
+@verifier_options
+@model_call_options
+@click.option("--template", help="The teacher template whose rules apply.  [default: the run's]")
+@click.option("--keep", type=click.Choice(["first", "all"]), default="first", show_default=True)
+@config_option
+@on_error_option
+@action_space_option
+@click.pass_context
+def filter_(ctx: click.Context, source: str, **flags: Any) -> None:
+    """Check the rationales of a run with the rules and the blind verifier, into a new run."""
+    from rationale.filter import run_filter
+    from rationale.synth import SynthConfig
+
+    config = _job_config(ctx, SynthConfig, flags, input=source)
+    result = run_filter(config)
+    _print_summary("filter", result)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def report(run_dir: str, as_json: bool) -> None:
+    """Acceptance, rejections per rule, verifier confusion and spend of a run; draws its chart."""
+    from rationale.report import build_report, render_text, write_chart
+
+    data = build_report(run_dir)
+    chart = write_chart(data, Path(run_dir) / "acceptance.png")
+    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+    click.echo(f"chart: {chart}", err=True)

@@ -1,0 +1,71 @@
+"""The teacher contract: `Completion`, one answer, and `Teacher`, what every client implements.
+
+Every client module (`rationale.litellm_teacher`, `rationale.fast_teacher`, the local model in
+`rationale.teacher`) and the retry layer (`rationale.retry`) build on these two, so they sit
+below all of them; `rationale.teacher` re-exports both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["Completion", "Teacher"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One successful answer: the parsed response model as a dict, tokens, cost, attempts."""
+
+    data: dict[str, Any]
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    attempts: int = 1
+
+    @property
+    def text(self) -> str:
+        """The rationale of a teacher's answer."""
+        return str(self.data.get("rationale") or "").strip()
+
+    def to_cache(self) -> dict[str, Any]:
+        """The cached form: everything but ``attempts`` (a cache hit makes no request)."""
+        return {
+            "data": self.data,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+
+class Teacher(Protocol):
+    """What the synthesis engine needs from a teacher."""
+
+    model_id: str  # identifies the model in cache keys and provenance
+
+    async def attempt(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        assistant_prefix: str | None,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        response_model: type[BaseModel] | None = None,
+    ) -> Completion:
+        """Make exactly one request; raise `TeacherError` with a category on failure.
+
+        ``response_model`` is the structured answer to parse (default: `Rationale`).
+        """
+        ...
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Cost in USD of that many tokens, or None when the price is unknown."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (called once at the end of a run)."""
+        ...

@@ -1,0 +1,242 @@
+"""The engine every job that calls models drives (synth, filter; eval next).
+
+It owns what is the same for all of them: a bounded queue from a producer to ``--concurrency``
+workers, the rate limits, the one retry layer, the response cache, the budget and the ledger,
+progress, and the way a run stops. A job gives it prepared items and an async ``process(item)``
+that returns True when the item reached its final state (False: left pending for a rerun).
+
+How a run stops, and what is kept:
+
+- the budget (``--max-cost``) or a fatal fault (bad key, unknown model): no new request starts;
+  requests in flight finish; their records are filed or left pending;
+- an unexpected error in one worker or in the producer: the same, and the error is raised after
+  every answer already paid for is in the cache, in the ledger, and its record's line is flushed;
+- a kill: whole lines only are on disk; answers already cached are not paid for again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from rationale.accounting import Budget, Tally, Usage, worst_case_cost
+from rationale.errors import FatalTeacherError, TeacherError
+from rationale.progress import Progress
+from rationale.rundir import RunDir
+
+TPM_WINDOW_S = 60.0  # the --tpm bucket's period (tests shorten it)
+
+
+class Pending(Exception):
+    """A record left for a rerun: the run is stopping (budget, fatal fault or an error)."""
+
+
+class _Stopping(Exception):
+    """Raised before a request (or a retry) that must not start; never a `TeacherError`, so the
+    retry layer passes it through at once."""
+
+
+class Limited:
+    """A model client each of whose requests (every retry too) passes the run's rate limits,
+    reserves its worst case from the budget, and is charged to the ledger and the tally.
+
+    ``--rpm`` and ``--tpm`` are the provider's limits, shared by the teacher and the verifier.
+    """
+
+    def __init__(self, client: Any, engine: Engine, kind: str) -> None:
+        self.client, self.engine, self.kind = client, engine, kind
+        self.model_id = client.model_id
+
+    async def attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        engine = self.engine
+        if engine.stopping():
+            raise _Stopping
+        max_tokens = kwargs.get("max_tokens", 0)
+        if engine.rpm is not None:
+            await engine.rpm.acquire()
+        if engine.tpm is not None:
+            need = engine.prompt_tokens(messages) + max_tokens
+            await engine.tpm.acquire(min(need, engine.config.tpm or need))
+        worst = 0.0
+        if engine.budget.limit is not None:
+            worst = worst_case_cost(self.price, engine.prompt_tokens(messages), max_tokens) or 0.0
+        if engine.stopping() or not engine.budget.reserve(worst):
+            raise _Stopping
+        usage: Usage | None = None
+        ok = False
+        try:
+            completion = await self.client.attempt(messages, **kwargs)
+            usage, ok = Usage.of(completion, self.price), True
+            return completion
+        except TeacherError as exc:
+            # an answer that was billed but did not validate carries its usage
+            usage = Usage.of(getattr(exc, "usage", None), self.price)
+            raise
+        finally:
+            engine.budget.settle(worst, usage.cost_usd or 0.0 if usage else 0.0)
+            engine.tally.charge(self.kind, usage, ok=ok)
+            entry = usage.ledger_entry(self.kind, ok=ok) if usage else {
+                "kind": self.kind, "requests": 1, "ok": ok
+            }  # fmt: skip
+            engine.run_dir.charge(entry)
+
+    def price(self, p: int, c: int) -> float | None:
+        return self.client.price(p, c)  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class Engine:
+    """Queue, workers, limits, retries, cache, budget, progress and stopping of one run."""
+
+    def __init__(self, config: Any, run_dir: RunDir, *, retry_policy: Any = None) -> None:
+        from rationale.teacher import RetryPolicy
+
+        self.config = config
+        self.run_dir = run_dir
+        self.tally = Tally()
+        self.budget = Budget(config.max_cost)
+        self.policy = retry_policy or RetryPolicy(
+            max_attempts=config.request_attempts, backoff=config.backoff
+        )
+        self.fatal: FatalTeacherError | None = None
+        self.error: BaseException | None = None  # the first unexpected error
+        self.cache: Any = None
+        self.rpm: Any = None
+        self.tpm: Any = None
+
+    def limited(self, client: Any, kind: str) -> Limited:
+        return Limited(client, self, kind)
+
+    def stopping(self) -> bool:
+        return self.budget.exhausted or self.fatal is not None or self.error is not None
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        from rationale.prompts import count_tokens
+
+        # 4 tokens of chat framing per message, a common provider overhead.
+        return sum(count_tokens(m["content"]) + 4 for m in messages)
+
+    async def call(
+        self, client: Limited, messages: list[dict[str, str]], *, key: str, **kwargs: Any
+    ) -> tuple[Any, bool]:
+        """One model answer, from the cache or paid for: (completion, cached).
+
+        Raises `Pending` when the run is stopping (the record stays pending; whatever was paid
+        for is in the cache), `TeacherError` after retries.
+        """
+        from rationale.teacher import Completion, call_with_retries
+
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.tally.cache_hits += 1
+            return Completion(**cached, attempts=0), True
+        if self.stopping():
+            raise Pending
+        try:
+            completion = await call_with_retries(client, messages, self.policy, **kwargs)
+        except _Stopping:
+            raise Pending from None
+        except FatalTeacherError as exc:
+            self.fatal = self.fatal or exc
+            raise Pending from None
+        self.cache.put(key, completion.to_cache())
+        return completion, False
+
+    def _limiters(self) -> None:
+        from aiolimiter import AsyncLimiter
+
+        # Requests are spread over the minute (a burst of at most rpm/60, or 1, at a time), since
+        # many providers enforce their limit per second; tokens use the whole minute as bucket,
+        # since one request may need more than a second's share.
+        rpm = self.config.rpm
+        self.rpm = AsyncLimiter(max(1.0, rpm / 60), max(1.0, rpm / 60) * 60 / rpm) if rpm else None
+        tpm = self.config.tpm
+        self.tpm = AsyncLimiter(tpm, TPM_WINDOW_S) if tpm else None
+
+    async def drive(
+        self,
+        items: Iterator[Any],
+        process: Callable[[Any], Awaitable[bool]],
+        *,
+        todo: int,
+        label: str,
+    ) -> None:
+        """Feed ``items`` (prepared lazily, in the loop's idle moments) to the workers.
+
+        Returns when every item was processed or the run stopped; an unexpected error is in
+        ``self.error`` (the caller finalises the run folder, then raises it).
+        """
+        from rationale.cache import ResponseCache
+
+        self.cache = ResponseCache()
+        self._limiters()
+        progress = Progress(todo, label=label)
+        workers = min(self.config.concurrency, todo) or 1
+        # Items stream through a bounded queue: a big run never holds its records.
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * workers)
+
+        async def producer() -> None:
+            try:
+                while not self.stopping():
+                    item = next(items, None)
+                    if item is None:
+                        break
+                    await queue.put(item)
+                    await asyncio.sleep(0)  # let answers in between two renders
+            except Exception as exc:  # a template that cannot render a step, a bad line...
+                self.error = self.error or exc
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
+
+        async def worker() -> None:
+            while (item := await queue.get()) is not None:
+                if self.stopping():
+                    continue  # drain: the producer must never block on a full queue
+                try:
+                    finished = await process(item)
+                except Pending:
+                    finished = False
+                except Exception as exc:
+                    self.error = self.error or exc
+                    continue
+                if finished:
+                    progress.update(self.tally)
+
+        finished = asyncio.Event()
+
+        async def filer() -> None:
+            # Writes the finished records' lines every few ms, between waves of answers.
+            while not finished.is_set():
+                self.run_dir.flush()
+                await asyncio.sleep(0.005)
+            self.run_dir.flush()
+
+        async def work() -> None:
+            try:
+                await asyncio.gather(producer(), *(worker() for _ in range(workers)))
+            finally:
+                finished.set()
+
+        try:
+            await asyncio.gather(work(), filer())
+        finally:
+            progress.close()
+            self.run_dir.flush()
+            self.cache.close()
+
+    def stopped_reason(self) -> str | None:
+        """Why the run stopped early, for run.json and the summary; None if it did not."""
+        if self.error is not None:
+            return f"error: {type(self.error).__name__}: {self.error}"
+        if self.fatal is not None:
+            return f"fatal: {self.fatal}"
+        if self.budget.exhausted:
+            return (
+                "budget: the next request could take this run over "
+                f"--max-cost ${self.config.max_cost}"
+            )
+        return None

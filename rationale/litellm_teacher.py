@@ -1,0 +1,100 @@
+"""`LiteLLMTeacher`: any litellm model, structured output through instructor in JSON mode.
+
+Covers ``openai/...``, ``anthropic/...``, ``bedrock/...``, ``ollama/...``, ``hosted_vllm/...``
+and any OpenAI-compatible server through ``api_base``. JSON mode, because TOOLS mode would need
+``litellm[mcp]``. litellm and instructor are imported when a teacher is built, not before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from rationale.completion import Completion
+from rationale.errors import TeacherError
+from rationale.pricing import PriceMap, model_price
+from rationale.retry import classify
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["LiteLLMTeacher"]
+
+
+def _quiet_litellm() -> Any:
+    """Import litellm offline and silent (no price-map fetch, no banner on stdout)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    for logger in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "instructor"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
+    return litellm
+
+
+class LiteLLMTeacher(PriceMap):
+    """Any litellm model, structured output through instructor (JSON mode)."""
+
+    def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
+        litellm = _quiet_litellm()
+        import instructor
+
+        from rationale.schema import Rationale
+
+        self.model_id = model
+        self.api_base = api_base
+        self.timeout = timeout
+        self._default_model = Rationale
+        self._client = instructor.from_litellm(litellm.acompletion, mode=instructor.Mode.JSON)
+        self._price = model_price(model)
+
+    async def aclose(self) -> None:
+        """Nothing to release: litellm owns its connections."""
+        return None
+
+    async def attempt(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        assistant_prefix: str | None,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        response_model: type[BaseModel] | None = None,
+    ) -> Completion:
+        """One request, no retries; every provider error becomes a categorised `TeacherError`."""
+        kwargs: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": messages,
+            "response_model": response_model or self._default_model,
+            "max_retries": 0,  # no instructor re-asks: call_with_retries is the retry layer
+            "num_retries": 0,  # no litellm retries either
+            "timeout": self.timeout,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "drop_params": True,  # providers without `seed` ignore it instead of failing
+        }
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        try:
+            parsed, raw = await asyncio.wait_for(
+                self._client.chat.completions.create_with_completion(**kwargs),
+                timeout=self.timeout + 10,  # a safety net over litellm's own timeout
+            )
+        except asyncio.TimeoutError:
+            raise TeacherError("no answer within the timeout", category="timeout") from None
+        except Exception as exc:  # every provider error becomes a categorised TeacherError
+            raise classify(exc) from None
+        usage = getattr(raw, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        cost = (
+            self.price(prompt_tokens, completion_tokens)
+            if prompt_tokens is not None and completion_tokens is not None
+            else None
+        )
+        return Completion(parsed.model_dump(), prompt_tokens, completion_tokens, cost)

@@ -1,0 +1,305 @@
+"""The run folder of `rationale synth` and `rationale filter`, and the config that made it.
+
+A run folder (``-o RUN_DIR``) holds:
+
+- ``accepted.jsonl``, ``rejected.jsonl``, ``failed.jsonl``: one `SynthRecord` line per input
+  record, in exactly one of the three files, appended and flushed as results arrive;
+- ``run.json``: the resolved config (paths absolute, secrets redacted), the record file the run's
+  history comes from, counts per state, tokens, cost, wall time, what was skipped, how it stopped;
+- ``ledger.jsonl``: one line per request that was sent (tokens, cost), so the cumulative cost
+  survives a killed process;
+- ``.lock``: held (``flock``) by the one process writing the folder; the OS releases it when that
+  process ends, however it ends.
+
+Only the process holding the lock writes or repairs the folder. Everything else (report, distill,
+export-sft, a dry run, another run's filter) reads it as it is: a torn last line is skipped, never
+cut off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rationale.errors import RationaleError, redact
+from rationale.rules import RulesConfig
+from rationale.schema import SynthRecord
+
+STATES = ("accepted", "rejected", "failed")
+
+
+class SynthConfig(BaseModel):
+    """Everything that decides a synthesis (or filter) run; saved resolved in run.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+    teacher: str = "local"
+    api_base: str | None = None
+    client: Literal["auto", "litellm", "fast"] = "auto"
+    concurrency: int = Field(16, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    template: str | None = None
+    max_context_tokens: int | None = Field(6000, ge=16)
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+    temperature: float = Field(0.0, ge=0.0)
+    max_tokens: int = Field(200, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    request_attempts: int = Field(6, ge=1)
+    backoff: float = Field(1.0, ge=0)
+    dry_run: bool = False
+    max_cost: float | None = Field(None, ge=0)
+    retry_failed: bool = False
+    on_error: Literal["fail", "skip"] = "fail"
+    history_rationales: bool = False
+    action_space: str | None = None
+    # the consistency filter
+    verifier: str = "auto"  # auto: the teacher (none for a local teacher); none: off
+    verifier_template: str | None = None
+    verify_max_tokens: int = Field(150, ge=1)
+    samples: int = Field(1, ge=1)
+    keep: Literal["first", "all"] = "first"
+    max_attempts: int = Field(1, ge=1)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as run.json stores it: file paths absolute (so the run can be read from
+        any working directory), credentials redacted."""
+        data = json.loads(redact(self.model_dump_json()))
+        for name in ("input", "output", "action_space", "template", "verifier_template"):
+            value = data.get(name)
+            if value and (name in ("input", "output") or Path(value).exists()):
+                data[name] = str(Path(value).resolve())
+        return data  # type: ignore[no-any-return]
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def read_lines(file: Path, *, repair: bool = False) -> Iterator[tuple[int, str]]:
+    """Complete lines of a JSONL file. A torn last line (no newline) is skipped, and with
+    ``repair`` (only by the run's lock holder, before it writes) cut off the file."""
+    if not file.exists():
+        return
+    with open(file, "rb+" if repair else "rb") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            if repair:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+    for n, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if raw.strip():
+            yield n, raw
+
+
+def read_synth_records(
+    file: str | Path,
+    *,
+    repair: bool = False,
+    on_error: str = "fail",
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[int, SynthRecord]]:
+    """(line number, record) of a run's accepted/rejected/failed file (or any synth JSONL).
+
+    A torn last line is skipped (cut off with ``repair``). Any other bad line is an error naming
+    the file and line, or with ``on_error="skip"`` is left out and described in ``skipped``.
+    """
+    file = Path(file)
+    for line_no, line in read_lines(file, repair=repair):
+        try:
+            yield line_no, SynthRecord.model_validate_json(line)
+        except ValueError as exc:
+            where = f"{file} line {line_no}: not a synthesis record (rationale synth output)"
+            if on_error == "skip" and skipped is not None:
+                first = str(exc).splitlines()[1:2] or [""]
+                skipped.append(f"{where}: {first[0].strip()}")
+                continue
+            raise RationaleError(
+                f"{where}; move that line out, use --on-error skip, or use a new -o"
+            ) from None
+
+
+def read_run_json(folder: str | Path) -> dict[str, Any] | None:
+    """A run folder's run.json, or None when it has none. An unreadable one is an error: the
+    checks that depend on it (same input, same teacher) must not be skipped silently."""
+    path = Path(folder) / "run.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RationaleError(
+            f"{path}: unreadable ({exc}); restore it, or move the folder aside and use a new -o"
+        ) from None
+    if not isinstance(data, dict):
+        raise RationaleError(f"{path}: not a run.json object; use a new -o")
+    return data
+
+
+def run_records_file(folder: str | Path) -> Path:
+    """The record file (input JSONL) a run folder's steps and histories come from.
+
+    A synth run names its input; a filter run names the input of the run it judged (or a copy of
+    its records), so ``synth -> filter -> distill`` reads the same steps.
+    """
+    folder = Path(folder)
+    data = read_run_json(folder)
+    if data is None:
+        raise RationaleError(f"{folder}: no run.json (not a finished or running run folder)")
+    source = data.get("records_file") or data.get("config", {}).get("input")
+    if not source:
+        raise RationaleError(f"{folder}/run.json names no input file")
+    path = Path(source)
+    if not path.is_absolute():  # runs written before paths were stored resolved
+        path = (folder / path) if (folder / path).is_file() else path
+    if not path.is_file():
+        raise RationaleError(
+            f"{folder}: its input {str(path)!r} is gone; history is built from the run's "
+            "input, so restore it or pass the accepted.jsonl file instead"
+        )
+    return path
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+class RunDir:
+    """The three output files, the ledger and run.json of one run folder, and its lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise RationaleError(f"{self.path}: -o must be a folder (the run folder)")
+        self.files = {state: self.path / f"{state}.jsonl" for state in STATES}
+        self.ledger = self.path / "ledger.jsonl"
+        self.run_json = self.path / "run.json"
+        self._handles: dict[str, Any] = {}
+        self._pending: dict[str, list[str]] = {}
+        self._lock: Any = None
+
+    def open(self, command: str) -> None:
+        """Create the folder and take its lock; a second writer stops with a clear message."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / ".lock"
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RationaleError(
+                f"{self.path} is being written by {holder}; wait for it to finish (or stop it), "
+                "or use another -o"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"rationale {command} (pid {os.getpid()})\n")
+        handle.flush()
+        self._lock = handle
+
+    def load(self, *, repair: bool = True) -> dict[tuple[str, int], str]:
+        """Every record already done -> its state. The lock holder repairs a line torn by a
+        kill first; anyone else (``repair=False``: a dry run) only reads."""
+        assert self._lock is not None or not repair, "only the lock holder repairs a run folder"
+        done: dict[tuple[str, int], str] = {}
+        for state, file in self.files.items():
+            for line_no, rec in read_synth_records(file, repair=repair):
+                if rec.key in done:
+                    raise RationaleError(
+                        f"{file} line {line_no}: session {rec.key[0]!r} step {rec.key[1]} is "
+                        f"already in {done[rec.key]}.jsonl; remove one of them"
+                    )
+                done[rec.key] = state
+        return done
+
+    def accepted_rationales(self) -> dict[tuple[str, int], str]:
+        """(session_id, step) -> accepted rationale, of the records already in the folder."""
+        return {
+            rec.key: rec.rationale
+            for _, rec in read_synth_records(self.files["accepted"])
+            if rec.rationale
+        }
+
+    def drop_failed(self, keys: set[tuple[str, int]]) -> None:
+        """Rewrite failed.jsonl without ``keys`` (atomically), so they can be retried; every
+        other failed record stays."""
+        file = self.files["failed"]
+        kept = [rec for _, rec in read_synth_records(file, repair=True) if rec.key not in keys]
+        tmp = file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(rec.model_dump_json() + "\n" for rec in kept), encoding="utf-8")
+        os.replace(tmp, file)
+
+    def append(self, rec: SynthRecord, *, now: bool = True) -> None:
+        """Add a record's line; with ``now=False`` it waits for the next `flush` (the engine
+        flushes every few milliseconds, off the requests' critical path: a kill in between costs
+        nothing, since the answer is already in the response cache)."""
+        self._pending.setdefault(rec.state, []).append(rec.model_dump_json())
+        if now:
+            self.flush()
+
+    def flush(self) -> None:
+        for state, lines in self._pending.items():
+            if lines:
+                self._write(state, self.files[state], "".join(line + "\n" for line in lines))
+                lines.clear()
+
+    def _write(self, name: str, file: Path, text: str) -> None:
+        handle = self._handles.get(name)
+        if handle is None:
+            # kept open for the whole run (closed in `close`): one open per file, not per line
+            handle = open(file, "a", encoding="utf-8")  # noqa: SIM115
+            self._handles[name] = handle
+        handle.write(text)
+        handle.flush()  # whole lines only: a kill can tear at most the last one
+
+    def charge(self, entry: dict[str, Any]) -> None:
+        """One ledger line, written at once: the cost of a request must survive a kill."""
+        self._write("ledger", self.ledger, json.dumps(entry) + "\n")
+
+    def spent(self) -> dict[str, float | int]:
+        """Totals over every invocation, from the ledger."""
+        return ledger_totals(self.ledger)
+
+    def counts(self) -> dict[str, int]:
+        return {state: sum(1 for _ in read_lines(file)) for state, file in self.files.items()}
+
+    def write_run_json(self, data: dict[str, Any]) -> None:
+        tmp = self.run_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_json)
+
+    def close(self) -> None:
+        """Flush every pending line, close the files and release the lock."""
+        self.flush()
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+
+def ledger_totals(ledger: Path) -> dict[str, float | int]:
+    """Requests, tokens and cost summed over a ledger file."""
+    total: dict[str, float | int] = {
+        "requests": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_usd": 0.0,
+    }
+    for _, line in read_lines(ledger):
+        entry = json.loads(line)
+        for k in total:
+            total[k] += entry.get(k) or 0
+    return total

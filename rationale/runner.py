@@ -1,0 +1,193 @@
+"""The life of one invocation on a run folder, the same for every job (synth, filter).
+
+Take the folder's lock; refuse a folder made by another input, teacher or template; load what is
+done (repairing a torn line); with ``--retry-failed`` put the failed records within ``--limit``
+back in the queue (the others stay in failed.jsonl); write run.json; drive the engine; then,
+however the engine stopped, flush, write the report and the final run.json, release the lock,
+and raise the error that stopped the run as one line.
+
+A job gives: ``config``, ``run_dir``, ``engine``, ``records`` (its `RecordFile`), ``label``,
+``check()`` (before the folder is touched), ``identity()``, ``describe()`` (template facts for
+run.json), ``keys()``, ``items(done)``, ``process(item)``, ``records_file``, ``judge``,
+``verifier_client``, ``price_known()`` and ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rationale.accounting import Tally
+from rationale.errors import RationaleError, redact
+from rationale.rundir import RunDir, read_run_json
+from rationale.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What `run_synth` and `run_filter` return (and print): counts, spend, why it stopped."""
+
+    run_dir: Path
+    counts: dict[str, int]
+    pending: int
+    tally: Tally
+    wall_s: float
+    stopped: str | None
+
+
+def check_same_run(run_dir: RunDir, identity: dict[str, Any]) -> None:
+    """A run folder belongs to one input, teacher and template: refuse to mix them."""
+    before = read_run_json(run_dir.path)
+    if before is None:
+        return
+    theirs = before.get("identity", {})
+    changed = [k for k in identity if k in theirs and theirs[k] != identity[k]]
+    if changed:
+        raise RationaleError(
+            f"{run_dir.path} holds a run with a different "
+            f"{', '.join(changed)} ({', '.join(f'{k}={theirs[k]!r}' for k in changed)}); "
+            "use a new -o, or the same flags to resume"
+        )
+
+
+def skipped_input(records: Any, extra: list[str] | None = None) -> dict[str, Any] | None:
+    """The lines and sessions ``--on-error skip`` left out, printed on stderr and returned for
+    run.json; None when nothing was left out. ``extra``: lines of a source run (filter)."""
+    errors = records.errors
+    for line in extra or []:
+        print(f"skipped: {line}", file=sys.stderr)
+    if not errors and not extra:
+        return None
+    sessions = records.skipped_sessions
+    for err in errors:
+        print(f"skipped: {err}", file=sys.stderr)
+    for session_id, lines in sessions.items():
+        print(
+            f"skipped session {session_id!r}: lines {', '.join(map(str, lines))}", file=sys.stderr
+        )
+    print(
+        f"{records.name}: {len(errors)} bad lines; left out {len(sessions)} sessions",
+        file=sys.stderr,
+    )
+    return {
+        "lines": [{"line": e.line, "error": str(e)} for e in errors]
+        + [{"line": None, "error": line} for line in extra or []],
+        "sessions": sessions,
+    }
+
+
+async def run_job(job: Any) -> RunSummary:
+    """Run (or resume) ``job`` on its run folder; see the module docstring."""
+    run_dir, config, engine = job.run_dir, job.config, job.engine
+    job.check()
+    run_dir.open(job.label)
+    started, t0 = time.time(), time.monotonic()
+    total, skipped = 0, None
+    try:
+        check_same_run(run_dir, job.identity())
+        skipped = skipped_input(job.records, getattr(job, "skipped_lines", None))
+        done = run_dir.load()
+        keys = job.keys()
+        if config.retry_failed:
+            retry = {k for k in keys if done.get(k) == "failed"}
+            run_dir.drop_failed(retry)
+            done = {k: s for k, s in done.items() if k not in retry}
+        todo = sum(1 for k in keys if k not in done)
+        total = len(done) + todo
+        _write_run_json(job, started, 0.0, None, total, skipped)
+        try:
+            await engine.drive(job.items(done), job.process, todo=todo, label=job.label)
+        finally:
+            await job.aclose()
+    except BaseException as exc:
+        # interrupted (Ctrl-C, a kill the process survives) or failed before the engine ran:
+        # every line is flushed, and run.json says so when it already existed
+        run_dir.flush()
+        if total and not isinstance(exc, RationaleError):
+            _finalise(job, started, time.monotonic() - t0, f"interrupted: {exc!r}", total, skipped)
+        run_dir.close()
+        raise
+    stopped = engine.stopped_reason()
+    wall = time.monotonic() - t0
+    counts = _finalise(job, started, wall, stopped, total, skipped)
+    run_dir.close()
+    pending = total - sum(counts.values())
+    summary = RunSummary(run_dir.path, counts, pending, engine.tally, wall, stopped)
+    if engine.error is not None or engine.fatal is not None:
+        raise RationaleError(
+            f"{job.label} stopped ({redact(str(stopped))}) with {pending} records pending; "
+            "every answer paid for is saved: fix the cause and rerun the same command to continue"
+        )
+    return summary
+
+
+def _finalise(
+    job: Any, started: float, wall: float, stopped: str | None, total: int, skipped: Any
+) -> dict[str, int]:
+    from rationale.report import build_report, write_chart
+
+    run_dir = job.run_dir
+    run_dir.flush()
+    report = build_report(run_dir.path)
+    write_chart(report, run_dir.path / "acceptance.png")
+    return _write_run_json(job, started, wall, stopped, total, skipped, report)
+
+
+def _write_run_json(
+    job: Any,
+    started: float,
+    wall: float,
+    stopped: str | None,
+    total: int,
+    skipped: Any,
+    report: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    from rationale.tokens import tokenizer_info
+
+    run_dir, tally = job.run_dir, job.engine.tally
+    counts = run_dir.counts()
+    spent = run_dir.spent()
+    verifier = job.verifier_client
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "command": job.label,
+        "config": job.config.resolved(),
+        "identity": job.identity(),
+        "records_file": str(Path(job.records_file).resolve()),
+        "template": job.describe(),
+        "tokenizer": tokenizer_info(),
+        "records": total,
+        "counts": counts,
+        "pending": total - sum(counts.values()),
+        "skipped_input": skipped,
+        "tokens": {"prompt": spent["prompt_tokens"], "completion": spent["completion_tokens"]},
+        "cost_usd": {
+            "total": round(float(spent["cost_usd"]), 8),
+            "this_invocation": round(tally.cost_usd, 8),
+            "unknown_for_requests": tally.cost_unknown,
+            "paid_invalid_answers": tally.invalid_paid,
+            "price_known": job.price_known(),
+        },
+        "requests": {
+            "total": spent["requests"],
+            "this_invocation": tally.requests,
+            "failed_this_invocation": tally.failed_requests,
+            "cache_hits": tally.cache_hits,
+        },
+        "context_cut": {"records": tally.context_cut_records, "tokens": tally.context_cut_tokens},
+        "started": started,
+        "wall_s": round(wall, 3),
+        "stopped": redact(stopped) if stopped else None,
+        "verification": {
+            "verifier": verifier.model_id if verifier else None,
+            "rules": list(job.judge.rules),
+            "requests_this_invocation": tally.verify_requests,
+            "cost_usd_this_invocation": round(tally.verify_cost_usd, 8),
+        },
+        "report": report,
+    }
+    run_dir.write_run_json(data)
+    return counts

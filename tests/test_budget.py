@@ -1,0 +1,110 @@
+"""``--max-cost`` is a hard cap on what the provider bills, retries and invalid answers included,
+and the ledger holds the provider's own token counts (issue 9, point 7).
+
+The scripted server bills like a provider: every 200 answer carries a usage block and is billed,
+whether or not its content is the JSON asked for; 429s and 500s are not billed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from helpers import EXAMPLES
+from openai_server import not_json_content, status
+
+from rationale import RationaleError
+from rationale.pricing import model_price
+from rationale.rundir import ledger_totals, read_run_json
+from rationale.synth import SynthConfig, run_synth
+from rationale.teacher import RetryPolicy
+
+SAMPLE = EXAMPLES / "mind2web" / "shopping_sample.jsonl"
+PRICED = "openai/gpt-4o-mini"  # in litellm's offline price map
+FAST = RetryPolicy(max_attempts=6, backoff=0.005, max_backoff=0.02)
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-budget")
+
+
+def faulty(seed: int):
+    """30% 429/500 (not billed), 30% billed answers that are not JSON, the rest good."""
+    rng = random.Random(seed)
+
+    def responder(body: dict, index: int):
+        r = rng.random()
+        if r < 0.15:
+            return status(429)
+        if r < 0.30:
+            return status(500)
+        if r < 0.60:
+            return not_json_content()
+        return None  # the default (valid) answer
+
+    return responder
+
+
+@pytest.mark.parametrize("client", ["fast", "litellm"])
+def test_max_cost_holds_against_retries_and_paid_invalid_answers(
+    tmp_path: Path, openai_server, client: str
+) -> None:
+    cap = 0.004
+    openai_server.responder = faulty(seed=3)
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
+        api_base=openai_server.url, client=client, max_cost=cap, concurrency=8,
+        verifier="none", timeout=5.0,
+    )  # fmt: skip
+    summary = run_synth(config, retry_policy=FAST)
+    assert summary.stopped and summary.stopped.startswith("budget")
+    price_in, price_out = model_price(PRICED)
+    billed = openai_server.billed
+    billed_cost = billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
+    assert billed["answers"] > 10  # the cap was reached through many billed answers
+    assert billed_cost <= cap  # never spend past the cap, by the provider's own count
+    run = tmp_path / "run"
+    ledger = ledger_totals(run / "ledger.jsonl")
+    # the ledger holds exactly what the server billed, invalid answers included
+    assert ledger["prompt_tokens"] == billed["prompt_tokens"]
+    assert ledger["completion_tokens"] == billed["completion_tokens"]
+    assert ledger["requests"] == openai_server.count
+    assert ledger["cost_usd"] == pytest.approx(billed_cost, rel=1e-9)
+    state = read_run_json(run)
+    assert state["cost_usd"]["total"] == pytest.approx(billed_cost, abs=1e-8)
+    assert state["cost_usd"]["paid_invalid_answers"] > 0
+    assert summary.tally.cost_usd == pytest.approx(billed_cost, rel=1e-9)
+    entries = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+    invalid = [e for e in entries if not e["ok"] and e.get("completion_tokens")]
+    assert invalid and all(e["cost_usd"] > 0 for e in invalid)
+
+
+def test_a_rerun_spends_a_new_cap_and_the_ledger_adds_up(tmp_path: Path, openai_server) -> None:
+    openai_server.responder = faulty(seed=5)
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
+        api_base=openai_server.url, max_cost=0.002, concurrency=4, verifier="none",
+        timeout=5.0, limit=60,
+    )  # fmt: skip
+    first = run_synth(config, retry_policy=FAST)
+    second = run_synth(config, retry_policy=FAST)
+    assert first.tally.cost_usd <= 0.002 and second.tally.cost_usd <= 0.002
+    price_in, price_out = model_price(PRICED)
+    billed = openai_server.billed
+    billed_cost = billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
+    total = read_run_json(tmp_path / "run")["cost_usd"]["total"]
+    assert total == pytest.approx(billed_cost, abs=1e-8)
+    assert total == pytest.approx(first.tally.cost_usd + second.tally.cost_usd, abs=1e-8)
+
+
+def test_an_unpriced_verifier_makes_max_cost_refuse_to_start(tmp_path: Path, openai_server) -> None:
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
+        api_base=openai_server.url, max_cost=1.0, verifier="openai/test-model", limit=2,
+    )  # fmt: skip
+    with pytest.raises(RationaleError, match="price of the verifier 'openai/test-model'"):
+        run_synth(config, retry_policy=FAST)
+    assert openai_server.count == 0 and not (tmp_path / "run").exists()
