@@ -126,6 +126,7 @@ def timed_fit(student, dataset, cfg, **kw):
     # before saving: --merge folds the adapters into the base
     lora_b = [p for n, p in student.model.named_parameters() if "lora_B" in n]
     seen["lora_b"] = (sum(1 for p in lora_b if p.detach().abs().max().item() > 0), len(lora_b))
+    seen["train_device"] = lora_b[0].device.type if lora_b else None  # where LoRA trained
     return result
 
 train.fit, train._make_trainer = timed_fit, capture_trainer
@@ -150,6 +151,7 @@ report = {
     "lora_b_changed": seen["lora_b"][0], "lora_b": seen["lora_b"][1],
     "peak_allocated_gib": peak[0], "peak_reserved_gib": peak[1],
     "device": torch.cuda.get_device_name() if cuda else "cpu", "wall_s": total_s,
+    "train_device": seen["train_device"],
 }
 seen.clear(); del run; gc.collect()
 if cuda:

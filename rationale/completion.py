@@ -1,5 +1,8 @@
 """The teacher contract: `Completion`, one answer, and `Teacher`, what every client implements.
 
+An answer that was billed but failed (it did not validate) is no `Completion`: its `BilledUsage`
+rides on the `TeacherError` as ``usage``, so the ledger and ``--max-cost`` still count it.
+
 Every client module (`rationale.litellm_teacher`, `rationale.fast_teacher`, the local model in
 `rationale.teacher`) and the retry layer (`rationale.retry`) build on these two, so they sit
 below all of them; `rationale.teacher` re-exports both.
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["Completion", "Teacher"]
+__all__ = ["BilledUsage", "Completion", "Teacher"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,15 @@ class Completion:
         }
 
 
+@dataclass(frozen=True)
+class BilledUsage:
+    """The tokens (and their cost, if priced) of an answer the provider billed but that failed."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+
+
 class Teacher(Protocol):
     """What the synthesis engine needs from a teacher."""
 
@@ -56,7 +68,8 @@ class Teacher(Protocol):
         seed: int,
         response_model: type[BaseModel] | None = None,
     ) -> Completion:
-        """Make exactly one request; raise `TeacherError` with a category on failure.
+        """Make exactly one request; raise `TeacherError` with a category on failure (with a
+        `BilledUsage` as its ``usage`` when the failed answer was billed).
 
         ``response_model`` is the structured answer to parse (default: `Rationale`).
         """

@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from rationale.completion import Completion
+from rationale.completion import BilledUsage, Completion
 from rationale.errors import TeacherError
 from rationale.pricing import PriceMap, model_price
 from rationale.retry import classify, http_error
@@ -120,16 +120,18 @@ class OpenAICompatibleTeacher(PriceMap):
             raise TeacherError(
                 f"the server's answer is not a chat completion: {raw[:200]!r}", category="server"
             ) from None
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        cost = self.price(p, c) if p is not None and c is not None else None
         try:
             model = response_model or self._default_model
             parsed = model.model_validate_json(_json_object(content))
         except ValueError as exc:
-            raise TeacherError(
+            error = TeacherError(
                 f"the answer does not match the response model: {str(exc)[:300]}",
                 category="invalid_output",
-            ) from None
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        cost = self.price(p, c) if p is not None and c is not None else None
+            )
+            error.usage = BilledUsage(p, c, cost)  # type: ignore[attr-defined]  # billed anyway
+            raise error from None
         return Completion(parsed.model_dump(), p, c, cost)
 
 

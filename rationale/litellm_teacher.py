@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from rationale.completion import Completion
+from rationale.completion import BilledUsage, Completion
 from rationale.errors import TeacherError
 from rationale.pricing import PriceMap, model_price
 from rationale.retry import classify
@@ -88,7 +88,10 @@ class LiteLLMTeacher(PriceMap):
         except asyncio.TimeoutError:
             raise TeacherError("no answer within the timeout", category="timeout") from None
         except Exception as exc:  # every provider error becomes a categorised TeacherError
-            raise classify(exc) from None
+            error = classify(exc)
+            if (billed := self._billed(exc)) is not None:
+                error.usage = billed  # type: ignore[attr-defined]
+            raise error from None
         usage = getattr(raw, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
@@ -98,3 +101,14 @@ class LiteLLMTeacher(PriceMap):
             else None
         )
         return Completion(parsed.model_dump(), prompt_tokens, completion_tokens, cost)
+
+    def _billed(self, exc: BaseException) -> BilledUsage | None:
+        """The usage of an answer that came back but did not validate (instructor keeps it)."""
+        usage = getattr(getattr(exc, "last_completion", None), "usage", None)
+        if usage is None:
+            usage = getattr(exc, "total_usage", None)  # an int (total tokens) in old instructors
+        p = getattr(usage, "prompt_tokens", None)
+        c = getattr(usage, "completion_tokens", None)
+        if not isinstance(p, int) or not isinstance(c, int):
+            return None
+        return BilledUsage(p, c, self.price(p, c))

@@ -4,8 +4,12 @@
 every line of a file. It raises nothing but `RecordError` (its message names the file, the line
 and the field, and says how to fix it), whatever the bytes: torn or invalid JSON, bytes that are
 not UTF-8, values nested deeper than the JSON parser's limit, integers too large for the index,
-``true`` where an integer belongs, and keys that appear twice in one object (a JSON reader keeps
+``true`` where an integer belongs, and keys that appear twice in one object (JSON readers keep
 only the last one, so the other value would be lost without a word).
+
+A line is parsed once, by jiter (the Rust JSON parser inside pydantic): it bounds the nesting
+depth, so no line can exhaust Python's stack, and it finds repeated keys. The parsed value is then
+validated by the record model.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import json
 import re
 from typing import Any
 
+import jiter
 from pydantic import ValidationError
-from pydantic_core import from_json
 
 from rationale.errors import RecordError
 from rationale.schema import MAX_STEP, ActionRecord, ActionSpace
 
-#: pydantic-core's JSON parser refuses arrays and objects nested deeper than this.
-JSON_MAX_DEPTH = 201
+#: jiter refuses arrays and objects nested deeper than this, counting the line's own object
+#: (it lets an empty innermost one be the 201st, a harmless edge).
+JSON_MAX_DEPTH = 200
 
 _SHOWN = 60  # characters of a bad value quoted in an error message
 _SHOWN_ERRORS = 5  # problems described for one line; the rest are counted
@@ -29,8 +34,7 @@ _SESSION_ID_IN_RAW = re.compile(rb'"session_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?
 # A JSON string or a structural character, scanned from the start of a line: strings are
 # matched whole, so brackets and colons inside them are never seen as structure.
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:]')
-# A quote followed by whitespace other than one space: the start of `"key"  :` or `"key"\t:`.
-_ODD_SPACE = (b'"\t', b'"\r', b'"\n', b'"  ', b'" \t', b'" \r', b'" \n')
+_KEEP_ONE = "keep one (a JSON reader silently keeps only the last)"
 
 
 def _show(value: Any) -> str:
@@ -46,30 +50,25 @@ def _show(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
+def _name(key: str) -> str:
+    """A key as shown in a message: as is, or quoted and cut when it would break the line."""
+    return key if key.isprintable() and len(key) <= _SHOWN else _show(key)
+
+
 def _field_path(loc: tuple[Any, ...], space: ActionSpace) -> str:
-    parts = [str(p) for p in loc]
+    parts = [_name(str(p)) for p in loc]
     # pydantic puts the union member (the action type) into the location: action.click.name
     if len(parts) > 2 and parts[0] == "action" and parts[1] in space.types:
         del parts[1]
     return ".".join(parts)
 
 
-def _describe(err: dict[str, Any], space: ActionSpace, raw: bytes) -> tuple[str | None, str]:
+def _describe(err: dict[str, Any], space: ActionSpace) -> tuple[str | None, str]:
     """One pydantic error as (field, message with its fix)."""
     kind, loc, value = err["type"], tuple(err["loc"]), err.get("input")
     field = _field_path(loc, space) or None
     types = ", ".join(space.types)
     record_fields = ", ".join(ActionRecord.model_fields)
-    if kind == "json_invalid" and "recursion limit" in err["ctx"]["error"]:
-        field = _deep_field(raw)
-        return field, (
-            f"{field + ' ' if field else ''}is nested too deeply: more than "
-            f"{JSON_MAX_DEPTH - 1} levels of arrays and objects; flatten it"
-        )
-    if kind == "json_invalid":
-        return None, (
-            f"not valid JSON ({err['ctx']['error']}); each line must be one complete JSON object"
-        )
     if not loc and kind in ("model_type", "model_attributes_type", "dict_type"):
         return None, (
             f"is {_show(value)}, not a JSON object; each line must be one object with "
@@ -121,6 +120,19 @@ def _describe(err: dict[str, Any], space: ActionSpace, raw: bytes) -> tuple[str 
     return field, f"{field}: {message}, got {_show(value)}"
 
 
+def _json_problem(error: str, raw: bytes) -> tuple[str | None, str]:
+    """jiter's complaint about a line as (field, message with its fix)."""
+    if "recursion limit" in error:
+        field = _deep_field(raw)
+        return field, (
+            f"{field + ' ' if field else ''}is nested too deeply: more than "
+            f"{JSON_MAX_DEPTH} levels of arrays and objects; flatten it"
+        )
+    if error.startswith("Detected duplicate key"):
+        return _duplicate_key(raw, error)
+    return None, f"not valid JSON ({error}); each line must be one complete JSON object"
+
+
 def _deep_field(raw: bytes) -> str | None:
     """The top-level key whose value nests past the parser's limit (None for a top-level array)."""
     depth, key, last = 0, None, None
@@ -128,79 +140,22 @@ def _deep_field(raw: bytes) -> str | None:
         token = match.group()
         if token in (b"[", b"{"):
             depth += 1
-            if depth >= JSON_MAX_DEPTH:
+            if depth > JSON_MAX_DEPTH:
                 return key
         elif token in (b"]", b"}"):
             depth -= 1
         elif token == b":":
             if depth == 1:
-                key = _decode_string(last) if last else None
+                text = _decode_string(last) if last else None
+                key = None if text is None else _name(text)
         else:
             last = token
     return key
 
 
-def _decode_string(token: bytes) -> str | None:
-    """A JSON string token as text, or None if it is malformed or not printable UTF-8."""
-    try:
-        text = json.loads(token)
-        text.encode("utf-8")  # a lone surrogate ("\ud800") could never be printed
-    except (ValueError, UnicodeError):
-        return None
-    return text if isinstance(text, str) else None
-
-
-def _session_id_of(raw: bytes) -> str | None:
-    """Best effort: the session_id of a line that failed validation (even torn JSON)."""
-    try:
-        data = from_json(raw)  # bounded nesting depth: no RecursionError
-    except ValueError:
-        data = None
-    else:
-        value = data.get("session_id") if isinstance(data, dict) else None
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value)
-        return None
-    if match := _SESSION_ID_IN_RAW.search(raw):
-        if match.group(1) is not None:
-            return _decode_string(b'"' + match.group(1) + b'"')
-        return match.group(2).decode()
-    return None
-
-
-def _key_count(value: Any) -> int:
-    """The number of keys in every object inside a parsed JSON value (no recursion)."""
-    count, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            count += len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
-def _duplicate_key(raw: bytes, record: ActionRecord) -> tuple[str, str] | None:
-    """(field, message) for a key repeated within one JSON object of a valid line, else None.
-
-    pydantic keeps the last of repeated keys, so this is checked apart, cheaply: every key of a
-    JSON text ends with a quote, optional whitespace and a colon, so on a line where no quote is
-    followed by whitespace other than one space, counting ``":`` and ``" :`` bounds the number
-    of keys from above (a quote inside a string is escaped and can only add to the count). When
-    that bound equals the number of distinct keys the record holds, no key repeats; only
-    otherwise is the line parsed again, with `json`, to find the repeated key.
-    """
-    if not any(ws in raw for ws in _ODD_SPACE):
-        upper = raw.count(b'":') + raw.count(b'" :')
-        held = (
-            len(record.model_fields_set)
-            + len(record.action.model_fields_set)
-            + _key_count(record.meta)
-            + _key_count(record.persona)
-        )
-        if upper <= held:
-            return None
+def _duplicate_key(raw: bytes, error: str) -> tuple[str | None, str]:
+    """(field, message) for a key that jiter found twice in one object; the field is its path
+    (``step``, ``action.name``) or, deeper down, the record field that holds it (``meta``)."""
     found: list[tuple[str, dict[str, Any]]] = []
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -214,23 +169,25 @@ def _duplicate_key(raw: bytes, record: ActionRecord) -> tuple[str, str] | None:
                 seen.add(key)
         return obj
 
-    try:
+    try:  # jiter stopped at the repeat: read the whole line again to place it
         top = json.loads(raw, object_pairs_hook=pairs_hook)
-    except (ValueError, RecursionError):
-        return None
+    except (ValueError, RecursionError):  # invalid further on, too
+        top = None
     if not found or not isinstance(top, dict):
-        return None
-    key, obj = found[0]
-    keep = "keep one (a JSON reader silently keeps only the last)"
+        match = re.match(r'Detected duplicate key "(.*)" at ', error)
+        key_text = repr(match.group(1)) if match else "a key"
+        return None, f"{key_text} appears twice in one object; {_KEEP_ONE}"
+    key, obj = _name(found[0][0]), found[0][1]
     if obj is top:
-        return key, f"{key} appears twice; {keep}"
+        return key, f"{key} appears twice; {_KEEP_ONE}"
     if obj is top.get("action"):
-        return f"action.{key}", f"action.{key} appears twice; {keep}"
-    field = next((k for k, v in top.items() if _contains(v, obj)), None)
-    return field, f"{field} has the key {_show(key)} twice in one object; {keep}"
+        return f"action.{key}", f"action.{key} appears twice; {_KEEP_ONE}"
+    field = next((_name(k) for k, v in top.items() if _contains(v, obj)), None)
+    return field, f"{field} has the key {_show(found[0][0])} twice in one object; {_KEEP_ONE}"
 
 
 def _contains(value: Any, target: object) -> bool:
+    """Whether ``target`` (by identity) is ``value`` or inside it (no recursion)."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -241,6 +198,36 @@ def _contains(value: Any, target: object) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+def _decode_string(token: bytes) -> str | None:
+    """A JSON string token as text, or None if it is malformed or not printable UTF-8."""
+    try:
+        text = json.loads(token)
+        text.encode("utf-8")  # a lone surrogate ("\ud800") could never be printed
+    except (ValueError, UnicodeError):
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _session_id_in(data: Any) -> str | None:
+    value = data.get("session_id") if isinstance(data, dict) else None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value)
+    return None
+
+
+def _session_id_of(raw: bytes) -> str | None:
+    """Best effort: the session_id of a line that is not valid JSON (torn, say)."""
+    try:
+        return _session_id_in(jiter.from_json(raw, cache_mode="keys"))  # its last session_id
+    except ValueError:
+        pass
+    if match := _SESSION_ID_IN_RAW.search(raw):
+        if match.group(1) is not None:
+            return _decode_string(b'"' + match.group(1) + b'"')
+        return match.group(2).decode()
+    return None
 
 
 def parse_record(
@@ -261,19 +248,22 @@ def parse_record(
             path, line, f"is not UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
         ) from None
     try:
-        record = space.record_model.model_validate_json(raw)
+        data = jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="keys")
+    except ValueError as exc:
+        field, message = _json_problem(str(exc), raw)
+        raise RecordError(
+            path, line, message, field=field, session_id=_session_id_of(raw)
+        ) from None
+    try:
+        return space.record_model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        described = [_describe(e, space, raw) for e in errors[:_SHOWN_ERRORS]]
+        described = [_describe(e, space) for e in errors[:_SHOWN_ERRORS]]
         message = "; ".join(m for _, m in described)
-        if len(errors) > _SHOWN_ERRORS:
-            message += f"; and {len(errors) - _SHOWN_ERRORS} more problems"
+        if (more := len(errors) - _SHOWN_ERRORS) > 0:
+            message += f"; and {more} more problem{'s' if more > 1 else ''}"
         raise RecordError(
-            path, line, message, field=described[0][0], session_id=_session_id_of(raw)
+            path, line, message, field=described[0][0], session_id=_session_id_in(data)
         ) from None
-    except RecursionError:  # a parser without a depth limit; pydantic-core has one
+    except RecursionError:  # not expected: jiter bounds the depth of what it returns
         raise RecordError(path, line, "is nested too deeply to read; flatten it") from None
-    if (duplicate := _duplicate_key(raw, record)) is not None:
-        field, message = duplicate
-        raise RecordError(path, line, message, field=field, session_id=record.session_id)
-    return record

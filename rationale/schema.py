@@ -378,7 +378,8 @@ class ActionRecord(BaseModel):
     steps of the same session. `meta` is carried through untouched and never shown to a model.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity in meta or persona are written back as read, not turned into null.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
     schema_version: SchemaVersion = SCHEMA_VERSION
     session_id: str
@@ -503,7 +504,7 @@ class SynthRecord(BaseModel):
     ``prediction`` is the verifier's prediction for the last candidate verified.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")  # as ActionRecord
 
     schema_version: SchemaVersion = SCHEMA_VERSION
     state: SynthState

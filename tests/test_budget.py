@@ -91,7 +91,9 @@ def test_a_rerun_spends_a_new_cap_and_the_ledger_adds_up(tmp_path: Path, openai_
     )  # fmt: skip
     first = run_synth(config, retry_policy=FAST)
     second = run_synth(config, retry_policy=FAST)
-    assert first.tally.cost_usd <= 0.002 and second.tally.cost_usd <= 0.002
+    assert first.stopped and first.stopped.startswith("budget")
+    assert 0 < second.tally.cost_usd <= 0.002 and first.tally.cost_usd <= 0.002
+    assert second.counts["accepted"] > first.counts["accepted"]
     price_in, price_out = model_price(PRICED)
     billed = openai_server.billed
     billed_cost = billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out

@@ -321,6 +321,13 @@ def test_distill_command_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -
     # the same command again refuses to overwrite; --resume continues (nothing left to do)
     again = subprocess.run(cmd, capture_output=True, text=True, env=_one_thread())
     assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "pass --resume to continue it" in again.stderr
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=_one_thread())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from checkpoint-2 (step 2)" in resumed.stderr
+    assert "trained 2 steps" in resumed.stderr and resumed.stdout == ""
+    log = [json.loads(x) for x in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2]  # the log kept its lines, none added
 
 
 def _one_thread() -> dict[str, str]:

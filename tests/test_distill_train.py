@@ -254,18 +254,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> dict
             "after": after, "out": out, "student": student}  # fmt: skip
 
 
-def test_prompt_tokens_are_masked(
+def test_auto_loads_the_hf_backend_on_the_cpu_without_cuda(
     tmp_path: Path, tiny_folder: Path, capfd: pytest.CaptureFixture[str], one_thread: Any
 ) -> None:
-    from distill.train import build_trainer, prepare
+    from distill.train import prepare
 
     if one_thread.cuda.is_available():
         pytest.skip("checks the CPU choice of backend")
-    config = make_config(tiny_folder, tmp_path / "out", backend="auto")
-    student = prepare(config)
+    student = prepare(make_config(tiny_folder, tmp_path / "out", backend="auto"))
     assert (student.backend, student.reason, student.device) == ("hf", "no CUDA", "cpu")
     assert student.notes == ["float32"]  # load_in_4bit is ignored without CUDA
     assert "distill: backend hf (no CUDA)" in capfd.readouterr().err
+
+
+def test_prompt_tokens_are_masked(tmp_path: Path, tiny_folder: Path) -> None:
+    """On any machine: the hf backend, in 16 or 32 bits (masking does not depend on 4-bit)."""
+    from distill.train import build_trainer, prepare
+
+    config = make_config(tiny_folder, tmp_path / "out", backend="hf", load_in_4bit=False)
+    student = prepare(config)
+    assert student.backend == "hf"
     # LoRA's random init follows the seed, so a run can be repeated.
     again = prepare(config)
     first = {n: p for n, p in student.model.named_parameters() if "lora_A" in n}
@@ -314,7 +322,7 @@ def test_training_logs_loss_and_moves_lora(trained: dict[str, Any]) -> None:
     assert all(float((after[n] - before[n]).abs().max()) > 0 for n in before)
 
 
-def test_saved_run_folder(trained: dict[str, Any]) -> None:
+def test_saved_run_folder(trained: dict[str, Any], one_thread: Any) -> None:
     out, config = trained["out"], trained["config"]
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors",
                  "adapter/tokenizer.json", "config.json", "loss.png", "README.md",
@@ -324,10 +332,11 @@ def test_saved_run_folder(trained: dict[str, Any]) -> None:
     assert (out / "raw.bin").read_bytes() == b"\0"
     record = json.loads((out / "config.json").read_text())
     assert DistillConfig(**record["config"]) == config
+    device = "cuda" if one_thread.cuda.is_available() else "cpu"
     assert (record["backend"], record["backend_reason"], record["device"]) == (
         "hf",
         "requested",
-        "cpu",
+        device,
     )
     assert record["base"]["source"] == config.base and record["base"]["gguf_file"] is None
     assert record["result"]["steps"] == 4 and "torch" in record["versions"]

@@ -282,6 +282,8 @@ def test_the_shipped_mind2web_example_shows_every_path(tmp_path: Path, server) -
                  "verifier"):  # fmt: skip
         assert rules.get(rule, 0) >= 1, (rule, rules)
     assert report["counts"]["accepted"] > 0 and report["counts"]["rejected"] > 0
+    # a responder that raises answers 500: such records end as failed, never silently
+    assert report["counts"]["failed"] == 0 and summary.counts["failed"] == 0, summary.counts
     assert report["regenerated_then_accepted"] > 0
     assert report["verifier_confusion"]["click"]["exact_match"] > 0
     assert (tmp_path / "run" / "acceptance.png").stat().st_size > 1000

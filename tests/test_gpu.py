@@ -11,6 +11,7 @@ why; the default CPU run never selects them.
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,14 @@ def test_gpu_train_checks_at_a_small_size(backend: str, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--layers", "1",
          "--steps", "4", "--warmup", "1", "--seq", "512", "--batch", "2", "--backends", backend,
-         "--max-context-tokens", "300", "--merge", "--resume", "--timeout", "900",
+         "--max-context-tokens", "300", "--merge", "--resume", "--timeout", "500",
          "--json", str(tmp_path / "gpu.json")],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "checks: trained ok, completion only ok, merge ok, resume ok" in proc.stdout
+    # it trained on the GPU, not on a CPU fallback
+    result = json.loads((tmp_path / "gpu.json").read_text())["results"][backend]
+    assert result["train_device"] == "cuda" and result["device"] != "cpu", result
+    assert result["peak_allocated_gib"] > 0

@@ -81,6 +81,7 @@ def _nested(depth: int) -> object:
             None,
         ),
         (json.dumps(record(meta=_nested(300))), "meta", "meta is nested too deeply"),
+        (json.dumps(record(**{"a\nb": 1})), "'a\\nb'", "'a\\nb' is not a record field"),
         (
             '{"session_id": "s1", "step": 1, "step": 2, "action": {"type": "terminate"}}',
             "step",
@@ -312,3 +313,16 @@ def test_write_records_is_atomic_and_round_trips(tmp_path: Path) -> None:
     with RecordFile(out) as records:  # the old file is intact, no temp file left behind
         assert records.session("s") == recs
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.jsonl"]
+
+
+def test_infinity_in_meta_is_written_back_not_nulled(tmp_path: Path) -> None:
+    # meta is carried through untouched: a non-finite number used to come back as null.
+    line = '{"session_id": "a", "step": 0, "action": {"type": "terminate"}, '
+    line += '"meta": {"x": Infinity, "y": -1e400}, "persona": {"z": Infinity}}'
+    rec = parse_record(line)
+    out = tmp_path / "out.jsonl"
+    write_records(out, [rec])
+    with RecordFile(out) as records:
+        (back,) = records.session("a")
+    assert back == rec
+    assert back.meta == {"x": float("inf"), "y": float("-inf")}

@@ -160,8 +160,19 @@ def test_the_teacher_templates_declare_the_new_rules(name: str) -> None:
     assert set(NEW_RULES) <= set(template_rules(load_template(name)))
 
 
-def test_templates_that_declare_no_rules_get_the_new_rules() -> None:
-    assert set(NEW_RULES) <= set(DEFAULT_RULES)
+@pytest.mark.parametrize(
+    "first_line", ["", "{# mine: a template of my own, with no rules line. #}\n"]
+)
+def test_templates_that_declare_no_rules_get_the_new_rules(tmp_path: Path, first_line: str) -> None:
+    path = tmp_path / "mine.jinja"
+    body = "{% block system %}Say why.{% endblock %}\n{% block user %}{{ context }}{% endblock %}\n"
+    path.write_text(first_line + body)
+    rules = template_rules(load_template(path))
+    assert set(NEW_RULES) <= set(rules)
+    assert rules == DEFAULT_RULES
+    # a template that declares its rules gets those only
+    path.write_text("{# mine: my own.\n   rules: empty too_short #}\n" + body)
+    assert template_rules(load_template(path)) == ("empty", "too_short")
 
 
 def test_examples_come_from_the_static_text_and_includes_only(tmp_path: Path) -> None:

@@ -211,7 +211,8 @@ fields = { name = "name", text = "text" }
         "ReviewAction",
         "TerminateAction",
     }
-    assert space.action_only_model.model_validate({"action": {"type": "terminate"}})
+    only = space.action_only_model.model_validate({"action": {"type": "terminate"}})
+    assert only.model_dump() == {"action": {"type": "terminate"}}
     assert space.is_purchase({"type": "click", "name": "cart.checkout_confirm"})
     assert not space.is_purchase({"type": "click", "name": "product.buy_now"})
     assert ActionSpace.from_declaration(space.declaration()).declaration() == space.declaration()

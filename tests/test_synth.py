@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,17 +14,19 @@ from pathlib import Path
 import pytest
 from helpers import EXAMPLES, ROOT
 from openai_server import (
-    default_rationale,
     delay,
     drop,
     garbage,
+    last_user_text,
     not_json_content,
     ok,
+    ref,
     schema_violation,
     status,
 )
 
 from rationale import RationaleError
+from rationale.prompts import format_action
 from rationale.synth import SynthConfig, run_synth
 from rationale.teacher import RetryPolicy
 
@@ -94,10 +97,16 @@ def test_accepts_every_record_with_provenance(tmp_path: Path, openai_server, cli
         assert prov["prompt_tokens"] > 0 and prov["completion_tokens"] > 0 and not prov["cached"]
         assert rec["rationale"].startswith("I ")
         assert "meta" in rec["record"]  # the input record is carried unchanged
-    # each answer belongs to its own request
-    answers = {default_rationale(r["body"]) for r in openai_server.requests}
-    assert {rec["rationale"] for rec in accepted} == answers
-    assert len(bodies) == 12
+    # each answer belongs to its own request: the ref in a record's rationale names the prompt
+    # that asked for it, and that prompt is about this record's task and action
+    users = {
+        ref(last_user_text(r["body"])): last_user_text(r["body"]) for r in openai_server.requests
+    }
+    for rec in accepted:
+        user = users[re.search(r"\(ref ([0-9a-f]{8})\)", rec["rationale"]).group(1)]
+        assert f"What they did next\n{format_action(rec['record']['action'])}" in user
+        assert rec["record"]["instruction"] in user
+    assert len(bodies) == 12 and len(users) == 12
     report = json.loads((run / "run.json").read_text())
     assert report["counts"] == {"accepted": 12, "rejected": 0, "failed": 0}
     assert report["requests"]["total"] == 12 and report["tokens"]["prompt"] > 0

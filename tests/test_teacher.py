@@ -196,3 +196,39 @@ def test_the_fast_client_puts_the_path_before_the_query(api_base: str, url: str)
     from rationale.fast_teacher import OpenAICompatibleTeacher
 
     assert OpenAICompatibleTeacher("openai/m", api_base=api_base).url == url
+
+
+@pytest.mark.parametrize("client", ["fast", "litellm"])
+@pytest.mark.parametrize("fault", ["not_json_content", "schema_violation"])
+def test_a_billed_answer_that_does_not_validate_carries_its_usage(
+    client: str, fault: str, openai_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai_server as scripted
+
+    from rationale.completion import BilledUsage
+    from rationale.pricing import model_price
+    from rationale.teacher import make_teacher
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-usage")
+    openai_server.script(getattr(scripted, fault)())
+    teacher = make_teacher("openai/gpt-4o-mini", api_base=openai_server.url, client=client)
+
+    async def go() -> TeacherError:
+        try:
+            await teacher.attempt(
+                [{"role": "user", "content": "x"}],
+                assistant_prefix=None, temperature=0.0, max_tokens=20, seed=0,
+            )  # fmt: skip
+        except TeacherError as exc:
+            return exc
+        finally:
+            await teacher.aclose()
+        raise AssertionError("the answer validated")
+
+    error = asyncio.run(go())
+    assert error.category == "invalid_output"
+    usage = error.usage  # type: ignore[attr-defined]
+    assert isinstance(usage, BilledUsage) and usage.prompt_tokens and usage.completion_tokens
+    price_in, price_out = model_price("openai/gpt-4o-mini")  # type: ignore[misc]
+    expected = usage.prompt_tokens * price_in + usage.completion_tokens * price_out
+    assert usage.cost_usd == pytest.approx(expected)
