@@ -136,7 +136,9 @@ class Engine:
         if self.stopping():
             raise Pending
         try:
-            completion = await call_with_retries(client, messages, self.policy, **kwargs)
+            completion = await call_with_retries(
+                client, messages, self.policy, sleep=self._backoff, **kwargs
+            )
         except _Stopping:
             raise Pending from None
         except FatalTeacherError as exc:
@@ -144,6 +146,14 @@ class Engine:
             raise Pending from None
         self.cache.put(key, completion.to_cache())
         return completion, False
+
+    async def _backoff(self, seconds: float) -> None:
+        """The wait between two attempts, cut short when the run is stopping (the next
+        attempt then raises `_Stopping`): a long Retry-After never holds up a shutdown."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not self.stopping() and (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, 0.05))
 
     def _limiters(self) -> None:
         from aiolimiter import AsyncLimiter

@@ -35,6 +35,25 @@ def _quiet_litellm() -> Any:
     return litellm
 
 
+def _split_credentials(api_base: str | None) -> tuple[str | None, dict[str, str]]:
+    """``user:password@`` taken out of ``api_base`` and sent as basic authentication instead
+    (an HTTP client refuses a URL with credentials beside its own Authorization header), as the
+    fast client does."""
+    if not api_base:
+        return api_base, {}
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    url = urlsplit(api_base)
+    if url.username is None and url.password is None:
+        return api_base, {}
+    user, password = unquote(url.username or ""), unquote(url.password or "")
+    host = url.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{url.port}" if url.port else "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urlunsplit(url._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
 class LiteLLMTeacher(PriceMap):
     """Any litellm model, structured output through instructor (JSON mode)."""
 
@@ -45,7 +64,7 @@ class LiteLLMTeacher(PriceMap):
         from rationale.schema import Rationale
 
         self.model_id = model
-        self.api_base = api_base
+        self.api_base, self._headers = _split_credentials(api_base)
         self.timeout = timeout
         self._default_model = Rationale
         self._client = instructor.from_litellm(litellm.acompletion, mode=instructor.Mode.JSON)
@@ -80,6 +99,8 @@ class LiteLLMTeacher(PriceMap):
         }
         if self.api_base:
             kwargs["api_base"] = self.api_base
+        if self._headers:
+            kwargs["extra_headers"] = self._headers
         try:
             parsed, raw = await asyncio.wait_for(
                 self._client.chat.completions.create_with_completion(**kwargs),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +49,18 @@ class RetryPolicy:
 
 
 async def call_with_retries(
-    teacher: Teacher, messages: list[dict[str, str]], policy: RetryPolicy, **kwargs: Any
+    teacher: Teacher,
+    messages: list[dict[str, str]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    **kwargs: Any,
 ) -> Completion:
     """`teacher.attempt` until it succeeds or a fault is not worth retrying.
 
     Raises `TeacherError` (with ``attempts``) when out of attempts, at once for a non-retryable
-    fault, and `FatalTeacherError` for faults that would hit every record.
+    fault, and `FatalTeacherError` for faults that would hit every record. ``sleep`` waits
+    between attempts (the engine passes one that wakes early when the run is stopping).
     """
     from tenacity import (
         AsyncRetrying,
@@ -85,6 +92,7 @@ async def call_with_retries(
             wait=wait,
             retry=retry_if_exception(retryable),
             reraise=True,
+            **({"sleep": sleep} if sleep is not None else {}),
         ):
             with attempt:
                 attempts += 1

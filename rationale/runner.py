@@ -86,6 +86,14 @@ async def run_job(job: Any) -> RunSummary:
     run_dir.open(job.label)
     started, t0 = time.time(), time.monotonic()
     total, skipped = 0, None
+    closed = False
+
+    async def close_clients() -> None:  # once, however the run ends
+        nonlocal closed
+        if not closed:
+            closed = True
+            await job.aclose()
+
     try:
         check_same_run(run_dir, job.identity())
         skipped = skipped_input(job.records, getattr(job, "skipped_lines", None))
@@ -101,10 +109,11 @@ async def run_job(job: Any) -> RunSummary:
         try:
             await engine.drive(job.items(done), job.process, todo=todo, label=job.label)
         finally:
-            await job.aclose()
+            await close_clients()
     except BaseException as exc:
         # interrupted (Ctrl-C, a kill the process survives) or failed before the engine ran:
         # every line is flushed, and run.json says so when it already existed
+        await close_clients()
         run_dir.flush()
         if total and not isinstance(exc, RationaleError):
             _finalise(job, started, time.monotonic() - t0, f"interrupted: {exc!r}", total, skipped)

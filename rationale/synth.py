@@ -128,6 +128,7 @@ class SynthJob:
             "teacher": self.teacher.model_id,
             "template_version": self.template.version,
             "seed": self.config.seed,
+            "history_rationales": self.config.history_rationales,
             "verifier": self.verifier_client.model_id if self.verifier_client else None,
             "verifier_template_version": (
                 self.verifier_template.version if self.verifier_client else None

@@ -8,6 +8,7 @@ is redacted, and `describe_error` (what a rejected record stores) redacts again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from typing import Any
@@ -157,9 +158,9 @@ def test_an_error_that_echoes_the_url_is_redacted(
 ) -> None:
     echoed = with_credentials(openai_server.url)
     openai_server.script(status(401, body={"error": {"message": f"bad credentials for {echoed}"}}))
-    # litellm cannot send userinfo (its aiohttp transport refuses it next to the key), so it
-    # gets the plain URL here; the server's message still carries every secret.
-    api_base = echoed if client == "fast" else openai_server.url
+    # litellm appends its path to the whole URL, so it gets the credentials without the query;
+    # the server's message still carries every secret.
+    api_base = echoed if client == "fast" else with_credentials(openai_server.url, query=False)
     error = attempt(client, api_base)
     assert_no_secret(error)
     assert error.category == "auth" and "127.0.0.1" in str(error)  # the host stays visible
@@ -169,11 +170,15 @@ def test_litellm_with_a_key_in_the_query_names_no_credential(openai_server: Scri
     assert_no_secret(attempt("litellm", openai_server.url + f"?api_key={QUERY_KEY}"))
 
 
-def test_the_fast_client_sends_url_credentials_as_basic_auth(
-    openai_server: ScriptedServer,
+@pytest.mark.parametrize("client", ["fast", "litellm"])
+def test_both_clients_send_url_credentials_as_basic_auth(
+    openai_server: ScriptedServer, client: str
 ) -> None:
-    completion = attempt("fast", with_credentials(openai_server.url))
+    # litellm appends its path to the whole URL, so a query string there breaks the path
+    completion = attempt(client, with_credentials(openai_server.url, query=client == "fast"))
     assert completion.text  # the query string no longer swallows the path
     (request,) = openai_server.requests
     assert request["path"] == "/v1/chat/completions"
-    assert request["headers"]["authorization"].startswith("Basic ")  # not the env key as well
+    kind, token = request["headers"]["authorization"].split()
+    assert kind == "Basic" and base64.b64decode(token).decode() == f"{USER}:{PASSWORD}"
+    assert ENV_KEY not in json.dumps(dict(request["headers"]))  # not the env key as well
