@@ -178,10 +178,30 @@ def _repeated_sentence(
         words = _normal(sentence)
         if not words:
             continue
-        if any(_similarity(words, other, threshold) >= threshold for other in seen):
+        if any(_similarity(words, other, threshold) >= threshold for other in seen) or any(
+            _repeats_clause(words, other, threshold) for other in seen
+        ):
             return f"repeated_sentence: {sentence!r} says again what an earlier sentence said"
         seen.append(words)
     return None
+
+
+#: A clause this long that comes back inside another sentence is a repetition (shorter ones,
+#: "I want to", recur in honest rationales).
+MIN_REPEATED_CLAUSE = 5
+
+
+def _repeats_clause(a: tuple[str, ...], b: tuple[str, ...], threshold: float) -> bool:
+    """The shorter of two sentences said again inside the longer one: "I want X, but I'm not
+    sure what that item is. I'm not sure what the item is." (the local teacher's loop)."""
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    n = len(short)
+    if n < MIN_REPEATED_CLAUSE or n == len(long_):
+        return False
+    return any(
+        _similarity(short, long_[i : i + n], threshold) >= threshold
+        for i in range(len(long_) - n + 1)
+    )
 
 
 RULES: dict[str, Callable[[str, Mapping[str, Any], RulesConfig, Phrases], str | None]] = {

@@ -121,7 +121,7 @@ def test_the_thresholds_come_from_rules_config(shopping: tuple[str, ...]) -> Non
     assert _failed(looser, shopping) == []
     assert _failed(looser, shopping, copied_example_similarity=0.7) == ["copied_example"]
 
-    near = "I want to compare the prices first. I want to compare the prices first now."
+    near = "I want to compare the prices first. I want to compare all the prices first."
     assert _failed(near, repeated_sentence_similarity=1.0) == []
     assert _failed("I do it. i do it!", repeated_sentence_similarity=1.0) == ["repeated_sentence"]
     alike = "I want the blue one. I want the red one."
@@ -191,3 +191,20 @@ def test_examples_come_from_the_static_text_and_includes_only(tmp_path: Path) ->
     assert "I need a charger that works with my old phone." in examples  # from the include
     assert not any("comment" in e or "instruction" in e or "I want to" in e for e in examples)
     assert _failed("I need a charger that works with my old phone!", examples) == ["copied_example"]
+
+
+def test_a_clause_said_again_inside_another_sentence_is_a_repeat() -> None:
+    """The demo's accepted loop: the second sentence repeats the first one's clause."""
+    looped = (
+        "I want to add a new item to my cart, but I'm not sure what that item is. "
+        "I'm not sure what the item is."
+    )
+    reasons = check_rules(looped, ACTION, ("repeated_sentence",))
+    assert reasons and reasons[0].startswith("repeated_sentence:")
+    honest = (
+        "I want to add the green shirt to my cart. "
+        "The cheapest one is first, so I open it to check the size."
+    )
+    assert check_rules(honest, ACTION, ("repeated_sentence",)) == []
+    short = "I want a shirt. I want it cheap."  # a short shared phrase is no loop
+    assert check_rules(short, ACTION, ("repeated_sentence",)) == []
