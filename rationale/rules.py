@@ -16,6 +16,7 @@ template's source) and say the same sentence twice (`repeated_sentence`).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from difflib import SequenceMatcher
 from functools import lru_cache
@@ -92,6 +93,11 @@ def _normal(text: str) -> tuple[str, ...]:
     )
 
 
+@lru_cache(maxsize=4096)
+def _vocabulary(phrase: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(phrase)
+
+
 def _sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
@@ -162,7 +168,13 @@ def _copied_example(
     threshold = cfg.copied_example_similarity
     parts = [_normal(rationale)] + [_normal(s) for s in _sentences(rationale)]
     for words in dict.fromkeys(p for p in parts if len(p) >= _MIN_EXAMPLE_WORDS):
+        counts = Counter(words)
         for phrase, written in ex:
+            # a cheap bound first: the words they share cannot match more often than they occur
+            vocabulary = _vocabulary(phrase)
+            shared = sum(n for w, n in counts.items() if w in vocabulary)
+            if 2 * shared < threshold * (len(words) + len(phrase)):
+                continue
             if (score := _similarity(words, phrase, threshold)) >= threshold:
                 shown = written if len(written) <= 100 else written[:97] + "..."
                 return f"copied_example: {score:.0%} like the template's {shown!r}"
