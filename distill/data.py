@@ -4,7 +4,8 @@ One example per accepted step. The prompt is the blind ``student`` template (sys
 step's context cut to ``max_context_tokens`` without looking at the action, and the history as
 `rationale.sessions.build_history` defines it); the completion is the paper's JSON,
 ``{"rationale": ..., "action": {...}}``, or ``{"action": {...}}`` for the action-only ablation
-(``no_rationale``), built on exactly the same steps.
+(``no_rationale``), built on exactly the same steps. Which steps have an accepted rationale is
+read from the run folder or JSONL file by `distill.sources`.
 
 Deviation from the paper, stated: the paper showed the student every earlier *context* of the
 session (40k-token windows on 64 GPUs); here the prompt holds the current context and the earlier
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import DistillError
+from distill.sources import read_accepted
 
 STUDENT_TEMPLATE = "student"
 
@@ -87,100 +89,19 @@ class SFTData:
         self.max_context_tokens = max_context_tokens
         self.history_rationales = history_rationales
         self.on_error = on_error  # skip: bad lines are left out and listed in `skipped`
-        self.input_on_error = on_error  # the run's own choice for its input wins (skip)
         self.skipped: list[str] = []
         self.template = load_template(STUDENT_TEMPLATE)
         self.stats = SFTStats()
+        source = read_accepted(self.data, on_error=on_error, skipped=self.skipped)
+        self.rationales = source.rationales
+        self.history_source = source.history_source
+        self.input_on_error = source.input_on_error  # the run's own choice for its input wins
         # Where the accepted rationales came from, for `caveats`: local teachers' names, and the
         # keys of rationales that no blind verifier checked.
-        self.local_teachers: set[str] = set()
-        self.unverified: set[tuple[str, int]] = set()
-        self.rationales, history_source, space_file = self._accepted()
-        self.space = ActionSpace.from_file(space_file or action_space) if (
-            space_file or action_space
-        ) else ActionSpace.default()  # fmt: skip
-        self.history_source = history_source
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def _accepted(self) -> tuple[dict[tuple[str, int], str], str, str | None]:
-        """(key -> accepted rationale, the file history comes from, action-space file)."""
-        from rationale.schema import SynthRecord
-
-        if self.data.is_dir():
-            from rationale.rundir import read_run_json, read_synth_records, run_records_file
-
-            accepted = self.data / "accepted.jsonl"
-            if not accepted.exists():
-                raise DistillError(f"{self.data}: no accepted.jsonl (run rationale synth first)")
-            run = read_run_json(self.data) or {}
-            config = run.get("config", {})
-            source = str(run_records_file(self.data))  # synth or filter run: its record file
-            if config.get("on_error") == "skip":  # the run left out its input's bad sessions
-                self.input_on_error = "skip"
-            out = {}
-            for _, rec in read_synth_records(
-                accepted, on_error=self.on_error, skipped=self.skipped
-            ):
-                if rec.state == "accepted" and rec.rationale:
-                    out[rec.key] = rec.rationale
-                    self._note_origin(rec)
-            teacher = str(config.get("teacher") or "")
-            if teacher == "local" or teacher.startswith("local:"):
-                self.local_teachers.add(teacher)
-            if "verification" in run and not (run["verification"] or {}).get("verifier"):
-                self.unverified.update(out)  # the run had no verifier
-            return out, source, config.get("action_space")
-        if not self.data.is_file():
-            raise DistillError(f"{self.data}: no such file or run folder")
-        # A JSONL file: synthesis lines (accepted ones are used) or plain records that carry a
-        # human-written rationale. History comes from the records in the file itself.
-        out = {}
-        records = []
-        for n, line in enumerate(self.data.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if isinstance(obj, dict) and "state" in obj and "record" in obj:
-                    rec = SynthRecord.model_validate(obj)
-                    records.append(rec.record)
-                    if rec.state == "accepted" and rec.rationale:
-                        out[rec.key] = rec.rationale
-                        self._note_origin(rec)
-                elif isinstance(obj, dict) and "session_id" in obj:
-                    records.append(obj)
-                    if obj.get("rationale"):
-                        out[(str(obj["session_id"]), int(obj["step"]))] = obj["rationale"]
-                else:
-                    raise ValueError("neither a synthesis record nor a step record")
-            except (ValueError, TypeError, RecursionError) as exc:
-                first = (str(exc).splitlines() or [""])[0][:200]
-                problem = f"{self.data} line {n}: {first}"
-                if self.on_error != "skip":
-                    raise DistillError(f"{problem} (use --on-error skip to leave it out)") from None
-                self.skipped.append(problem)
-        import hashlib
-
-        from rationale.paths import state_dir
-
-        digest = hashlib.sha256(str(self.data.resolve()).encode()).hexdigest()[:24]
-        source = state_dir() / "distill-inputs" / f"{digest}.jsonl"
-        source.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        return out, str(source), None
-
-    def _note_origin(self, rec: Any) -> None:
-        """Note a local teacher, or a missing verification, on an accepted synthesis record."""
-        chosen = next((c for c in rec.candidates if c.state == "accepted"
-                       and c.rationale == rec.rationale), None)  # fmt: skip
-        provenance = rec.provenance or (chosen.provenance if chosen else None)
-        if provenance is not None and provenance.teacher.startswith("local/"):
-            self.local_teachers.add(provenance.teacher.split("@")[0])  # drop the fingerprint
-        if chosen is not None and chosen.verification is None:
-            self.unverified.add(rec.key)
+        self.local_teachers = source.local_teachers
+        self.unverified = source.unverified
+        space_file = source.action_space or action_space
+        self.space = ActionSpace.from_file(space_file) if space_file else ActionSpace.default()
 
     def caveats(self) -> list[str]:
         """What to say about the rationales' origin, on stderr and in the model card: a local

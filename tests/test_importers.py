@@ -231,3 +231,34 @@ def test_opera_bad_rows_name_file_line_and_field(tmp_path: Path) -> None:
     shutil.copy(OPERA / "users.jsonl", empty)
     with pytest.raises(SourceError, match=r"no \.jsonl or \.parquet file with an action_type"):
         list(read_opera(empty))
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        # json.loads raised RecursionError here: the import crashed with a traceback.
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 200 levels"),
+        # json.loads read this, but then the record could not be written (pydantic's limit).
+        (b"[" * 300 + b"]" * 300, "nested more than 200 levels"),
+        # Not UTF-8: reading the file as text raised UnicodeDecodeError, a crash.
+        (b'"caf\xe9"', "not valid JSON"),
+    ],
+    ids=["100k-deep", "300-deep", "not-utf8"],
+)
+def test_opera_unreadable_line_is_one_line_error(
+    tmp_path: Path, extra: bytes, problem: str
+) -> None:
+    path = tmp_path / "actions.jsonl"
+    good = (OPERA / "actions.jsonl").read_bytes().splitlines()[0]
+    bad = good.rstrip()[:-1] + b', "extra": ' + extra + b"}"  # a good row with one more field
+    path.write_bytes(good + b"\n" + bad + b"\n")
+    with pytest.raises(SourceError, match=rf"actions\.jsonl line 2: {problem}") as caught:
+        list(read_opera(path))
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_mind2web_too_deep_file_is_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "train_deep.json"
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000)  # json.loads: RecursionError
+    with pytest.raises(SourceError, match=r"train_deep\.json: nested more than 200 levels"):
+        list(read_mind2web([path]))

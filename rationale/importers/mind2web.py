@@ -16,7 +16,6 @@ The mapping, fixed here so every later stage agrees:
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rationale.errors import SourceError
+from rationale.importers.source_json import loads, parse_json
 from rationale.schema import ActionRecord
 
 #: Attributes tried, in order, when the visible label is empty. The first four are the ones the
@@ -68,7 +68,7 @@ def _attributes(candidate: dict[str, Any] | None) -> dict[str, Any]:
     attrs = candidate.get("attributes") or {}
     if isinstance(attrs, str):
         try:
-            attrs = json.loads(attrs)
+            attrs = loads(attrs.encode("utf-8", errors="surrogatepass"))
         except ValueError:
             return {}
     return attrs if isinstance(attrs, dict) else {}
@@ -180,10 +180,7 @@ def read_mind2web(
     """Records from raw Mind2Web files or folders, session by session in file order."""
     seen: dict[str, str] = {}
     for path in source_files(sources):
-        try:
-            tasks = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{path}: not a JSON file ({exc})") from None
+        tasks = parse_json(path.read_bytes(), str(path), not_json="not a JSON file")
         if not isinstance(tasks, list):
             raise SourceError(f"{path}: expected a JSON list of Mind2Web tasks")
         for i, task in enumerate(tasks):

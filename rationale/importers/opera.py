@@ -19,7 +19,6 @@ them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from datetime import datetime
@@ -29,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rationale.errors import SourceError
+from rationale.importers.source_json import loads, parse_json
 from rationale.schema import ActionRecord
 
 ACTION_TYPES = {"click": "click", "input": "type_and_submit", "terminate": "terminate"}
@@ -54,14 +54,11 @@ def _rows(path: Path, columns: list[str] | None = None) -> Iterator[tuple[str, d
                 n += 1
                 yield f"{path} row {n}", row
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise SourceError(f"{path} line {n}: not valid JSON ({exc})") from None
+            row = parse_json(line, f"{path} line {n}")
             if not isinstance(row, dict):
                 raise SourceError(f"{path} line {n}: expected a JSON object")
             yield f"{path} line {n}", row
@@ -117,7 +114,7 @@ def classify(folder: Path) -> dict[str, list[Path]]:
 def _persona(survey: Any) -> Any:
     if isinstance(survey, str):
         try:
-            parsed = json.loads(survey)
+            parsed = loads(survey.encode("utf-8", errors="surrogatepass"))
             return parsed if isinstance(parsed, (dict, str)) else survey
         except ValueError:
             return survey or None
