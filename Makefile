@@ -26,7 +26,7 @@ demo: $(BIN)/python
 	$(BIN)/rationale import mind2web examples/mind2web/raw_shopping_sample.json -o $(OUT)/records.jsonl
 	$(BIN)/rationale validate $(OUT)/records.jsonl
 	$(BIN)/rationale synth $(OUT)/records.jsonl -o $(OUT)/run --teacher local --limit $(LIMIT)
-	$(BIN)/rationale report $(OUT)/run
+	$(BIN)/rationale report $(OUT)/run  # the run drew $(OUT)/run/acceptance.png
 	@$(BIN)/python -c "import json, pathlib; [print(s, json.dumps(r['record']['action']), '->', r['rationale'] or r['candidates'][-1]['rationale'], r['reasons'] or '') for s in ('accepted', 'rejected', 'failed') if pathlib.Path('$(OUT)/run', s + '.jsonl').exists() for r in map(json.loads, open('$(OUT)/run/' + s + '.jsonl'))]"
 
 # torch first, from the pinned CPU build: anything that depends on torch must find it installed,

@@ -5,8 +5,14 @@ the record or the retried call: before each request (each retry too) the worst c
 cost (its prompt, with a margin for the provider's own count, plus ``max_tokens`` of completion)
 is reserved, and no request starts that could take spent + reserved over the cap. After it,
 the reservation is settled with what the provider billed, also for answers that were paid for but
-did not validate (their usage rides on the `TeacherError`). Each request is one ledger line, so
-the ledger's tokens are the provider's.
+did not validate (their usage rides on the `TeacherError`); an answer that reports no usage is
+settled at its whole reservation. Each request is one ledger line, so the ledger's tokens are the
+provider's.
+
+Our tokenizer is not the provider's (and a client may add a JSON schema to the prompt), so the
+margin is learned: `PromptMargin` starts at `PROMPT_MARGIN` and rises to the largest ratio of
+billed to estimated prompt tokens seen; until the first answer has calibrated it, a capped run
+sends one request at a time.
 """
 
 from __future__ import annotations
@@ -65,8 +71,9 @@ class Tally:
     rule_rejections: Counter[str] = field(default_factory=Counter)
     confusion: Counter[tuple[str, str, bool]] = field(default_factory=Counter)
 
-    def charge(self, kind: str, usage: Usage | None, *, ok: bool) -> None:
-        """Count one request sent (``usage`` None when nothing came back to bill)."""
+    def charge(self, kind: str, usage: Usage | None, *, ok: bool, unknown: bool = False) -> None:
+        """Count one request sent (``usage`` None when nothing came back to bill; ``unknown``
+        when an answer came back without usage)."""
         p = usage.prompt_tokens if usage else 0
         c = usage.completion_tokens if usage else 0
         cost = (usage.cost_usd or 0.0) if usage else 0.0
@@ -75,7 +82,7 @@ class Tally:
         self.prompt_tokens += p
         self.completion_tokens += c
         self.cost_usd += cost
-        if usage is not None and usage.cost_usd is None:
+        if unknown or (usage is not None and usage.cost_usd is None):
             self.cost_unknown += 1
         if usage is not None and not ok:
             self.invalid_paid += 1
@@ -118,7 +125,22 @@ class Usage:
         }
 
 
-def worst_case_cost(price: Any, prompt_tokens: int, max_tokens: int) -> float | None:
-    """The most one request could cost: the prompt with `PROMPT_MARGIN` plus a full completion.
+@dataclass
+class PromptMargin:
+    """How much larger than our estimate a model's billed prompts are (one per model client)."""
+
+    ratio: float = PROMPT_MARGIN
+    calibrated: bool = False
+
+    def observe(self, estimated: int, billed: int) -> None:
+        if estimated > 0 and billed > 0:
+            self.ratio = max(self.ratio, billed / estimated * 1.02)
+            self.calibrated = True
+
+
+def worst_case_cost(
+    price: Any, prompt_tokens: int, max_tokens: int, margin: float = PROMPT_MARGIN
+) -> float | None:
+    """The most one request could cost: the prompt times ``margin`` plus a full completion.
     None when the model's price is unknown."""
-    return price(int(prompt_tokens * PROMPT_MARGIN) + 16, max_tokens)  # type: ignore[no-any-return]
+    return price(int(prompt_tokens * margin) + 16, max_tokens)  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from rationale.accounting import Budget, Tally, Usage, worst_case_cost
+from rationale.accounting import Budget, PromptMargin, Tally, Usage, worst_case_cost
 from rationale.errors import FatalTeacherError, TeacherError
 from rationale.progress import Progress
 from rationale.rundir import RunDir
@@ -47,37 +47,56 @@ class Limited:
     def __init__(self, client: Any, engine: Engine, kind: str) -> None:
         self.client, self.engine, self.kind = client, engine, kind
         self.model_id = client.model_id
+        self.margin = PromptMargin()
+        self._calibrating = asyncio.Lock()
 
     async def attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
         engine = self.engine
         if engine.stopping():
             raise _Stopping
+        if engine.budget.limit is not None and not self.margin.calibrated:
+            # a capped run learns the provider's token count from one answer before it sends
+            # requests side by side
+            async with self._calibrating:
+                if not self.margin.calibrated:
+                    return await self._attempt(messages, **kwargs)
+        return await self._attempt(messages, **kwargs)
+
+    async def _attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        engine = self.engine
         max_tokens = kwargs.get("max_tokens", 0)
         if engine.rpm is not None:
             await engine.rpm.acquire()
+        estimate = engine.prompt_tokens(messages)
         if engine.tpm is not None:
-            need = engine.prompt_tokens(messages) + max_tokens
+            need = estimate + max_tokens
             await engine.tpm.acquire(min(need, engine.config.tpm or need))
         worst = 0.0
         if engine.budget.limit is not None:
-            worst = worst_case_cost(self.price, engine.prompt_tokens(messages), max_tokens) or 0.0
+            worst = worst_case_cost(self.price, estimate, max_tokens, self.margin.ratio) or 0.0
         if engine.stopping() or not engine.budget.reserve(worst):
             raise _Stopping
         usage: Usage | None = None
-        ok = False
+        ok = answered = False
         try:
             completion = await self.client.attempt(messages, **kwargs)
-            usage, ok = Usage.of(completion, self.price), True
+            usage, ok, answered = Usage.of(completion, self.price), True, True
             return completion
         except TeacherError as exc:
             # an answer that was billed but did not validate carries its usage
             usage = Usage.of(getattr(exc, "usage", None), self.price)
             raise
         finally:
-            engine.budget.settle(worst, usage.cost_usd or 0.0 if usage else 0.0)
-            engine.tally.charge(self.kind, usage, ok=ok)
+            if usage is not None:
+                self.margin.observe(estimate, usage.prompt_tokens)
+                cost = usage.cost_usd or 0.0
+            else:  # an answer without usage may still be billed: count the whole reservation
+                cost = worst if answered else 0.0
+            engine.budget.settle(worst, cost)
+            engine.tally.charge(self.kind, usage, ok=ok, unknown=answered and usage is None)
             entry = usage.ledger_entry(self.kind, ok=ok) if usage else {
-                "kind": self.kind, "requests": 1, "ok": ok
+                "kind": self.kind, "requests": 1, "ok": ok,
+                **({"usage_unknown": True, "reserved_usd": worst} if answered else {}),
             }  # fmt: skip
             engine.run_dir.charge(entry)
 
@@ -103,6 +122,7 @@ class Engine:
         )
         self.fatal: FatalTeacherError | None = None
         self.error: BaseException | None = None  # the first unexpected error
+        self.error_traceback = ""
         self.cache: Any = None
         self.rpm: Any = None
         self.tpm: Any = None
@@ -197,7 +217,7 @@ class Engine:
                     await queue.put(item)
                     await asyncio.sleep(0)  # let answers in between two renders
             except Exception as exc:  # a template that cannot render a step, a bad line...
-                self.error = self.error or exc
+                self.fail(exc)
             finally:
                 for _ in range(workers):
                     await queue.put(None)
@@ -207,23 +227,24 @@ class Engine:
                 if self.stopping():
                     continue  # drain: the producer must never block on a full queue
                 try:
-                    finished = await process(item)
+                    if await process(item):
+                        progress.update(self.tally)
                 except Pending:
-                    finished = False
+                    pass
                 except Exception as exc:
-                    self.error = self.error or exc
-                    continue
-                if finished:
-                    progress.update(self.tally)
+                    self.fail(exc)
 
         finished = asyncio.Event()
 
         async def filer() -> None:
             # Writes the finished records' lines every few ms, between waves of answers.
-            while not finished.is_set():
-                self.run_dir.flush()
-                await asyncio.sleep(0.005)
-            self.run_dir.flush()
+            try:
+                while not finished.is_set():
+                    self.run_dir.flush()
+                    await asyncio.sleep(0.005)
+            except Exception as exc:  # a full disk: the workers stop, the error is raised
+                self.fail(exc)
+                await finished.wait()
 
         async def work() -> None:
             try:
@@ -238,10 +259,21 @@ class Engine:
             self.run_dir.flush()
             self.cache.close()
 
+    def fail(self, exc: BaseException) -> None:
+        """Record an unexpected error (the first one wins) with its traceback: the run stops
+        the way the budget stops it."""
+        import traceback
+
+        if self.error is None:
+            self.error = exc
+            self.error_traceback = "".join(traceback.format_exception(exc))
+
     def stopped_reason(self) -> str | None:
-        """Why the run stopped early, for run.json and the summary; None if it did not."""
+        """Why the run stopped early, for run.json and the summary (one line); None if it
+        did not."""
         if self.error is not None:
-            return f"error: {type(self.error).__name__}: {self.error}"
+            first = (str(self.error).strip().splitlines() or [""])[0]
+            return f"error: {type(self.error).__name__}: {first}"
         if self.fatal is not None:
             return f"fatal: {self.fatal}"
         if self.budget.exhausted:

@@ -45,11 +45,22 @@ class FilterJob:
         files = [source / f"{s}.jsonl" for s in STATES] if source.is_dir() else [source]
         self.source: dict[tuple[str, int], SynthRecord] = {}
         self.skipped_lines: list[str] = []
+        where: dict[tuple[str, int], str] = {}
         for file in files:  # another run's files: read only, never repaired
-            for _, rec in read_synth_records(
+            for line_no, rec in read_synth_records(
                 file, on_error=config.on_error, skipped=self.skipped_lines
             ):
+                if rec.key in self.source:  # which one to judge? never keep the last silently
+                    problem = (
+                        f"{file} line {line_no}: session {rec.key[0]!r} step {rec.key[1]} is "
+                        f"already at {where[rec.key]}"
+                    )
+                    if config.on_error != "skip":
+                        raise RationaleError(f"{problem}; remove one of them")
+                    self.skipped_lines.append(problem)
+                    continue
                 self.source[rec.key] = rec
+                where[rec.key] = f"{file} line {line_no}"
         if not self.source:
             raise RationaleError(f"{source}: no synthesis records to filter")
         before_run = read_run_json(source) if source.is_dir() else None
@@ -111,6 +122,23 @@ class FilterJob:
     # -- what the runner needs ----------------------------------------------------------------
 
     def check(self) -> None:
+        """Every source record must be a step of the input its history comes from, or it
+        would vanish from the output; ``--max-cost`` needs the verifier's price."""
+        steps = set(self.records.step_keys())
+        missing = [k for k in self.source if k not in steps]
+        if missing:
+            shown = ", ".join(f"{s!r} step {n}" for s, n in missing[:3])
+            problem = (
+                f"{len(missing)} records of {self.source_path} are not steps of "
+                f"{self.records_file} (changed since the run?), e.g. {shown}"
+            )
+            if self.config.on_error != "skip":
+                raise RationaleError(
+                    f"{problem}; restore the input, or --on-error skip to leave them out"
+                )
+            self.skipped_lines += [f"{problem}: left out"]
+            for key in missing:
+                del self.source[key]
         if self.config.max_cost is not None and self.verifier_client.price(1, 1) is None:
             raise RationaleError(
                 f"the price of the verifier {self.verifier_client.model_id!r} is not in "
@@ -124,6 +152,8 @@ class FilterJob:
             "verifier": self.verifier_client.model_id,
             "verifier_template_version": self.verifier_template.version,
             "seed": self.config.seed,
+            "history_rationales": self.config.history_rationales,
+            **self.judge.identity(),
         }
 
     def describe(self) -> dict[str, Any]:

@@ -44,6 +44,17 @@ class Judge:
         self.verifier = verifier
         self.verifier_template = verifier_template
 
+    def identity(self) -> dict[str, Any]:
+        """What decides a verdict besides the models: the rules and their thresholds (part of
+        a run folder's identity, so a resume never mixes verdicts of two rule sets)."""
+        import hashlib
+
+        thresholds = self.config.rules.model_dump_json().encode()
+        return {
+            "rules": list(self.rules),
+            "rules_config": hashlib.sha256(thresholds).hexdigest()[:16],
+        }
+
     async def judge(
         self, step: Any, rationale: str | None, sample: int, round_: int, prov: Any
     ) -> Candidate:

@@ -125,11 +125,11 @@ class LiteLLMTeacher(PriceMap):
 
     def _billed(self, exc: BaseException) -> BilledUsage | None:
         """The usage of an answer that came back but did not validate (instructor keeps it)."""
+        # Only the answer itself says it was billed: instructor's ``total_usage`` is a zero
+        # usage on connection errors, 429s and 5xx alike.
         usage = getattr(getattr(exc, "last_completion", None), "usage", None)
-        if usage is None:
-            usage = getattr(exc, "total_usage", None)  # an int (total tokens) in old instructors
         p = getattr(usage, "prompt_tokens", None)
         c = getattr(usage, "completion_tokens", None)
-        if not isinstance(p, int) or not isinstance(c, int):
+        if not isinstance(p, int) or not isinstance(c, int) or p + c == 0:
             return None
         return BilledUsage(p, c, self.price(p, c))

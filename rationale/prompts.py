@@ -108,12 +108,18 @@ def _environment(searchpath: Sequence[Path]) -> SandboxedEnvironment:
     return env
 
 
+#: A Jinja comment, ``{# ... #}`` with its whitespace-control marks.
+_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
+
+
 class PromptTemplate:
     """A loaded template: its ``name``, entry ``path``, ``version`` and the ``files`` it covers.
 
     ``version`` is the first 16 hex digits of a sha256 over the source of the template and of
-    every template it includes, extends or imports, recursively: change any of them and it
-    changes. Build one with `load_template`.
+    every template it includes, extends or imports, recursively, with Jinja comments left out:
+    change what any of them renders and it changes; a comment (such as the ``rules:``
+    declaration, which run.json's identity records on its own) leaves the cache valid. Build one
+    with `load_template`.
     """
 
     def __init__(self, name: str, path: Path, searchpath: Sequence[Path]) -> None:
@@ -125,7 +131,7 @@ class PromptTemplate:
         self.files: tuple[Path, ...] = tuple(Path(filename) for _, filename in sources)
         digest = hashlib.sha256()
         for source, _ in sources:
-            data = source.encode("utf-8")
+            data = _COMMENT.sub("", source).encode("utf-8")
             digest.update(f"{len(data)}:".encode())
             digest.update(data)
         self.version = digest.hexdigest()[:16]

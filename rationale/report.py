@@ -8,12 +8,11 @@ RUN_DIR` prints it; every synth or filter run also stores it in run.json and dra
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from rationale.rundir import STATES
+from rationale.rundir import STATES, ledger_entries
 from rationale.schema import SynthRecord
 
 
@@ -59,15 +58,10 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     spend: dict[str, dict[str, float]] = defaultdict(
         lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
     )
-    ledger = run_dir / "ledger.jsonl"
-    if ledger.exists():
-        for line in ledger.read_text(encoding="utf-8").splitlines():
-            if not line.endswith("}"):
-                continue  # a line torn by a kill
-            entry = json.loads(line)
-            bucket = spend[entry.get("kind", "teacher")]
-            for key in bucket:
-                bucket[key] += entry.get(key) or 0
+    for entry in ledger_entries(run_dir / "ledger.jsonl"):
+        bucket = spend[entry.get("kind", "teacher")]
+        for key in bucket:
+            bucket[key] += entry.get(key) or 0
     return {
         "records": total,
         "counts": {state: len(records[state]) for state in STATES},

@@ -212,6 +212,9 @@ class RunDir:
         """Every record already done -> its state. The lock holder repairs a line torn by a
         kill first; anyone else (``repair=False``: a dry run) only reads."""
         assert self._lock is not None or not repair, "only the lock holder repairs a run folder"
+        if repair:  # a ledger line torn by a kill would glue onto the next one written
+            for _ in read_lines(self.ledger, repair=True):
+                pass
         done: dict[tuple[str, int], str] = {}
         for state, file in self.files.items():
             for line_no, rec in read_synth_records(file, repair=repair):
@@ -290,6 +293,22 @@ class RunDir:
             self._lock = None
 
 
+def ledger_entries(ledger: Path) -> Iterator[dict[str, Any]]:
+    """The entries of a ledger file (a torn last line skipped); a line that is not an entry is
+    an error naming it, never a silent zero."""
+    for line_no, line in read_lines(ledger):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            raise RationaleError(
+                f"{ledger} line {line_no}: not a ledger entry; the cost totals cannot be "
+                "trusted: restore the line or move the run folder aside"
+            )
+        yield entry
+
+
 def ledger_totals(ledger: Path) -> dict[str, float | int]:
     """Requests, tokens and cost summed over a ledger file."""
     total: dict[str, float | int] = {
@@ -298,8 +317,7 @@ def ledger_totals(ledger: Path) -> dict[str, float | int]:
         "completion_tokens": 0,
         "cost_usd": 0.0,
     }
-    for _, line in read_lines(ledger):
-        entry = json.loads(line)
+    for entry in ledger_entries(ledger):
         for k in total:
             total[k] += entry.get(k) or 0
     return total

@@ -14,6 +14,8 @@ run.json), ``keys()``, ``items(done)``, ``process(item)``, ``records_file``, ``j
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +44,12 @@ def check_same_run(run_dir: RunDir, identity: dict[str, Any]) -> None:
     """A run folder belongs to one input, teacher and template: refuse to mix them."""
     before = read_run_json(run_dir.path)
     if before is None:
+        # run.json is written before the first record: records without it are not ours
+        if any(f.exists() and f.stat().st_size for f in run_dir.files.values()):
+            raise RationaleError(
+                f"{run_dir.path} holds records but no run.json, so nothing says which input, "
+                "teacher and template made them; use a new -o"
+            )
         return
     theirs = before.get("identity", {})
     changed = [k for k in identity if k in theirs and theirs[k] != identity[k]]
@@ -87,6 +95,7 @@ async def run_job(job: Any) -> RunSummary:
     started, t0 = time.time(), time.monotonic()
     total, skipped = 0, None
     closed = False
+    terminated = _on_sigterm()
 
     async def close_clients() -> None:  # once, however the run ends
         nonlocal closed
@@ -105,32 +114,75 @@ async def run_job(job: Any) -> RunSummary:
             done = {k: s for k, s in done.items() if k not in retry}
         todo = sum(1 for k in keys if k not in done)
         total = len(done) + todo
-        _write_run_json(job, started, 0.0, None, total, skipped)
+        _write_run_json(job, started, 0.0, f"running (pid {os.getpid()})", total, skipped)
         try:
             await engine.drive(job.items(done), job.process, todo=todo, label=job.label)
         finally:
             await close_clients()
     except BaseException as exc:
-        # interrupted (Ctrl-C, a kill the process survives) or failed before the engine ran:
-        # every line is flushed, and run.json says so when it already existed
-        await close_clients()
-        run_dir.flush()
-        if total and not isinstance(exc, RationaleError):
-            _finalise(job, started, time.monotonic() - t0, f"interrupted: {exc!r}", total, skipped)
-        run_dir.close()
+        # interrupted (Ctrl-C, SIGTERM) or failed before the engine ran: every line is
+        # flushed, and run.json says so when it already existed
+        try:
+            await close_clients()
+            run_dir.flush()
+            if total and not isinstance(exc, RationaleError):
+                why = "SIGTERM" if terminated else "Ctrl-C" if _interrupt(exc) else repr(exc)
+                wall = time.monotonic() - t0
+                counts = _finalise(job, started, wall, f"interrupted: {why}", total, skipped)
+                if terminated:
+                    raise RationaleError(
+                        f"{job.label} stopped by SIGTERM with {total - sum(counts.values())} "
+                        "records pending; rerun the same command to continue"
+                    ) from None
+        finally:
+            run_dir.close()
         raise
-    stopped = engine.stopped_reason()
-    wall = time.monotonic() - t0
-    counts = _finalise(job, started, wall, stopped, total, skipped)
-    run_dir.close()
+    try:
+        stopped = engine.stopped_reason()
+        wall = time.monotonic() - t0
+        counts = _finalise(job, started, wall, stopped, total, skipped)
+        if engine.error is not None:  # kept for whoever fixes it; the exit stays one line
+            (run_dir.path / "error.txt").write_text(
+                redact(engine.error_traceback), encoding="utf-8"
+            )
+    finally:
+        run_dir.close()
     pending = total - sum(counts.values())
     summary = RunSummary(run_dir.path, counts, pending, engine.tally, wall, stopped)
     if engine.error is not None or engine.fatal is not None:
+        where = " (traceback in error.txt)" if engine.error is not None else ""
         raise RationaleError(
-            f"{job.label} stopped ({redact(str(stopped))}) with {pending} records pending; "
-            "every answer paid for is saved: fix the cause and rerun the same command to continue"
+            f"{job.label} stopped ({redact(str(stopped))}){where} with {pending} records "
+            "pending; every answer paid for is saved: fix the cause and rerun the same command "
+            "to continue"
         )
     return summary
+
+
+def _interrupt(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
+
+
+def _on_sigterm() -> list[bool]:
+    """Make SIGTERM (docker stop, a job scheduler's timeout) stop the run like Ctrl-C: the main
+    task is cancelled, the run folder finalised. Returns a flag list that is true once it came."""
+    import asyncio
+    import signal
+
+    came: list[bool] = []
+    task = asyncio.current_task()
+
+    def stop() -> None:
+        came.append(True)
+        if task is not None:
+            task.cancel()
+
+    # not in the main thread, or on Windows: SIGTERM keeps its default
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+    return came
 
 
 def _finalise(

@@ -129,6 +129,7 @@ class SynthJob:
             "template_version": self.template.version,
             "seed": self.config.seed,
             "history_rationales": self.config.history_rationales,
+            **self.judge.identity(),
             "verifier": self.verifier_client.model_id if self.verifier_client else None,
             "verifier_template_version": (
                 self.verifier_template.version if self.verifier_client else None
@@ -340,8 +341,15 @@ class SynthJob:
     def estimate(self) -> dict[str, Any]:
         """Render every prompt, count tokens, price the worst case; call nothing, write nothing."""
         from rationale.cache import ResponseCache
+        from rationale.runner import check_same_run
 
-        done = self.run_dir.load(repair=False) if self.run_dir.path.is_dir() else {}
+        done: dict[tuple[str, int], str] = {}
+        if self.run_dir.path.is_dir():
+            check_same_run(self.run_dir, self.identity())  # the same refusals as a real run
+            done = self.run_dir.load(repair=False)
+        if self.config.retry_failed:  # as the run will: failed records within --limit go again
+            keys = set(self.keys())
+            done = {k: s for k, s in done.items() if s != "failed" or k not in keys}
         cache = ResponseCache()
         out = {
             "records": 0,

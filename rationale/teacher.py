@@ -106,6 +106,7 @@ def make_teacher(
         return LocalTeacher(name.partition(":")[2] or "smollm2-135m")
     if not name.strip():
         raise ConfigError("--teacher is empty: give a litellm model string or 'local'")
+    _check_api_base(api_base)
     eligible = fast_path_eligible(name, api_base)
     if client == "fast" and not eligible:
         raise ConfigError(
@@ -115,6 +116,25 @@ def make_teacher(
     if client in ("auto", "fast") and eligible:
         return OpenAICompatibleTeacher(name, api_base=str(api_base), timeout=timeout)
     return LiteLLMTeacher(name, api_base=api_base, timeout=timeout)
+
+
+def _check_api_base(api_base: str | None) -> None:
+    """A malformed ``--api-base`` is a one-line error (its credentials redacted), not a
+    traceback from deep inside an HTTP client."""
+    if not api_base:
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(api_base)
+        url.port  # noqa: B018  (parses the port: "host:notaport" raises here)
+    except ValueError as exc:
+        raise ConfigError(f"--api-base {redact(api_base)!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(
+            f"--api-base {redact(api_base)!r} is not an http(s) URL with a host, "
+            "e.g. http://127.0.0.1:8000/v1"
+        )
 
 
 def describe_error(exc: TeacherError) -> dict[str, str]:

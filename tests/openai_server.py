@@ -81,6 +81,7 @@ class Reply:
     headers: dict | None = None  # status/ok: extra response headers
     seconds: float = 0.0  # delay
     then: Reply | None = None  # delay: the reply after sleeping (None: what it would have got)
+    usage: bool = True  # ok: False bills the answer (see `billed`) but sends no usage block
 
 
 def ok(
@@ -90,8 +91,10 @@ def ok(
     completion_tokens: int | None = None,
     finish_reason: str = "stop",
     headers: dict | None = None,
+    usage: bool = True,
 ) -> Reply:
-    """HTTP 200, a chat.completion with this message content (None: the default answer's)."""
+    """HTTP 200, a chat.completion with this message content (None: the default answer's).
+    ``usage=False``: billed as usual, but the answer carries no usage block."""
     return Reply(
         "ok",
         content=content,
@@ -99,6 +102,7 @@ def ok(
         completion_tokens=completion_tokens,
         finish_reason=finish_reason,
         headers=headers,
+        usage=usage,
     )
 
 
@@ -413,9 +417,10 @@ class ScriptedServer:
         if reply.kind == "ok":
             if body.get("stream"):
                 return await self._stream(request, reply, body, index)
-            return web.json_response(
-                self._bill(_completion(reply, body, index)), headers=reply.headers
-            )
+            answer = self._bill(_completion(reply, body, index))
+            if not reply.usage:
+                answer.pop("usage")
+            return web.json_response(answer, headers=reply.headers)
         if reply.kind == "status":
             if reply.body is None:
                 return web.json_response(

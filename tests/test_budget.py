@@ -110,3 +110,65 @@ def test_an_unpriced_verifier_makes_max_cost_refuse_to_start(tmp_path: Path, ope
     with pytest.raises(RationaleError, match="price of the verifier 'openai/test-model'"):
         run_synth(config, retry_policy=FAST)
     assert openai_server.count == 0 and not (tmp_path / "run").exists()
+
+
+def test_answers_without_usage_are_charged_their_whole_reservation(
+    tmp_path: Path, openai_server
+) -> None:
+    """A provider that reports no usage still bills: the cap holds by the server's count."""
+    from openai_server import ok
+
+    cap = 0.003
+    openai_server.responder = lambda body, index: ok(usage=False)
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
+        api_base=openai_server.url, max_cost=cap, concurrency=8, verifier="none", timeout=5.0,
+    )  # fmt: skip
+    summary = run_synth(config, retry_policy=FAST)
+    assert summary.stopped and summary.stopped.startswith("budget")
+    price_in, price_out = model_price(PRICED)
+    billed = openai_server.billed
+    assert billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out <= cap
+    state = read_run_json(tmp_path / "run")
+    assert state["cost_usd"]["unknown_for_requests"] == openai_server.count > 0
+    entries = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    assert all(e["usage_unknown"] and e["reserved_usd"] > 0 for e in entries)
+
+
+@pytest.mark.parametrize("client", ["fast", "litellm"])
+def test_a_provider_counting_more_tokens_than_we_do_cannot_break_the_cap(
+    tmp_path: Path, openai_server, client: str
+) -> None:
+    """The provider bills 3x the prompt tokens our tokenizer counts (another tokenizer, a
+    schema the client adds): the margin is learned from the first answer."""
+    from openai_server import ok
+
+    def counts_triple(body: dict, index: int):
+        chars = sum(len(m.get("content") or "") for m in body["messages"])
+        return ok(prompt_tokens=3 * max(1, chars // 4))
+
+    cap = 0.004
+    openai_server.responder = counts_triple
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED, client=client,
+        api_base=openai_server.url, max_cost=cap, concurrency=8, verifier="none", timeout=5.0,
+    )  # fmt: skip
+    summary = run_synth(config, retry_policy=FAST)
+    assert summary.stopped and summary.stopped.startswith("budget")
+    price_in, price_out = model_price(PRICED)
+    billed = openai_server.billed
+    assert billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out <= cap
+    assert summary.tally.cost_usd <= cap and summary.counts["accepted"] > 3
+
+
+def test_a_failed_request_is_not_a_paid_invalid_answer(tmp_path: Path) -> None:
+    """Nothing listens on port 9: no answer, nothing billed, nothing of unknown price."""
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED, client="litellm",
+        api_base="http://127.0.0.1:9/v1", verifier="none", limit=2, timeout=2.0,
+    )  # fmt: skip
+    summary = run_synth(config, retry_policy=RetryPolicy(max_attempts=2, backoff=0.01))
+    assert summary.counts["failed"] == 2
+    cost = read_run_json(tmp_path / "run")["cost_usd"]
+    assert cost["paid_invalid_answers"] == 0 and cost["unknown_for_requests"] == 0
+    assert cost["total"] == 0

@@ -129,18 +129,21 @@ def test_synth_then_filter(runs: Runs) -> None:
     assert _names(runs.filtered, "rejected") == ["item.vague_1", "item.vague_3"]
 
 
-def test_report_text_and_json(runs: Runs) -> None:
+def test_report_text_and_json(runs: Runs, tmp_path: Path) -> None:
     assert runs.filter.returncode == 0, runs.filter.stderr
-    chart = runs.filtered / "acceptance.png"
-    chart.unlink(missing_ok=True)  # the filter run drew it too
+    folder = {p.name: p.read_bytes() for p in runs.filtered.iterdir() if p.is_file()}
     proc = run("report", str(runs.filtered))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(
         "records: 4  accepted 2, rejected 2, failed 0  (acceptance 50.0%)"
     )
     assert re.search(r"^  verifier\s+2 / 2$", proc.stdout, re.M)
-    assert proc.stderr.strip() == f"chart: {chart}"
+    chart = tmp_path / "chart.png"
+    proc = run("report", str(runs.filtered), "--chart", str(chart))
+    assert proc.returncode == 0 and proc.stderr.strip() == f"chart: {chart}"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # report only reads: the run folder is byte for byte what it was
+    assert {p.name: p.read_bytes() for p in runs.filtered.iterdir() if p.is_file()} == folder
     proc = run("report", str(runs.filtered), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

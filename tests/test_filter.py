@@ -12,6 +12,7 @@ import pytest
 from helpers import EXAMPLES, record, write_lines
 from openai_server import ok, status
 
+from rationale import RationaleError
 from rationale.filter import run_filter
 from rationale.rules import RulesConfig, check_rules
 from rationale.rundir import read_run_json
@@ -359,3 +360,27 @@ def test_filter_keeps_every_candidate_it_was_given(tmp_path: Path, server) -> No
     assert [(c["sample"], c["state"]) for c in after] == [(0, "rejected"), (1, "accepted")]
     assert after[0] == before[0]  # carried over as it was, verdict and all
     assert after[1]["verification"]["match"] is True
+
+
+def test_filter_refuses_source_records_it_would_lose(tmp_path: Path, server) -> None:
+    """A source record that is not a step of the input (the input changed since), or a key
+    given twice in a synth JSONL, is an error naming it, or left out and reported with skip."""
+    source = records_file(tmp_path)
+    synth(tmp_path, server, source, verifier="none")
+    run = tmp_path / "run"
+    lines_of_input = source.read_text().splitlines()
+    source.write_text("\n".join(lines_of_input[:-1]) + "\n")  # the s2 record is gone
+    config = SynthConfig(input=str(run), output=str(tmp_path / "f"), api_base=server.url)
+    with pytest.raises(RationaleError, match=r"1 records of .* are not steps of .*input\.jsonl"):
+        run_filter(config, retry_policy=FAST)
+    skipped = run_filter(config.model_copy(update={"on_error": "skip"}), retry_policy=FAST)
+    assert sum(skipped.counts.values()) == 10
+    assert "not steps of" in read_run_json(tmp_path / "f")["skipped_input"]["lines"][0]["error"]
+    twice = tmp_path / "twice.jsonl"
+    accepted = (run / "accepted.jsonl").read_text().splitlines()
+    twice.write_text("\n".join([*accepted, accepted[0]]) + "\n")
+    config = SynthConfig(input=str(twice), output=str(tmp_path / "f2"), api_base=server.url,
+                         verifier="openai/test-model")  # fmt: skip
+    with pytest.raises(RationaleError, match=rf"line {len(accepted) + 1}: session 's1' step 0 "
+                       r"is already at .*line 1"):  # fmt: skip
+        run_filter(config, retry_policy=FAST)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from openai_server import ScriptedServer, status
 
-from rationale.errors import TeacherError, redact
+from rationale.errors import ConfigError, TeacherError, redact
 from rationale.teacher import describe_error, make_teacher
 
 USER, PASSWORD, QUERY_KEY = "alice-sentinel", "pw-hunter2-sentinel", "qs-secret-9876"
@@ -145,11 +145,19 @@ def test_an_unreachable_endpoint_names_no_credential(client: str) -> None:
     assert error.category in ("connection", "server")
 
 
-def test_an_unusable_url_is_a_redacted_teacher_error() -> None:
-    # aiohttp names the whole URL in this error; it used to reach the message with the password.
-    error = attempt("fast", with_credentials("http://127.0.0.1:notaport/v1"))
-    assert_no_secret(error)
-    assert "http://***@127.0.0.1:notaport/v1/chat/completions?api_key=***" in str(error)
+@pytest.mark.parametrize("client", ["fast", "litellm"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:notaport/v1", "http://[::1/v1", "127.0.0.1:8000/v1"]
+)
+def test_an_unusable_url_is_a_redacted_config_error(client: str, url: str) -> None:
+    """Refused when the teacher is built, before any request, with the credentials redacted
+    (aiohttp and urlsplit name the whole URL in their own errors)."""
+    bad = with_credentials(url) if "://" in url else url
+    with pytest.raises(ConfigError, match="--api-base") as info:
+        make_teacher("openai/test-model", api_base=bad, timeout=5, client=client)
+    for secret in SECRETS:
+        assert secret not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("client", ["fast", "litellm"])

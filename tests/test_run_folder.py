@@ -301,3 +301,124 @@ def test_a_run_made_with_skip_is_read_by_filter_distill_data_and_export_sft(
     assert out.returncode == 0, out.stderr
     assert len((tmp_path / "sft.jsonl").read_text().splitlines()) == 2
     assert "skipped:" in out.stderr and "line 3" in out.stderr
+
+
+# -- found in review: the ledger, foreign folders, multi-line errors, SIGTERM, dry runs -----------
+
+
+def test_a_torn_ledger_line_is_repaired_and_a_bad_one_named(tmp_path: Path, openai_server) -> None:
+    from rationale.report import build_report
+
+    synth(tmp_path, openai_server, limit=3)
+    run = tmp_path / "run"
+    with open(run / "ledger.jsonl", "a") as f:
+        f.write('{"kind": "teacher", "requests": 1, "ok": tr')  # torn by a kill
+    synth(tmp_path, openai_server, limit=5)  # the writer cuts the torn line first
+    assert read_run_json(run)["requests"]["total"] == 5
+    assert build_report(run)["spend"]["teacher"]["requests"] == 5
+    with open(run / "ledger.jsonl", "a") as f:
+        f.write("not a ledger entry\n")
+    with pytest.raises(RationaleError, match=r"ledger\.jsonl line 6: not a ledger entry"):
+        build_report(run)
+
+
+def test_a_folder_with_records_but_no_run_json_is_refused(tmp_path: Path, openai_server) -> None:
+    synth(tmp_path, openai_server, limit=2)
+    (tmp_path / "run" / "run.json").unlink()
+    with pytest.raises(RationaleError, match=r"holds records but no run\.json"):
+        synth(tmp_path, openai_server, limit=2)
+
+
+def test_a_multi_line_error_exits_as_one_line_with_the_traceback_kept(
+    tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rationale.judging
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("first line of the bug\nsecond line\nthird line")
+
+    monkeypatch.setattr(rationale.judging, "outcome", boom)
+    monkeypatch.setattr("rationale.synth.outcome", boom)
+    with pytest.raises(RationaleError) as info:
+        synth(tmp_path, openai_server, limit=4)
+    assert "\n" not in str(info.value) and "first line of the bug" in str(info.value)
+    assert "error.txt" in str(info.value)
+    run = tmp_path / "run"
+    assert read_run_json(run)["stopped"] == "error: RuntimeError: first line of the bug"
+    trace = (run / "error.txt").read_text()
+    assert "Traceback" in trace and "third line" in trace
+
+
+def test_sigterm_finalises_the_run_and_a_rerun_finishes_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "RATIONALE_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": "sk-t"}
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "openai_server.py"), "--port", "0",
+         "--latency", "0.3"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        port = server.stdout.readline().split()[1]  # type: ignore[union-attr]
+        cmd = [sys.executable, "-m", "rationale.cli", "synth", str(SAMPLE), "-o",
+               str(tmp_path / "run"), "--teacher", "openai/test-model", "--api-base",
+               f"http://127.0.0.1:{port}/v1", "--limit", "40", "--concurrency", "2",
+               "--verifier", "none"]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        accepted = tmp_path / "run" / "accepted.jsonl"
+        while time.monotonic() < deadline and (
+            not accepted.exists() or len(accepted.read_text().splitlines()) < 3
+        ):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("Error: synth stopped by SIGTERM with") and "pending" in last
+        state = read_run_json(tmp_path / "run")
+        assert state["stopped"] == "interrupted: SIGTERM"
+        filed = len(accepted.read_text().splitlines())
+        assert 3 <= filed < 40 and state["counts"]["accepted"] == filed
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert read_run_json(tmp_path / "run")["counts"]["accepted"] == 40
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_dry_run_counts_retried_failures_and_refuses_another_runs_folder(
+    tmp_path: Path, openai_server
+) -> None:
+    from openai_server import status
+
+    openai_server.fault(lambda body: True, status(400), times=None)
+    synth(tmp_path, openai_server, limit=4)  # 4 failed
+    openai_server.reset()
+    estimate = synth(tmp_path, openai_server, limit=3, dry_run=True, retry_failed=True)
+    assert estimate["already_done"] == 0 and estimate["to_call"] == 3
+    assert synth(tmp_path, openai_server, limit=3, dry_run=True)["already_done"] == 3
+    with pytest.raises(RationaleError, match="different teacher"):
+        synth(tmp_path, openai_server, limit=3, dry_run=True, teacher="openai/other-model")
+
+
+def test_a_template_comment_keeps_the_version_and_the_rules_are_in_the_identity(
+    tmp_path: Path, openai_server
+) -> None:
+    from rationale.prompts import load_template
+
+    source = (Path(__file__).parent.parent / "prompts" / "generic.jinja").read_text()
+    first, second = tmp_path / "a.jinja", tmp_path / "b.jinja"
+    first.write_text(source)
+    second.write_text(source.replace(" copied_example repeated_sentence", "", 1))  # rules line
+    assert load_template(str(first)).version == load_template(str(second)).version
+    synth(tmp_path, openai_server, limit=2, template=str(first))
+    assert openai_server.count == 2
+    # same prompts (so the cache answers), but other rules: not the same run
+    with pytest.raises(RationaleError, match="different rules"):
+        synth(tmp_path, openai_server, limit=2, template=str(second))
+    synth(tmp_path, openai_server, limit=2, template=str(second), output=str(tmp_path / "r2"))
+    assert openai_server.count == 2  # answered from the cache

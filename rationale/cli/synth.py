@@ -164,11 +164,19 @@ def filter_(ctx: click.Context, source: str, **flags: Any) -> None:
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def report(run_dir: str, as_json: bool) -> None:
-    """Acceptance, rejections per rule, verifier confusion and spend of a run; draws its chart."""
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False),
+    help="Also draw the acceptance chart to this PNG (the run draws its own acceptance.png; "
+    "report never writes into a run folder).",
+)
+def report(run_dir: str, as_json: bool, chart: str | None) -> None:
+    """Acceptance, rejections per rule, verifier confusion and spend of a run (read only)."""
     from rationale.report import build_report, render_text, write_chart
 
     data = build_report(run_dir)
-    chart = write_chart(data, Path(run_dir) / "acceptance.png")
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
-    click.echo(f"chart: {chart}", err=True)
+    if chart:
+        if Path(chart).resolve().parent == Path(run_dir).resolve():
+            raise click.UsageError("--chart must be outside the run folder (report only reads it)")
+        click.echo(f"chart: {write_chart(data, chart)}", err=True)
