@@ -31,6 +31,23 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-budget")
 
 
+def billed_usd(server) -> float:
+    """What the server billed, priced as litellm's map prices the model."""
+    price_in, price_out = model_price(PRICED)
+    billed = server.billed
+    return billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
+
+
+def capped(tmp_path: Path, server, cap: float, **overrides):
+    """A synth run of the shipped sample under ``--max-cost cap`` against the local server."""
+    settings = {"concurrency": 8, "verifier": "none", "timeout": 5.0, **overrides}
+    config = SynthConfig(
+        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED, api_base=server.url,
+        max_cost=cap, **settings,
+    )  # fmt: skip
+    return run_synth(config, retry_policy=FAST)
+
+
 def faulty(seed: int):
     """30% 429/500 (not billed), 30% billed answers that are not JSON, the rest good."""
     rng = random.Random(seed)
@@ -54,16 +71,9 @@ def test_max_cost_holds_against_retries_and_paid_invalid_answers(
 ) -> None:
     cap = 0.004
     openai_server.responder = faulty(seed=3)
-    config = SynthConfig(
-        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
-        api_base=openai_server.url, client=client, max_cost=cap, concurrency=8,
-        verifier="none", timeout=5.0,
-    )  # fmt: skip
-    summary = run_synth(config, retry_policy=FAST)
+    summary = capped(tmp_path, openai_server, cap, client=client)
     assert summary.stopped and summary.stopped.startswith("budget")
-    price_in, price_out = model_price(PRICED)
-    billed = openai_server.billed
-    billed_cost = billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
+    billed, billed_cost = openai_server.billed, billed_usd(openai_server)
     assert billed["answers"] > 10  # the cap was reached through many billed answers
     assert billed_cost <= cap  # never spend past the cap, by the provider's own count
     run = tmp_path / "run"
@@ -84,19 +94,12 @@ def test_max_cost_holds_against_retries_and_paid_invalid_answers(
 
 def test_a_rerun_spends_a_new_cap_and_the_ledger_adds_up(tmp_path: Path, openai_server) -> None:
     openai_server.responder = faulty(seed=5)
-    config = SynthConfig(
-        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
-        api_base=openai_server.url, max_cost=0.002, concurrency=4, verifier="none",
-        timeout=5.0, limit=60,
-    )  # fmt: skip
-    first = run_synth(config, retry_policy=FAST)
-    second = run_synth(config, retry_policy=FAST)
+    first = capped(tmp_path, openai_server, 0.002, concurrency=4, limit=60)
+    second = capped(tmp_path, openai_server, 0.002, concurrency=4, limit=60)
     assert first.stopped and first.stopped.startswith("budget")
     assert 0 < second.tally.cost_usd <= 0.002 and first.tally.cost_usd <= 0.002
     assert second.counts["accepted"] > first.counts["accepted"]
-    price_in, price_out = model_price(PRICED)
-    billed = openai_server.billed
-    billed_cost = billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
+    billed_cost = billed_usd(openai_server)
     total = read_run_json(tmp_path / "run")["cost_usd"]["total"]
     assert total == pytest.approx(billed_cost, abs=1e-8)
     assert total == pytest.approx(first.tally.cost_usd + second.tally.cost_usd, abs=1e-8)
@@ -120,15 +123,9 @@ def test_answers_without_usage_are_charged_their_whole_reservation(
 
     cap = 0.003
     openai_server.responder = lambda body, index: ok(usage=False)
-    config = SynthConfig(
-        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED,
-        api_base=openai_server.url, max_cost=cap, concurrency=8, verifier="none", timeout=5.0,
-    )  # fmt: skip
-    summary = run_synth(config, retry_policy=FAST)
+    summary = capped(tmp_path, openai_server, cap)
     assert summary.stopped and summary.stopped.startswith("budget")
-    price_in, price_out = model_price(PRICED)
-    billed = openai_server.billed
-    assert billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out <= cap
+    assert billed_usd(openai_server) <= cap
     state = read_run_json(tmp_path / "run")
     assert state["cost_usd"]["unknown_for_requests"] == openai_server.count > 0
     entries = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
@@ -149,15 +146,9 @@ def test_a_provider_counting_more_tokens_than_we_do_cannot_break_the_cap(
 
     cap = 0.004
     openai_server.responder = counts_triple
-    config = SynthConfig(
-        input=str(SAMPLE), output=str(tmp_path / "run"), teacher=PRICED, client=client,
-        api_base=openai_server.url, max_cost=cap, concurrency=8, verifier="none", timeout=5.0,
-    )  # fmt: skip
-    summary = run_synth(config, retry_policy=FAST)
+    summary = capped(tmp_path, openai_server, cap, client=client)
     assert summary.stopped and summary.stopped.startswith("budget")
-    price_in, price_out = model_price(PRICED)
-    billed = openai_server.billed
-    assert billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out <= cap
+    assert billed_usd(openai_server) <= cap
     assert summary.tally.cost_usd <= cap and summary.counts["accepted"] > 3
 
 
