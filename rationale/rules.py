@@ -1,12 +1,7 @@
-"""The consistency filter: cheap rules first, then a verifier that never sees the action.
+"""The cheap rules of the consistency filter: checks of a rationale's text that need no model.
 
-The teacher is told the true action, so "does the rationale agree with its action" filters
-nothing. The test that matters hides the action: a verifier model reads the context (cut
-without looking at the action), the history and the candidate rationale, and predicts the
-action; the rationale is kept only if that prediction equals the true action under
-`ActionSpace.equal`, the one definition of action equality.
-
-Cheap rules run before any verifier call and each can reject on its own. Which rules apply is
+They run before the blind verifier (`rationale.judging`), and each can reject on its own, so a
+rejected candidate costs no verifier call. Which rules apply is
 declared by the teacher template (a ``{# rules: ... #}`` comment at its top; `template_rules`);
 their thresholds live in `RulesConfig`. Two rules catch what small teachers do: copy a sentence
 of the prompt itself (`copied_example`, against the phrases `template_examples` reads from the
