@@ -92,7 +92,9 @@ class SFTData:
         self.skipped: list[str] = []
         self.template = load_template(STUDENT_TEMPLATE)
         self.stats = SFTStats()
-        source = read_accepted(self.data, on_error=on_error, skipped=self.skipped)
+        source = read_accepted(
+            self.data, on_error=on_error, skipped=self.skipped, action_space=action_space
+        )
         self.rationales = source.rationales
         self.history_source = source.history_source
         self.input_on_error = source.input_on_error  # the run's own choice for its input wins

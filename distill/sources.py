@@ -32,7 +32,9 @@ class Accepted:
     unverified: set[tuple[str, int]] = field(default_factory=set)  # keys no verifier checked
 
 
-def read_accepted(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
+def read_accepted(
+    data: Path, *, on_error: str, skipped: list[str], action_space: str | None = None
+) -> Accepted:
     """The accepted rationales of a run folder or a JSONL file.
 
     With ``on_error="skip"`` a bad line is left out and described in ``skipped``; otherwise it
@@ -42,7 +44,7 @@ def read_accepted(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
         return _from_run(data, on_error=on_error, skipped=skipped)
     if not data.is_file():
         raise DistillError(f"{data}: no such file or run folder")
-    return _from_file(data, on_error=on_error, skipped=skipped)
+    return _from_file(data, on_error=on_error, skipped=skipped, action_space=action_space)
 
 
 def _from_run(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
@@ -58,7 +60,9 @@ def _from_run(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
         history_source=str(run_records_file(data)),  # synth or filter run: its record file
         action_space=config.get("action_space"),
         # the run left out its input's bad sessions: so does the training data
-        input_on_error="skip" if config.get("on_error") == "skip" else on_error,
+        input_on_error="skip"
+        if "skip" in (config.get("on_error"), run.get("records_file_on_error"))
+        else on_error,
     )
     for _, rec in read_synth_records(accepted, on_error=on_error, skipped=skipped):
         if rec.state == "accepted" and rec.rationale:
@@ -72,36 +76,47 @@ def _from_run(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
     return out
 
 
-def _from_file(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
-    """Synthesis lines (accepted ones are used) or plain records with a human rationale."""
+def _from_file(
+    data: Path, *, on_error: str, skipped: list[str], action_space: str | None = None
+) -> Accepted:
+    """Synthesis lines (accepted ones are used) or plain records with a human rationale.
+
+    Each line is checked here, so an error names the user's file and line (not the copy that
+    histories are indexed from): bad JSON or UTF-8, a record that is not valid, a step twice.
+    """
     import hashlib
 
+    from rationale.errors import RationaleError
     from rationale.paths import state_dir
-    from rationale.schema import SynthRecord
+    from rationale.records import parse_record
+    from rationale.schema import ActionSpace, SynthRecord
 
+    space = ActionSpace.from_file(action_space) if action_space else ActionSpace.default()
     rationales: dict[tuple[str, int], str] = {}
     out = Accepted(rationales=rationales, history_source="", input_on_error=on_error)
-    records = []
-    for n, line in enumerate(data.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for n, raw in enumerate(data.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            obj = json.loads(line)
-            if isinstance(obj, dict) and "state" in obj and "record" in obj:
-                rec = SynthRecord.model_validate(obj)
-                records.append(rec.record)
-                if rec.state == "accepted" and rec.rationale:
-                    rationales[rec.key] = rec.rationale
-                    _note_origin(out, rec)
-            elif isinstance(obj, dict) and "session_id" in obj:
-                records.append(obj)
-                if obj.get("rationale"):
-                    rationales[(str(obj["session_id"]), int(obj["step"]))] = obj["rationale"]
-            else:
-                raise ValueError("neither a synthesis record nor a step record")
-        except (ValueError, TypeError, RecursionError) as exc:
-            first = (str(exc).splitlines() or [""])[0][:200]
-            problem = f"{data} line {n}: {first}"
+            is_synth = b'"state"' in raw and b'"record"' in raw
+            rec = SynthRecord.model_validate_json(raw) if is_synth else None
+            body = json.dumps(rec.record).encode() if rec is not None else raw
+            record = parse_record(body, path=str(data), line=n, space=space)
+            key = (record.session_id, record.step)
+            if key in records:
+                raise ValueError(f"session {key[0]!r} step {key[1]} is there twice")
+            records[key] = record.dump()
+            text = rec.rationale if rec is not None and rec.state == "accepted" else None
+            if rec is None:
+                text = record.rationale  # a human-written one
+            elif text:
+                _note_origin(out, rec)
+            if text:
+                rationales[key] = text
+        except (RationaleError, ValueError, TypeError, RecursionError) as exc:
+            first = (str(exc).splitlines() or [""])[0][:300]
+            problem = first if first.startswith(str(data)) else f"{data} line {n}: {first}"
             if on_error != "skip":
                 raise DistillError(f"{problem} (use --on-error skip to leave it out)") from None
             skipped.append(problem)
@@ -110,9 +125,10 @@ def _from_file(data: Path, *, on_error: str, skipped: list[str]) -> Accepted:
     source = state_dir() / "distill-inputs" / f"{digest}.jsonl"
     source.parent.mkdir(parents=True, exist_ok=True)
     with open(source, "w", encoding="utf-8") as f:
-        for r in records:
+        for r in records.values():
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     out.history_source = str(source)
+    out.action_space = action_space
     return out
 
 

@@ -87,8 +87,8 @@ class FilterJob:
         )
         self.records_file = self._history_source(before_run, files)
         # a source run made with --on-error skip left its input's bad sessions out: so do we
-        input_on_error = "skip" if before.get("on_error") == "skip" else config.on_error
-        self.records = RecordFile(self.records_file, space=self.space, on_error=input_on_error)
+        self.input_on_error = "skip" if before.get("on_error") == "skip" else config.on_error
+        self.records = RecordFile(self.records_file, space=self.space, on_error=self.input_on_error)
         self.template = load_template(config.template)
         self.verifier_template = load_template(config.verifier_template or "verifier")
         self.source_path = str(source.resolve())

@@ -245,7 +245,10 @@ def parse_record(
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(
-            path, line, f"is not UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
+            path,
+            line,
+            f"is not UTF-8 (byte {exc.start}); re-encode the file as UTF-8",
+            session_id=_session_id_of(raw),
         ) from None
     try:
         data = jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="keys")

@@ -86,7 +86,12 @@ class SynthConfig(BaseModel):
 
 def read_lines(file: Path, *, repair: bool = False) -> Iterator[tuple[int, str]]:
     """Complete lines of a JSONL file. A torn last line (no newline) is skipped, and with
-    ``repair`` (only by the run's lock holder, before it writes) cut off the file."""
+    ``repair`` (only by the run's lock holder, before it writes) cut off the file.
+
+    Lines end at ``\n`` only: U+2028, NEL and the like are text inside a JSON string (scraped
+    pages hold them), not line ends. A line that is not UTF-8 comes back as text that is not
+    JSON, so its reader reports that line as bad instead of the whole file failing.
+    """
     if not file.exists():
         return
     with open(file, "rb+" if repair else "rb") as f:
@@ -95,9 +100,12 @@ def read_lines(file: Path, *, repair: bool = False) -> Iterator[tuple[int, str]]
             if repair:
                 f.truncate(data.rfind(b"\n") + 1)
             data = data[: data.rfind(b"\n") + 1]
-    for n, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for n, raw in enumerate(data.split(b"\n"), start=1):
         if raw.strip():
-            yield n, raw
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield n, "<a line that is not UTF-8>"
 
 
 def read_synth_records(

@@ -218,6 +218,7 @@ def _write_run_json(
         "config": job.config.resolved(),
         "identity": job.identity(),
         "records_file": str(Path(job.records_file).resolve()),
+        "records_file_on_error": job.input_on_error,  # how readers must read it too
         "template": job.describe(),
         "tokenizer": tokenizer_info(),
         "records": total,

@@ -93,6 +93,7 @@ class SynthJob:
             else ActionSpace.default()
         )
         self.records_file = config.input
+        self.input_on_error = config.on_error
         self.records = RecordFile(config.input, space=self.space, on_error=config.on_error)
         self.template = load_template(config.template)
         self.verifier_template = load_template(config.verifier_template or "verifier")

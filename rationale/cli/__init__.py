@@ -34,6 +34,10 @@ class _Group(click.Group):
             # A file we could not read or write: the OS message names it.
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:  # a config, action-space or template file
+            raise click.ClickException(
+                f"a file is not UTF-8 (byte {exc.start}: {exc.reason}); re-encode it as UTF-8"
+            ) from None
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

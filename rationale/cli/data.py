@@ -144,7 +144,11 @@ def steps(
 
     with open_records(file, on_error=on_error, action_space=action_space) as records:
         count = 0
+        left_out = records.skipped_sessions if on_error == "skip" else {}
         for session_id in session_ids or records.session_ids():
+            if session_id in left_out:
+                click.echo(f"session {session_id!r} was left out (a bad line)", err=True)
+                continue
             session = records.session(session_id)
             if not session:
                 raise click.ClickException(f"{file}: no session {session_id!r}")

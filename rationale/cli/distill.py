@@ -70,9 +70,10 @@ def distill(ctx: click.Context, **flags: Any) -> None:
     config = _job_config(ctx, DistillConfig, flags)
     run = run_distill(config)
     r, s = run.result, run.stats
+    loss = "no loss logged" if r.final_loss is None else f"final loss {r.final_loss:.4f}"
     click.echo(
         f"distill: {run.backend} ({run.reason}); {s.examples} examples ({s.steps} steps), "
-        f"{r.steps} steps, final loss {r.final_loss:.4f}, {r.train_runtime_s:.1f}s -> {run.output}",
+        f"{r.steps} steps, {loss}, {r.train_runtime_s:.1f}s -> {run.output}",
         err=True,
     )
     for problem in run.skipped:
@@ -116,10 +117,17 @@ def export_sft(
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for ex in sft.examples():
-            f.write(json.dumps(sft.trl_row(ex), ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for ex in sft.examples():
+                f.write(json.dumps(sft.trl_row(ex), ensure_ascii=False) + "\n")
+        if not sft.stats.steps:
+            raise click.ClickException(
+                f"{data}: no step with an accepted rationale to export; nothing written"
+            )
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     for problem in sft.skipped:
         click.echo(f"skipped: {problem}", err=True)
     s = sft.stats

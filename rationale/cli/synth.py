@@ -174,9 +174,13 @@ def report(run_dir: str, as_json: bool, chart: str | None) -> None:
     """Acceptance, rejections per rule, verifier confusion and spend of a run (read only)."""
     from rationale.report import build_report, render_text, write_chart
 
+    if chart and Path(chart).resolve().parent == Path(run_dir).resolve():
+        raise click.UsageError("--chart must be outside the run folder (report only reads it)")
+    if not any((Path(run_dir) / f"{s}.jsonl").exists() for s in ("accepted", "rejected", "failed")):
+        raise click.ClickException(
+            f"{run_dir}: not a run folder (no accepted/rejected/failed.jsonl)"
+        )
     data = build_report(run_dir)
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
     if chart:
-        if Path(chart).resolve().parent == Path(run_dir).resolve():
-            raise click.UsageError("--chart must be outside the run folder (report only reads it)")
         click.echo(f"chart: {write_chart(data, chart)}", err=True)
