@@ -67,12 +67,14 @@ class Limited:
         max_tokens = kwargs.get("max_tokens", 0)
         if engine.rpm is not None:
             await engine.rpm.acquire()
-        estimate = engine.prompt_tokens(messages)
+        # counted only when a limit needs it: tokenizing every prompt costs the fast path
+        capped = engine.budget.limit is not None
+        estimate = engine.prompt_tokens(messages) if capped or engine.tpm is not None else 0
         if engine.tpm is not None:
             need = estimate + max_tokens
             await engine.tpm.acquire(min(need, engine.config.tpm or need))
         worst = 0.0
-        if engine.budget.limit is not None:
+        if capped:
             worst = worst_case_cost(self.price, estimate, max_tokens, self.margin.ratio) or 0.0
         if engine.stopping() or not engine.budget.reserve(worst):
             raise _Stopping

@@ -88,9 +88,14 @@ def _normal(text: str) -> tuple[str, ...]:
     )
 
 
-@lru_cache(maxsize=4096)
-def _vocabulary(phrase: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(phrase)
+@lru_cache(maxsize=16)
+def _phrase_index(ex: Phrases) -> dict[str, tuple[int, ...]]:
+    """word -> the positions in ``ex`` of the phrases that hold it (built once per template)."""
+    index: dict[str, list[int]] = {}
+    for i, (phrase, _) in enumerate(ex):
+        for word in set(phrase):
+            index.setdefault(word, []).append(i)
+    return {word: tuple(at) for word, at in index.items()}
 
 
 def _sentences(text: str) -> list[str]:
@@ -162,13 +167,17 @@ def _copied_example(
     # The whole rationale and each of its sentences: a copied example may come with a tail.
     threshold = cfg.copied_example_similarity
     parts = [_normal(rationale)] + [_normal(s) for s in _sentences(rationale)]
+    index = _phrase_index(ex)
     for words in dict.fromkeys(p for p in parts if len(p) >= _MIN_EXAMPLE_WORDS):
-        counts = Counter(words)
-        for phrase, written in ex:
-            # a cheap bound first: the words they share cannot match more often than they occur
-            vocabulary = _vocabulary(phrase)
-            shared = sum(n for w, n in counts.items() if w in vocabulary)
-            if 2 * shared < threshold * (len(words) + len(phrase)):
+        # A cheap bound first, through an index of which phrases hold which word: the words a
+        # phrase shares with the rationale cannot match more often than they occur in it.
+        shared = Counter[int]()
+        for word, n in Counter(words).items():
+            for i in index.get(word, ()):
+                shared[i] += n
+        for i, n in shared.items():
+            phrase, written = ex[i]
+            if 2 * n < threshold * (len(words) + len(phrase)):
                 continue
             if (score := _similarity(words, phrase, threshold)) >= threshold:
                 shown = written if len(written) <= 100 else written[:97] + "..."
