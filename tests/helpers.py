@@ -29,3 +29,16 @@ def write_lines(path: Path, lines: list[object]) -> Path:
         for item in lines:
             f.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
     return path
+
+
+def modules_loaded_by(module: str, prefixes: tuple[str, ...]) -> set[str]:
+    """The modules under ``prefixes`` that importing ``module`` loads, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, {module}\n"
+        f"print(*sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())

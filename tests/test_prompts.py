@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import modules_loaded_by
 
 import rationale.prompts as prompts
 import rationale.tokens as tokens
@@ -719,15 +718,8 @@ PROMPT_LAYERS = {
 
 @pytest.mark.parametrize("module", sorted(PROMPT_LAYERS))
 def test_prompt_modules_import_one_way(module: str) -> None:
-    code = (
-        f"import sys, {module}\n"
-        "print(*sorted(m for m in sys.modules if m.startswith(('rationale.', 'jinja2', "
-        "'litellm'))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert set(out) == PROMPT_LAYERS[module] | {module}
+    loaded = modules_loaded_by(module, ("rationale.", "jinja2", "litellm"))
+    assert loaded == PROMPT_LAYERS[module] | {module}
 
 
 def test_the_prompt_helpers_are_still_importable_from_prompts() -> None:

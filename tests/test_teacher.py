@@ -4,11 +4,10 @@ of the teacher layer."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import pytest
+from helpers import modules_loaded_by
 
 from rationale.errors import FatalTeacherError, TeacherError, redact
 from rationale.teacher import Completion, RetryPolicy, call_with_retries, classify
@@ -154,15 +153,8 @@ LAYERS = {
 
 @pytest.mark.parametrize("module", sorted(LAYERS))
 def test_teacher_modules_import_one_way(module: str) -> None:
-    code = (
-        f"import sys, {module}\n"
-        "print(*sorted(m for m in sys.modules if m.startswith(('rationale.', 'litellm', "
-        "'aiohttp', 'instructor'))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert set(out) == LAYERS[module] | {module}
+    loaded = modules_loaded_by(module, ("rationale.", "litellm", "aiohttp", "instructor"))
+    assert loaded == LAYERS[module] | {module}
 
 
 def test_rationale_teacher_keeps_the_names_callers_import() -> None:
