@@ -236,6 +236,7 @@ RUN_BY = {
     "validate": "tests/test_cli.py::test_validate_reports_every_error_and_exits_1",
     "steps": "tests/test_cli.py::test_steps_fail_and_skip_modes",
     "render": "tests/test_cli.py::test_render_text_and_json",
+    "split": "tests/test_split.py::test_cli_splits_the_shipped_example",
     "synth": "tests/test_cli_runs.py::test_synth_then_filter",
     "filter": "tests/test_cli_runs.py::test_synth_then_filter",
     "report": "tests/test_cli_runs.py::test_report_text_and_json",

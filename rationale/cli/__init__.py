@@ -7,7 +7,8 @@ The flag vocabulary shared by all commands is in the README ("Flags").
 
 This module holds the group and its error handling and registers the commands, which live one
 module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth, filter,
-report) and ``distill`` (distill, export-sft); their shared options are in ``options``.
+report), ``distill`` (distill, export-sft) and ``split`` (the train/test split); their shared
+options are in ``options``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 
 from rationale import __version__
 from rationale.cli import data, distill, synth
+from rationale.cli import split as split_
 
 
 class _Group(click.Group):
@@ -60,6 +62,7 @@ main.add_command(data.validate)
 main.add_command(data.steps)
 main.add_command(synth.synth)
 main.add_command(data.render)
+main.add_command(split_.split)
 main.add_command(synth.filter_)
 main.add_command(synth.report)
 main.add_command(distill.distill)
