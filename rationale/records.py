@@ -190,6 +190,24 @@ class RecordFile:
             out.setdefault(session_id, []).append(line)
         return out
 
+    def skip_report(self) -> list[str]:
+        """What ``--on-error skip`` left out, as the lines every command shows on stderr:
+        each bad line, each session left out with its lines, and a total (empty if none)."""
+        errors = self.errors
+        if not errors:
+            return []
+        skipped = self.skipped_sessions
+        alone = sum(1 for e in errors if e.session_id is None)
+        return [
+            *(f"skipped: {err}" for err in errors),
+            *(
+                f"skipped session {sid!r}: lines {', '.join(map(str, lines))}"
+                for sid, lines in skipped.items()
+            ),
+            f"{self.name}: {len(errors)} bad lines; left out {len(skipped)} sessions"
+            + (f" and {alone} lines whose session could not be read" if alone else ""),
+        ]
+
     _KEPT = "session_id NOT IN (SELECT session_id FROM errors WHERE session_id IS NOT NULL)"
 
     def session_ids(self) -> list[str]:

@@ -64,26 +64,15 @@ def check_same_run(run_dir: RunDir, identity: dict[str, Any]) -> None:
 def skipped_input(records: Any, extra: list[str] | None = None) -> dict[str, Any] | None:
     """The lines and sessions ``--on-error skip`` left out, printed on stderr and returned for
     run.json; None when nothing was left out. ``extra``: lines of a source run (filter)."""
+    for line in [*(f"skipped: {x}" for x in extra or []), *records.skip_report()]:
+        print(line, file=sys.stderr)
     errors = records.errors
-    for line in extra or []:
-        print(f"skipped: {line}", file=sys.stderr)
     if not errors and not extra:
         return None
-    sessions = records.skipped_sessions
-    for err in errors:
-        print(f"skipped: {err}", file=sys.stderr)
-    for session_id, lines in sessions.items():
-        print(
-            f"skipped session {session_id!r}: lines {', '.join(map(str, lines))}", file=sys.stderr
-        )
-    print(
-        f"{records.name}: {len(errors)} bad lines; left out {len(sessions)} sessions",
-        file=sys.stderr,
-    )
     return {
         "lines": [{"line": e.line, "error": str(e)} for e in errors]
         + [{"line": None, "error": line} for line in extra or []],
-        "sessions": sessions,
+        "sessions": records.skipped_sessions,
     }
 
 

@@ -13,8 +13,8 @@ from rationale.cli.options import (
     action_space_option,
     config_option,
     on_error_option,
+    output_folder_option,
     output_option,
-    output_option_dir,
 )
 
 
@@ -31,7 +31,7 @@ from rationale.cli.options import (
     type=click.Path(exists=True),
     help="A synth run folder, or a JSONL of accepted synthesis records.",
 )
-@output_option_dir
+@output_folder_option()
 @click.option(
     "--backend",
     type=click.Choice(["auto", "unsloth", "hf"]),

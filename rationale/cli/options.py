@@ -19,14 +19,15 @@ output_option = click.option(
     type=click.Path(dir_okay=False),
     help="File to write (written atomically: a crash leaves no half file).",
 )
-output_option_dir = click.option(
-    "-o",
-    "--output",
-    "output",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output folder.",
-)
+
+
+def output_folder_option(help: str = "Output folder.") -> Any:
+    """The ``-o/--output FOLDER`` option, with the command's own help."""
+    return click.option(
+        "-o", "--output", "output", required=True, type=click.Path(file_okay=False), help=help
+    )
+
+
 action_space_option = click.option(
     "--action-space",
     "action_space",
@@ -58,19 +59,8 @@ def open_records(file: str, *, on_error: str, action_space: str | None = None) -
     from rationale.records import RecordFile
 
     records = RecordFile(file, space=_space(action_space), on_error=on_error)  # type: ignore[arg-type]
-    if on_error == "skip" and (errors := records.errors):
-        for err in errors:
-            click.echo(f"skipped: {err}", err=True)
-        skipped = records.skipped_sessions
-        for session_id, lines in skipped.items():
-            shown = ", ".join(map(str, lines))
-            click.echo(f"skipped session {session_id!r}: lines {shown}", err=True)
-        alone = sum(1 for e in errors if e.session_id is None)
-        click.echo(
-            f"{file}: {len(errors)} bad lines; left out {len(skipped)} sessions"
-            + (f" and {alone} lines whose session could not be read" if alone else ""),
-            err=True,
-        )
+    for line in records.skip_report():
+        click.echo(line, err=True)
     return records
 
 

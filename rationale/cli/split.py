@@ -6,19 +6,17 @@ from typing import Any
 
 import click
 
-from rationale.cli.options import action_space_option, on_error_option, open_records
+from rationale.cli.options import (
+    action_space_option,
+    on_error_option,
+    open_records,
+    output_folder_option,
+)
 
 
 @click.command()
 @click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder to write train.jsonl and test.jsonl to (each written atomically).",
-)
+@output_folder_option("Folder to write train.jsonl and test.jsonl to (each written atomically).")
 @click.option(
     "--test-frac",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),

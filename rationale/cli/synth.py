@@ -14,20 +14,14 @@ from rationale.cli.options import (
     config_option,
     model_call_options,
     on_error_option,
+    output_folder_option,
     verifier_options,
 )
 
 
 @click.command()
 @click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.",
-)
+@output_folder_option("Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.")
 @click.option(
     "--teacher",
     default="local",
@@ -135,14 +129,7 @@ def _print_summary(command: str, result: Any) -> None:
 
 @click.command("filter")
 @click.argument("source", metavar="RUN_DIR|SYNTH.jsonl", type=click.Path(exists=True))
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="A new run folder for the filtered records. Rerun to resume.",
-)
+@output_folder_option("A new run folder for the filtered records. Rerun to resume.")
 @verifier_options
 @model_call_options
 @click.option("--template", help="The teacher template whose rules apply.  [default: the run's]")
