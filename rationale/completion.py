@@ -11,12 +11,11 @@ below all of them; `rationale.teacher` re-exports both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+from pydantic import BaseModel
 
-__all__ = ["BilledUsage", "Completion", "Teacher"]
+__all__ = ["BilledUsage", "Completion", "RawText", "Teacher"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,15 @@ class Completion:
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
         }
+
+
+class RawText(BaseModel):
+    """The response model that asks a client for the answer's text as it came, unparsed:
+    ``Completion.data == {"text": ...}``. Evaluation reads it with its own forgiving parser
+    (`rationale.predictions`), so an answer that is not clean JSON is a wrong prediction, not a
+    failed request that the retry layer would pay for again."""
+
+    text: str
 
 
 @dataclass(frozen=True)

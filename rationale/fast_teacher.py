@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from rationale.completion import BilledUsage, Completion
+from rationale.completion import BilledUsage, Completion, RawText
 from rationale.errors import TeacherError
 from rationale.pricing import PriceMap, model_price
 from rationale.retry import classify, http_error
@@ -122,6 +122,8 @@ class OpenAICompatibleTeacher(PriceMap):
             ) from None
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
         cost = self.price(p, c) if p is not None and c is not None else None
+        if response_model is RawText:
+            return Completion({"text": content}, p, c, cost)
         try:
             model = response_model or self._default_model
             parsed = model.model_validate_json(_json_object(content))

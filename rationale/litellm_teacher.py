@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from rationale.completion import BilledUsage, Completion
+from rationale.completion import BilledUsage, Completion, RawText
 from rationale.errors import TeacherError
 from rationale.pricing import PriceMap, model_price
 from rationale.retry import classify
@@ -67,6 +67,7 @@ class LiteLLMTeacher(PriceMap):
         self.api_base, self._headers = _split_credentials(api_base)
         self.timeout = timeout
         self._default_model = Rationale
+        self._acompletion = litellm.acompletion
         self._client = instructor.from_litellm(litellm.acompletion, mode=instructor.Mode.JSON)
         self._price = model_price(model)
 
@@ -101,11 +102,18 @@ class LiteLLMTeacher(PriceMap):
             kwargs["api_base"] = self.api_base
         if self._headers:
             kwargs["extra_headers"] = self._headers
+        if response_model is RawText:  # the text as it came, in JSON mode, without instructor
+            del kwargs["response_model"], kwargs["max_retries"]
+            kwargs["response_format"] = {"type": "json_object"}
         try:
-            parsed, raw = await asyncio.wait_for(
-                self._client.chat.completions.create_with_completion(**kwargs),
-                timeout=self.timeout + 10,  # a safety net over litellm's own timeout
-            )
+            if response_model is RawText:
+                raw = await asyncio.wait_for(self._acompletion(**kwargs), self.timeout + 10)
+                parsed = RawText(text=raw.choices[0].message.content or "")
+            else:
+                parsed, raw = await asyncio.wait_for(
+                    self._client.chat.completions.create_with_completion(**kwargs),
+                    timeout=self.timeout + 10,  # a safety net over litellm's own timeout
+                )
         except asyncio.TimeoutError:
             raise TeacherError("no answer within the timeout", category="timeout") from None
         except Exception as exc:  # every provider error becomes a categorised TeacherError

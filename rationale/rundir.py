@@ -195,26 +195,8 @@ class RunDir:
 
     def open(self, command: str) -> None:
         """Create the folder and take its lock; a second writer stops with a clear message."""
-        import fcntl
-
         self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path / ".lock"
-        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the run)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RationaleError(
-                f"{self.path} is being written by {holder}; wait for it to finish (or stop it), "
-                "or use another -o"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"rationale {command} (pid {os.getpid()})\n")
-        handle.flush()
-        self._lock = handle
+        self._lock = take_lock(self.path, command)
 
     def load(self, *, repair: bool = True) -> dict[tuple[str, int], str]:
         """Every record already done -> its state. The lock holder repairs a line torn by a
@@ -299,6 +281,29 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the flock
             self._lock = None
+
+
+def take_lock(folder: Path, command: str) -> Any:
+    """Hold ``folder/.lock`` (``flock``) for this process, writing who holds it; the open handle
+    is returned (closing it releases the lock). A second writer stops with a clear message."""
+    import fcntl
+
+    handle = open(folder / ".lock", "a+", encoding="utf-8")  # noqa: SIM115  (held for the run)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RationaleError(
+            f"{folder} is being written by {holder}; wait for it to finish (or stop it), "
+            "or use another -o"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"rationale {command} (pid {os.getpid()})\n")
+    handle.flush()
+    return handle
 
 
 def ledger_entries(ledger: Path) -> Iterator[dict[str, Any]]:

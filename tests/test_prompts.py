@@ -139,7 +139,7 @@ def tokenizer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 # -- every shipped template renders -------------------------------------------------------------
 
 SHIPPED = sorted(shipped_templates())
-BLIND_SHIPPED = ["student", "verifier"]  # prompts that must never see the action
+BLIND_SHIPPED = ["predict", "student", "verifier"]  # prompts that must never see the action
 TEACHER_SHIPPED = [n for n in SHIPPED if n not in BLIND_SHIPPED]
 CANDIDATE = "I want sturdy trail shoes, so I open the first pair that says waterproof."
 BLIND_EXTRA = {"rationale": CANDIDATE, "with_rationale": True}  # the verifier's and the student's
@@ -341,7 +341,7 @@ def test_the_action_is_undefined_in_a_blind_prompt(tmp_path: Path, variable: str
     assert template.render(**prompt_variables(step, max_context_tokens=None, with_action=True)[0])
     with pytest.raises(PromptError, match=rf"variable '{variable}' is undefined.*with_action=True"):
         render_step(template, step, max_context_tokens=None, with_action=False)
-    for name in SHIPPED:  # the teacher templates need the action: blind, they fail loudly
+    for name in TEACHER_SHIPPED:  # the teacher templates need the action: blind, they fail loudly
         with pytest.raises(PromptError, match="is undefined"):
             render_step(load_template(name), step, max_context_tokens=None, with_action=False)
 

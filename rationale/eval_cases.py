@@ -1,0 +1,74 @@
+"""The test cases of an evaluation: which steps of a test file are predicted, with what history.
+
+As in the paper, every case is one step of a test session with the session's *true* history
+(teacher forcing): the earlier steps' recorded actions, never the model's own earlier
+predictions, so one wrong step does not derail the rest of its session. ``cases="all"`` (the
+default) predicts every step; ``"from-second"`` skips each session's first step, whose only
+evidence is the page. ``limit`` keeps the first N cases in session order.
+
+A case also carries the session's earlier records (a student trained in session mode is
+prompted with them as earlier turns) and whether it is the session's last step (its prediction
+is the predicted session outcome).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rationale.schema import ActionRecord
+from rationale.sessions import Step, iter_steps
+
+__all__ = ["CASE_MODES", "EvalCase", "eval_cases"]
+
+CaseMode = Literal["all", "from-second"]
+CASE_MODES: tuple[str, ...] = ("all", "from-second")
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One step to predict: the step (record and true history), the session's earlier records,
+    and whether it is the session's last step."""
+
+    step: Step
+    earlier: tuple[ActionRecord, ...]
+    last: bool
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.step.record.session_id, self.step.record.step
+
+    @property
+    def truth(self) -> dict[str, Any]:
+        return self.step.record.action.model_dump()
+
+
+def eval_cases(
+    records: Any,
+    *,
+    cases: CaseMode = "all",
+    limit: int | None = None,
+    history_rationales: bool = False,
+) -> Iterator[EvalCase]:
+    """The cases of ``records`` (a `rationale.records.RecordFile`), in session and step order.
+
+    ``history_rationales``: each history entry carries the rationale the log holds for that
+    step (a human-written one), where it has one.
+    """
+    if cases not in CASE_MODES:
+        raise ValueError(f"cases must be one of {', '.join(CASE_MODES)}, got {cases!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return itertools.islice(_cases(records, cases, history_rationales), limit)
+
+
+def _cases(records: Any, mode: str, history_rationales: bool) -> Iterator[EvalCase]:
+    for session in records.sessions():
+        ordered = tuple(sorted(session, key=lambda r: r.step))
+        steps = iter_steps(ordered, with_rationales=history_rationales)
+        for i, step in enumerate(steps):
+            if mode == "from-second" and i == 0:
+                continue
+            yield EvalCase(step, ordered[:i], last=i == len(ordered) - 1)
