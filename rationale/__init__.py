@@ -17,7 +17,10 @@ __all__ = [
     "ActionSpace",
     "ConfigError",
     "DuplicateStepError",
+    "EvalConfig",
     "HistoryEntry",
+    "Prediction",
+    "Predictor",
     "RationaleError",
     "RecordError",
     "RecordFile",
@@ -25,11 +28,16 @@ __all__ = [
     "Step",
     "__version__",
     "build_history",
+    "compare",
     "parse_record",
     "prompts_dir",
     "read_mind2web",
     "read_opera",
+    "run_eval",
+    "score_predictions",
+    "score_test_file",
     "session_outcome",
+    "split_records",
     "state_dir",
     "write_records",
 ]
@@ -54,6 +62,14 @@ _WHERE = {
     "state_dir": "rationale.paths",
     "read_mind2web": "rationale.importers.mind2web",
     "read_opera": "rationale.importers.opera",
+    "split_records": "rationale.split",
+    "EvalConfig": "rationale.evaluate",
+    "run_eval": "rationale.evaluate",
+    "Predictor": "rationale.predictor",
+    "Prediction": "rationale.predictor",
+    "score_predictions": "rationale.scoring",
+    "score_test_file": "rationale.eval_cases",
+    "compare": "rationale.compare",
 }
 
 
@@ -70,6 +86,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rationale.compare import compare
     from rationale.errors import (
         ConfigError,
         DuplicateStepError,
@@ -78,8 +95,13 @@ if TYPE_CHECKING:  # pragma: no cover
         SourceError,
     )
     from rationale.importers.mind2web import read_mind2web
+    from rationale.eval_cases import score_test_file
+    from rationale.evaluate import EvalConfig, run_eval
     from rationale.importers.opera import read_opera
+    from rationale.predictor import Prediction, Predictor
     from rationale.paths import prompts_dir, state_dir
     from rationale.records import RecordFile, parse_record, write_records
     from rationale.schema import SCHEMA_VERSION, ActionRecord, ActionSpace, HistoryEntry
+    from rationale.scoring import score_predictions
     from rationale.sessions import Step, build_history, session_outcome
+    from rationale.split import split_records

@@ -8,20 +8,22 @@ evidence is the page. ``limit`` keeps the first N cases in session order.
 
 A case also carries the session's earlier records (a student trained in session mode is
 prompted with them as earlier turns) and whether it is the session's last step (its prediction
-is the predicted session outcome).
+is the predicted session outcome). `score_test_file` scores a list of predictions made
+elsewhere on the same cases.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from rationale.schema import ActionRecord
 from rationale.sessions import Step, iter_steps
 
-__all__ = ["CASE_MODES", "EvalCase", "eval_cases"]
+__all__ = ["CASE_MODES", "EvalCase", "eval_cases", "score_test_file"]
 
 CaseMode = Literal["all", "from-second"]
 CASE_MODES: tuple[str, ...] = ("all", "from-second")
@@ -72,3 +74,39 @@ def _cases(records: Any, mode: str, history_rationales: bool) -> Iterator[EvalCa
             if mode == "from-second" and i == 0:
                 continue
             yield EvalCase(step, ordered[:i], last=i == len(ordered) - 1)
+
+
+def score_test_file(
+    data: str | Path,
+    predictions: Sequence[Any],
+    *,
+    cases: CaseMode = "all",
+    limit: int | None = None,
+    action_space: str | Path | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Score another project's predictions on a test file with the metrics of ``rationale eval``.
+
+    ``predictions`` follow the order of `eval_cases` (session order, then step; with
+    ``cases="from-second"`` each session's first step left out): each an action dict, a
+    ``{"rationale", "action"}`` dict, a model's raw text, or None. Returns the metrics dict
+    of eval.json (`rationale.scoring.score`).
+    """
+    from rationale.records import RecordFile
+    from rationale.schema import ActionSpace
+    from rationale.scoring import score_predictions
+
+    space = ActionSpace.from_file(action_space) if action_space else ActionSpace.default()
+    with RecordFile(data, space=space) as records:
+        found = list(eval_cases(records, cases=cases, limit=limit))
+    if len(found) != len(predictions):
+        raise ValueError(
+            f"{data}: {len(found)} test cases (with cases={cases!r}) but {len(predictions)} "
+            "predictions; give one per case, in eval_cases order"
+        )
+    return score_predictions(
+        [c.truth for c in found], list(predictions),
+        session_ids=[c.key[0] for c in found], steps=[c.key[1] for c in found],
+        space=space, last=[c.last for c in found], seed=seed, n_boot=n_boot,
+    )  # fmt: skip

@@ -207,15 +207,17 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
                 f"({', '.join(f'{k}={theirs.get(k)!r}' for k in changed)}); use a new -o, or "
                 "the same flags to resume"
             )
+        predictor = predictor or _load(config)  # the weights load on first use, below
+        # a student trained with history rationales sees the log's own where it has them
+        chained = config.history_rationales or predictor.prompt.history_rationales
         with records:
             for line in records.skip_report():
                 print(line, file=sys.stderr)
             cases = list(eval_cases(records, cases=config.cases, limit=config.limit,
-                                    history_rationales=config.history_rationales))  # fmt: skip
+                                    history_rationales=chained))  # fmt: skip
         if not cases:
             raise RationaleError(f"{config.data}: no test cases (with --cases {config.cases})")
-        predictor = predictor or _load(config)
-        return _run(config, folder, cases, predictor)
+        return _run(config, folder, cases, predictor, before)
     finally:
         folder.close()
 
@@ -229,11 +231,14 @@ def _load(config: EvalConfig) -> Any:
     return Predictor.load(
         config.model, template=config.template, max_context_tokens=config.max_context_tokens,
         history_rationales=config.history_rationales, action_space=config.action_space,
-        **options,
+        eager=False, **options,
     )  # fmt: skip
 
 
-def _run(config: EvalConfig, folder: EvalDir, cases: list[Any], predictor: Any) -> EvalResult:
+def _run(
+    config: EvalConfig, folder: EvalDir, cases: list[Any], predictor: Any,
+    before: dict[str, Any] | None,
+) -> EvalResult:  # fmt: skip
     started, t0 = time.time(), time.monotonic()
     done = folder.done()
     todo = [c for c in cases if c.key not in done]
@@ -241,6 +246,8 @@ def _run(config: EvalConfig, folder: EvalDir, cases: list[Any], predictor: Any) 
           f"before; engine {predictor.engine}: {predictor.engine_reason})", file=sys.stderr)  # fmt: skip
     state: dict[str, Any] = {"stopped": None, "requests": 0, "cache_hits": 0}
     header = _header(config, predictor, started)
+    if before and not predictor.model_id:  # nothing left to generate: the weights never loaded
+        predictor.model_id = (before.get("model") or {}).get("id", "")
     folder.write_json({**header, "stopped": f"running (pid {os.getpid()})", "cases": []})
     try:
         if todo and predictor.spec.kind == "api":
@@ -351,7 +358,7 @@ def _finish(
     folder.write_json(data)
     if metrics is not None:
         write_type_chart(metrics, folder.path / "per_type.png", f"{predictor.spec.label}")
-    for line in summary_lines({**data, "folder": str(folder.path)}):
+    for line in summary_lines(data, folder=folder.path):
         print(line, file=sys.stderr)
     if pending:
         print(f"eval: {pending} of {len(cases)} cases pending ({data['stopped'] or 'stopped'}); "

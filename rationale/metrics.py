@@ -223,7 +223,7 @@ def outcome_metrics(
 # -- uncertainty and comparison ---------------------------------------------------------------
 
 
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
+def quantile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolation quantile (numpy's default) of already sorted values."""
     pos = q * (len(sorted_values) - 1)
     lo = math.floor(pos)
@@ -261,7 +261,7 @@ def bootstrap_ci(
         stats.append(metric_fn(sample))
     stats.sort()
     alpha = (1 - level) / 2
-    return _quantile(stats, alpha), _quantile(stats, 1 - alpha)
+    return quantile(stats, alpha), quantile(stats, 1 - alpha)
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
@@ -348,6 +348,7 @@ __all__ = [
     "mcnemar_exact",
     "outcome_metrics",
     "per_type",
+    "quantile",
     "predicted_type",
     "session_accuracy",
     "true_type",

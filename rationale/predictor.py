@@ -174,9 +174,11 @@ class Predictor:
     @classmethod
     def load(
         cls, model: str, *, template: str | None = None, max_context_tokens: int | None = 6000,
-        history_rationales: bool = False, action_space: str | None = None, **options: Any,
+        history_rationales: bool = False, action_space: str | None = None, eager: bool = True,
+        **options: Any,
     ) -> Predictor:  # fmt: skip
-        """Resolve ``model``, build its prompt format, and load a local model's weights now."""
+        """Resolve ``model``, build its prompt format, and load a local model's weights now
+        (``eager=False``: on first use)."""
         spec = resolve_model(model)
         if spec.kind == "student":
             if template is not None:
@@ -192,7 +194,7 @@ class Predictor:
                 history_rationales=history_rationales,
             )  # fmt: skip
         predictor = cls(spec, fmt, **options)
-        if spec.kind != "api":
+        if eager and spec.kind != "api":
             predictor.generator  # noqa: B018  (loads the weights: minutes for a large model)
         return predictor
 

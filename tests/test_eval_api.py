@@ -90,6 +90,12 @@ def test_api_eval_scores_retries_and_reuses_the_cache(tmp_path: Path, home: Path
     assert out["usage"]["prompt_tokens"] == 1200 and out["usage"]["completion_tokens"] == 240
     assert out["usage"]["cost_usd"] == pytest.approx(12 * (100 * 0.15e-6 + 20 * 0.6e-6))
     assert (tmp_path / "ev" / "per_type.png").read_bytes()[:4] == b"\x89PNG"
+    # another project's predictions (here the same raw answers) scored by the library call
+    from rationale import score_test_file
+
+    assert score_test_file(data, [c["raw"] for c in out["cases"]], n_boot=200) == out["metrics"]
+    with pytest.raises(ValueError, match="12 test cases"):
+        score_test_file(data, [None] * 11)
 
     # the same eval in a new folder is answered from the cache: no request, nothing billed
     with ScriptedServer(responder=first_element) as server:

@@ -7,7 +7,8 @@ The flag vocabulary shared by all commands is in the README ("Flags").
 
 This module holds the group and its error handling and registers the commands, which live one
 module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth, filter,
-report), ``distill`` (distill, export-sft) and ``split`` (the train/test split); their shared
+report), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval`` and ``compare``
+(evaluation); their shared
 options are in ``options``.
 """
 
@@ -18,7 +19,9 @@ from typing import Any
 import click
 
 from rationale import __version__
+from rationale.cli import compare as compare_
 from rationale.cli import data, distill, synth
+from rationale.cli import eval as eval_
 from rationale.cli import split as split_
 
 
@@ -63,6 +66,8 @@ main.add_command(data.steps)
 main.add_command(synth.synth)
 main.add_command(data.render)
 main.add_command(split_.split)
+main.add_command(eval_.eval_)
+main.add_command(compare_.compare)
 main.add_command(synth.filter_)
 main.add_command(synth.report)
 main.add_command(distill.distill)
