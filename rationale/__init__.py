@@ -94,12 +94,12 @@ if TYPE_CHECKING:  # pragma: no cover
         RecordError,
         SourceError,
     )
-    from rationale.importers.mind2web import read_mind2web
     from rationale.eval_cases import score_test_file
     from rationale.evaluate import EvalConfig, run_eval
+    from rationale.importers.mind2web import read_mind2web
     from rationale.importers.opera import read_opera
-    from rationale.predictor import Prediction, Predictor
     from rationale.paths import prompts_dir, state_dir
+    from rationale.predictor import Prediction, Predictor
     from rationale.records import RecordFile, parse_record, write_records
     from rationale.schema import SCHEMA_VERSION, ActionRecord, ActionSpace, HistoryEntry
     from rationale.scoring import score_predictions

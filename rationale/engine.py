@@ -195,6 +195,7 @@ class Engine:
         *,
         todo: int,
         label: str,
+        unit: str = "records",
     ) -> None:
         """Feed ``items`` (prepared lazily, in the loop's idle moments) to the workers.
 
@@ -205,7 +206,7 @@ class Engine:
 
         self.cache = ResponseCache()
         self._limiters()
-        progress = Progress(todo, label=label)
+        progress = Progress(todo, label=label, unit=unit)
         workers = min(self.config.concurrency, todo) or 1
         # Items stream through a bounded queue: a big run never holds its records.
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * workers)

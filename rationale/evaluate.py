@@ -242,8 +242,9 @@ def _run(
     started, t0 = time.time(), time.monotonic()
     done = folder.done()
     todo = [c for c in cases if c.key not in done]
+    how = f"engine {predictor.engine}: {predictor.engine_reason}"
     print(f"eval: {predictor.spec.label} on {len(cases)} cases ({len(cases) - len(todo)} done "
-          f"before; engine {predictor.engine}: {predictor.engine_reason})", file=sys.stderr)  # fmt: skip
+          f"before; {how})", file=sys.stderr)  # fmt: skip
     state: dict[str, Any] = {"stopped": None, "requests": 0, "cache_hits": 0}
     header = _header(config, predictor, started)
     if before and not predictor.model_id:  # nothing left to generate: the weights never loaded
@@ -253,9 +254,10 @@ def _run(
         if todo and predictor.spec.kind == "api":
             asyncio.run(_api(config, folder, todo, predictor, done, state))
         elif todo:
+
             def save(indices: list[int], preds: list[Any]) -> None:
-                recs = [case_record(todo[i], p, predictor.space) for i, p in zip(indices, preds,
-                                                                                 strict=True)]  # fmt: skip
+                pairs = zip(indices, preds, strict=True)
+                recs = [case_record(todo[i], p, predictor.space) for i, p in pairs]
                 folder.append(recs)
                 done.update({(r["session_id"], r["step"]): r for r in recs})
 
@@ -291,7 +293,7 @@ async def _api(
         return True
 
     try:
-        await engine.drive(iter(todo), process, todo=len(todo), label="eval")
+        await engine.drive(iter(todo), process, todo=len(todo), label="eval", unit="cases")
     finally:
         await client.aclose()
     state["stopped"] = engine.stopped_reason()
@@ -313,8 +315,11 @@ def _header(config: EvalConfig, predictor: Any, started: float) -> dict[str, Any
         "model": predictor.identity(),
         "identity": config.identity(),
         "config": config.resolved(),
-        "data": {"file": str(Path(config.data).resolve()), "cases": config.cases,
-                 "limit": config.limit},  # fmt: skip
+        "data": {
+            "file": str(Path(config.data).resolve()),
+            "cases": config.cases,
+            "limit": config.limit,
+        },
         "action_space": predictor.space.declaration(),
         "started": started,
     }
@@ -337,8 +342,9 @@ def _finish(
     data = {
         **header,
         "model": predictor.identity(),  # the model id is known once the weights are loaded
-        "case_set": case_set_digest([{"session_id": c.key[0], "step": c.key[1],
-                                      "truth": c.truth} for c in cases]),  # fmt: skip
+        "case_set": case_set_digest(
+            [{"session_id": c.key[0], "step": c.key[1], "truth": c.truth} for c in cases]
+        ),
         "n_cases": len(cases),
         "pending": pending,
         "failed": len(failed),

@@ -100,7 +100,9 @@ def _student(path: Path, name: str) -> ModelSpec:
         base = config["base"]
         max_seq = config.get("config", {}).get("max_seq_length")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RationaleError(f"{path}: no readable config.json with the base model ({exc})") from None
+        raise RationaleError(
+            f"{path}: no readable config.json with the base model ({exc})"
+        ) from None
     label = path.resolve().name
     if (path / "adapter" / "adapter_config.json").is_file():
         return ModelSpec(name, "student", label, base["source"], base.get("gguf_file"),
@@ -313,7 +315,8 @@ class Predictor:
             return True
 
         try:
-            await engine.drive(iter(range(len(items))), process, todo=len(items), label="predict")
+            await engine.drive(iter(range(len(items))), process, todo=len(items), label="predict",
+                               unit="cases")  # fmt: skip
         finally:
             await self.client.aclose()
         if engine.error is not None:

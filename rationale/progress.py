@@ -10,19 +10,21 @@ from typing import Any
 class Progress:
     """A bar on a terminal, plain lines every few seconds otherwise; always on stderr."""
 
-    def __init__(self, total: int, *, every: float = 10.0, label: str = "synth") -> None:
-        self.total, self.done, self.every, self.label = total, 0, every, label
+    def __init__(
+        self, total: int, *, every: float = 10.0, label: str = "synth", unit: str = "records"
+    ) -> None:
+        self.total, self.done, self.every, self.label, self.unit = total, 0, every, label, unit
         self.start = self.last = time.monotonic()
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=total, unit="rec", file=sys.stderr, dynamic_ncols=True, desc=label
+                total=total, unit=unit[:4], file=sys.stderr, dynamic_ncols=True, desc=label
             )
 
     def update(self, tally: Any) -> None:
-        """One more record finished; ``tally`` gives the running cost."""
+        """One more record (or case) finished; ``tally`` gives the running cost."""
         self.done += 1
         cost = f"${tally.cost_usd:.4f}"
         if self.bar is not None:
@@ -35,7 +37,7 @@ class Progress:
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate else float("inf")
             print(
-                f"{self.label}: {self.done}/{self.total} records, {rate:.1f}/s, "
+                f"{self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, "
                 f"ETA {eta:.0f}s, cost {cost}",
                 file=sys.stderr,
                 flush=True,

@@ -237,7 +237,7 @@ RUN_BY = {
     "steps": "tests/test_cli.py::test_steps_fail_and_skip_modes",
     "render": "tests/test_cli.py::test_render_text_and_json",
     "split": "tests/test_split.py::test_cli_splits_the_shipped_example",
-    "eval": "tests/test_eval_api.py::test_kill_mid_eval_then_resume_loses_nothing_and_repeats_nothing",
+    "eval": "tests/test_eval.py::test_split_eval_compare_end_to_end",
     "compare": "tests/test_compare.py::test_compare_cli_writes_table_and_chart",
     "synth": "tests/test_cli_runs.py::test_synth_then_filter",
     "filter": "tests/test_cli_runs.py::test_synth_then_filter",

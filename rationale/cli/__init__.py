@@ -6,10 +6,9 @@ Every module beyond click is imported inside the command that needs it, so ``--h
 The flag vocabulary shared by all commands is in the README ("Flags").
 
 This module holds the group and its error handling and registers the commands, which live one
-module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth, filter,
-report), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval`` and ``compare``
-(evaluation); their shared
-options are in ``options``.
+module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth,
+filter, report), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval``
+and ``compare`` (evaluation); their shared options are in ``options``.
 """
 
 from __future__ import annotations
