@@ -44,19 +44,19 @@ def load_eval(folder: str | Path) -> dict[str, Any]:
         raise RationaleError(
             f"{file}: not valid JSON ({exc}); rerun the eval to write it again"
         ) from None
-    if not (
-        isinstance(data, dict)
-        and isinstance(data.get("cases"), list)
-        and isinstance(data.get("metrics"), dict)
-    ):
-        raise RationaleError(f"{file}: not an eval result (it has no cases or no metrics)")
-    pending = data.get("pending") or 0
+    pending = data.get("pending") or 0 if isinstance(data, dict) else 0
     if pending:
         why = f" (stopped: {data['stopped']})" if data.get("stopped") else ""
         raise RationaleError(
             f"{folder}: the eval is unfinished, {pending} cases pending{why}; rerun the same "
             "`rationale eval` command to finish it (finished cases are reused)"
         )
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("cases"), list)
+        and isinstance(data.get("metrics"), dict)
+    ):
+        raise RationaleError(f"{file}: not an eval result (it has no cases or no metrics)")
     return data
 
 
@@ -104,6 +104,7 @@ class Comparison:
             "step exact match",
             "type macro-F1",
             "outcome F1",
+            "unparsed / failed",
         ]
         if self.reference is not None:
             head += [f"Δ vs {_cell(self.reference)}", "McNemar p"]
@@ -116,6 +117,7 @@ class Comparison:
                 _pct(row.metrics["exact_match"]["value"]),
                 _pct(row.metrics["type_macro_f1"]),
                 _pct(row.outcome_f1()),
+                f"{row.metrics.get('unparsed', 0)} / {row.metrics.get('failed', 0)}",
             ]
             if self.reference is not None:
                 cells += (
@@ -321,7 +323,12 @@ def _labels(evals: list[tuple[Path, dict[str, Any]]]) -> list[str]:
 
 
 def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
+    """Whether two paths name the same eval (a folder and its eval.json are the same)."""
+
+    def file(p: Path) -> Path:
+        return (p if p.is_file() else p / EVAL_FILE).resolve()
+
+    return file(a) == file(b)
 
 
 def _cell(text: str) -> str:

@@ -196,6 +196,7 @@ class Engine:
         todo: int,
         label: str,
         unit: str = "records",
+        progress: bool = True,
     ) -> None:
         """Feed ``items`` (prepared lazily, in the loop's idle moments) to the workers.
 
@@ -206,7 +207,7 @@ class Engine:
 
         self.cache = ResponseCache()
         self._limiters()
-        progress = Progress(todo, label=label, unit=unit)
+        bar = Progress(todo, label=label, unit=unit, show=progress)
         workers = min(self.config.concurrency, todo) or 1
         # Items stream through a bounded queue: a big run never holds its records.
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * workers)
@@ -231,7 +232,7 @@ class Engine:
                     continue  # drain: the producer must never block on a full queue
                 try:
                     if await process(item):
-                        progress.update(self.tally)
+                        bar.update(self.tally)
                 except Pending:
                     pass
                 except Exception as exc:
@@ -258,7 +259,7 @@ class Engine:
         try:
             await asyncio.gather(work(), filer())
         finally:
-            progress.close()
+            bar.close()
             self.run_dir.flush()
             self.cache.close()
 

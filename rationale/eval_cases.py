@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rationale.schema import ActionRecord
+from rationale.schema import ActionRecord, ActionSpace
 from rationale.sessions import Step, iter_steps
 
-__all__ = ["CASE_MODES", "EvalCase", "eval_cases", "score_test_file"]
+__all__ = ["CASE_MODES", "EvalCase", "as_step", "eval_cases", "score_test_file"]
 
 CaseMode = Literal["all", "from-second"]
 CASE_MODES: tuple[str, ...] = ("all", "from-second")
@@ -76,6 +76,44 @@ def _cases(records: Any, mode: str, history_rationales: bool) -> Iterator[EvalCa
             yield EvalCase(step, ordered[:i], last=i == len(ordered) - 1)
 
 
+def as_step(step: Any, space: ActionSpace | None = None) -> Step:
+    """A `Step` from a plain dict: ``instruction``, ``persona``, ``context``, ``history`` (earlier
+    actions, each an action dict or ``{"action": ..., "rationale": ...}``), ``step``,
+    ``session_id``. The step's own action is unknown (it is what is predicted): a placeholder
+    stands in, which a blind prompt never shows."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from rationale.errors import RationaleError
+    from rationale.schema import HistoryEntry
+
+    if isinstance(step, Step):
+        return step
+    if not isinstance(step, dict):
+        raise TypeError(f"a step is a Step, an EvalCase or a dict, not {type(step).__name__}")
+    space = space or ActionSpace.default()
+    kind = next(iter(space.types.values()))
+    placeholder = {"type": kind.name, **{f: "placeholder" for f in kind.fields}}
+    check = TypeAdapter(space.action_type)
+    history = []
+    for i, entry in enumerate(step.get("history") or []):
+        action = entry.get("action", entry) if isinstance(entry, dict) else entry
+        rationale = entry.get("rationale") if isinstance(entry, dict) else None
+        try:
+            action = check.validate_python(action).model_dump()
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, problem["loc"])) or "action"
+            raise RationaleError(f"history entry {i}: {problem['msg']} (at {where})") from None
+        history.append(HistoryEntry(step=i, action=action, rationale=rationale))
+    fields = {k: step[k] for k in ("instruction", "persona", "context") if step.get(k) is not None}
+    record = space.record_model.model_validate({
+        "session_id": str(step.get("session_id", "session")),
+        "step": int(step.get("step", len(history))),
+        "action": placeholder, **fields,
+    })  # fmt: skip
+    return Step(record, tuple(history))
+
+
 def score_test_file(
     data: str | Path,
     predictions: Sequence[Any],
@@ -94,7 +132,6 @@ def score_test_file(
     of eval.json (`rationale.scoring.score`).
     """
     from rationale.records import RecordFile
-    from rationale.schema import ActionSpace
     from rationale.scoring import score_predictions
 
     space = ActionSpace.from_file(action_space) if action_space else ActionSpace.default()

@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rationale.errors import RationaleError, redact
-from rationale.rundir import ledger_totals, read_lines, take_lock
+from rationale.errors import FatalTeacherError, RationaleError, redact
+from rationale.eval_dir import EvalDir, case_record
+from rationale.rundir import ledger_totals
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]
 
@@ -95,131 +96,70 @@ class EvalResult(BaseModel):
         return self.data.get("metrics")  # type: ignore[no-any-return]
 
 
-class EvalDir:
-    """The files of one eval folder, its lock, and the ledger the engine charges."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise RationaleError(f"{self.path}: -o must be a folder (the eval folder)")
-        self.cases = self.path / "cases.jsonl"
-        self.ledger = self.path / "ledger.jsonl"
-        self.eval_json = self.path / "eval.json"
-        self._lock: Any = None
-        self._handles: dict[Path, Any] = {}
-
-    def open(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = take_lock(self.path, "eval")
-
-    def previous(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.eval_json.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            raise RationaleError(f"{self.eval_json} is not JSON; use a new -o") from None
-
-    def done(self) -> dict[tuple[str, int], dict[str, Any]]:
-        """The finished case records (a torn last line repaired; a later line for the same case
-        wins; failed cases are left out, to be asked again)."""
-        for _ in read_lines(self.ledger, repair=True):
-            pass
-        out: dict[tuple[str, int], dict[str, Any]] = {}
-        for n, line in read_lines(self.cases, repair=True):
-            try:
-                rec = json.loads(line)
-                key = (str(rec["session_id"]), int(rec["step"]))
-            except (ValueError, KeyError, TypeError):
-                raise RationaleError(f"{self.cases} line {n}: not a case record; remove the "
-                                     "line or use a new -o") from None  # fmt: skip
-            out[key] = rec
-        return {k: r for k, r in out.items() if r.get("status") != "failed"}
-
-    def _write(self, file: Path, text: str) -> None:
-        handle = self._handles.get(file)
-        if handle is None:
-            handle = self._handles[file] = open(file, "a", encoding="utf-8")  # noqa: SIM115
-        handle.write(text)
-        handle.flush()
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Case lines, written at once (whole lines: a kill tears at most the last)."""
-        if records:
-            self._write(self.cases, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                            for r in records))  # fmt: skip
-
-    def charge(self, entry: dict[str, Any]) -> None:
-        self._write(self.ledger, json.dumps(entry) + "\n")
-
-    def flush(self) -> None:
-        return None  # every line is written when it is added
-
-    def write_json(self, data: dict[str, Any]) -> None:
-        tmp = self.eval_json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.eval_json)
-
-    def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+#: An API eval whose first this-many cases all fail stops: the model, key or endpoint is wrong.
+FAIL_FAST = 5
 
 
-def case_record(case: Any, pred: Any, space: Any) -> dict[str, Any]:
-    """The stored form of one predicted case (see the eval.json contract in the README)."""
-    truth = case.truth
-    ok = pred.status == "ok" and pred.action is not None
-    correct = bool(ok and space.equal(pred.action, truth))
-    type_correct = bool(ok and pred.action.get("type") == truth.get("type"))
-    return {
-        "session_id": case.key[0], "step": case.key[1], "last": case.last, "truth": truth,
-        "status": pred.status, "prediction": pred.action, "rationale": pred.rationale,
-        "raw": pred.raw, "problem": pred.problem, "correct": correct,
-        "type_correct": type_correct, "prompt_tokens": pred.prompt_tokens,
-        "completion_tokens": pred.completion_tokens, "cost_usd": pred.cost_usd,
-        "cached": pred.cached,
-    }  # fmt: skip
+class Terminated(BaseException):
+    """SIGTERM (docker stop, a scheduler's timeout) during an eval: finalise, then stop."""
 
 
 def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
     """Run (or resume) an evaluation; returns the eval.json data. ``predictor`` may be injected
-    (a `rationale.predictor.Predictor`); by default it is loaded from ``config.model``."""
+    (a `rationale.predictor.Predictor`); by default it is resolved from ``config.model`` (its
+    weights load when the first case is generated).
+
+    Raises `RationaleError` after eval.json is written when cases failed (no answer after the
+    retries: they count as wrong until a rerun asks them again), when SIGTERM stopped it, or when
+    the model, key or endpoint is wrong. A ``--max-cost`` stop returns with cases pending.
+    """
     from rationale.eval_cases import eval_cases
     from rationale.records import RecordFile
+    from rationale.runner import skipped_input
     from rationale.schema import ActionSpace
 
-    folder = EvalDir(config.output)
     space = ActionSpace.from_file(config.action_space) if config.action_space else None
     records = RecordFile(config.data, space=space, on_error=config.on_error)
+    predictor = predictor or _load(config)  # a bad --model fails here, before -o is touched
+    # a student trained with history rationales sees the log's own where it has them
+    chained = config.history_rationales or predictor.prompt.history_rationales
+    with records:
+        skipped = skipped_input(records)
+        cases = list(eval_cases(records, cases=config.cases, limit=config.limit,
+                                history_rationales=chained))  # fmt: skip
+    if not cases:
+        raise RationaleError(f"{config.data}: no test cases (with --cases {config.cases})")
+    folder = EvalDir(config.output)
     folder.open()
     try:
         before = folder.previous()
-        if before is not None and before.get("identity") != config.identity():
-            theirs = before.get("identity") or {}
-            changed = [k for k, v in config.identity().items() if theirs.get(k) != v]
-            raise RationaleError(
-                f"{folder.path} holds an eval with a different "
-                f"{', '.join(changed) or 'setting'} "
-                f"({', '.join(f'{k}={theirs.get(k)!r}' for k in changed)}); use a new -o, or "
-                "the same flags to resume"
-            )
-        predictor = predictor or _load(config)  # the weights load on first use, below
-        # a student trained with history rationales sees the log's own where it has them
-        chained = config.history_rationales or predictor.prompt.history_rationales
-        with records:
-            for line in records.skip_report():
-                print(line, file=sys.stderr)
-            cases = list(eval_cases(records, cases=config.cases, limit=config.limit,
-                                    history_rationales=chained))  # fmt: skip
-        if not cases:
-            raise RationaleError(f"{config.data}: no test cases (with --cases {config.cases})")
-        return _run(config, folder, cases, predictor, before)
+        _check_same(folder, before, config)
+        data = _run(config, folder, cases, predictor, before, skipped)
     finally:
         folder.close()
+    if data["failed"]:
+        first = next(c for c in data["cases"] if c["status"] == "failed")
+        raise RationaleError(
+            f"{data['failed']} of {data['n_cases']} cases failed after their retries (first: "
+            f"{first['problem']}); eval.json counts them wrong: fix the cause and rerun the same "
+            "command to ask them again"
+        )
+    return EvalResult(folder=folder.path, data=data)
+
+
+def _check_same(folder: EvalDir, before: dict[str, Any] | None, config: EvalConfig) -> None:
+    """Refuse a folder that holds finished cases of another eval (a folder whose eval never
+    finished a case is taken over)."""
+    mine = config.identity()
+    theirs = (before or {}).get("identity") or {}
+    changed = [k for k, v in mine.items() if theirs.get(k) != v]
+    if not before or not changed or not folder.has_cases():
+        return
+    diff = ", ".join(f"{k} {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)
+    raise RationaleError(
+        f"{folder.path} holds an eval made with other settings ({diff}); use a new -o, or the "
+        "same flags to resume it"
+    )
 
 
 def _load(config: EvalConfig) -> Any:
@@ -237,19 +177,24 @@ def _load(config: EvalConfig) -> Any:
 
 def _run(
     config: EvalConfig, folder: EvalDir, cases: list[Any], predictor: Any,
-    before: dict[str, Any] | None,
-) -> EvalResult:  # fmt: skip
+    before: dict[str, Any] | None, skipped: Any,
+) -> dict[str, Any]:  # fmt: skip
     started, t0 = time.time(), time.monotonic()
     done = folder.done()
     todo = [c for c in cases if c.key not in done]
     how = f"engine {predictor.engine}: {predictor.engine_reason}"
     print(f"eval: {predictor.spec.label} on {len(cases)} cases ({len(cases) - len(todo)} done "
           f"before; {how})", file=sys.stderr)  # fmt: skip
-    state: dict[str, Any] = {"stopped": None, "requests": 0, "cache_hits": 0}
-    header = _header(config, predictor, started)
-    if before and not predictor.model_id:  # nothing left to generate: the weights never loaded
+    if todo and predictor.spec.kind != "api":
+        predictor.generator  # noqa: B018  (load the weights now: a bad model fails before writing)
+    elif before and not predictor.model_id:  # nothing to generate: the weights are not loaded
         predictor.model_id = (before.get("model") or {}).get("id", "")
-    folder.write_json({**header, "stopped": f"running (pid {os.getpid()})", "cases": []})
+    state: dict[str, Any] = {"stopped": None, "cache_hits": 0, "requests": 0, "skipped": skipped}
+    header = _header(config, predictor, started)
+    folder.write_json({**header, "n_cases": len(cases), "pending": len(todo),
+                       "stopped": f"running (pid {os.getpid()})", "metrics": None,
+                       "cases": []})  # fmt: skip
+    previous = _on_sigterm()
     try:
         if todo and predictor.spec.kind == "api":
             asyncio.run(_api(config, folder, todo, predictor, done, state))
@@ -263,12 +208,58 @@ def _run(
 
             predictor.predict_batch(todo, on_batch=save)
     except BaseException as exc:
-        state["stopped"] = f"interrupted: {type(exc).__name__}"
-        _finish(config, folder, cases, done, predictor, header, state, time.monotonic() - t0,
-                todo)  # fmt: skip
+        # the API path cancels its task on SIGTERM (a CancelledError arrives here)
+        kind = Terminated if state.get("terminated") else type(exc)
+        why = {Terminated: "SIGTERM", KeyboardInterrupt: "Ctrl-C"}.get(kind, kind.__name__)
+        state["stopped"] = state["stopped"] or f"interrupted: {why}"
+        data = _finish(config, folder, cases, done, predictor, header, state,
+                       time.monotonic() - t0, todo)  # fmt: skip
+        if kind is Terminated:
+            raise RationaleError(f"eval stopped by SIGTERM with {data['pending']} cases pending; "
+                                 "rerun the same command to continue") from None  # fmt: skip
         raise
+    finally:
+        _restore_sigterm(previous)
     return _finish(config, folder, cases, done, predictor, header, state,
                    time.monotonic() - t0, todo)  # fmt: skip
+
+
+def _on_sigterm() -> Any:
+    """Make SIGTERM raise `Terminated` in the main thread (the eval is then finalised)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
+def _cancel_on_sigterm(state: dict[str, Any]) -> None:
+    """In the event loop, SIGTERM cancels the eval's task (requests in flight are dropped, every
+    finished case is on disk) instead of raising wherever the loop happens to be."""
+    import contextlib
+    import signal
+
+    task = asyncio.current_task()
+
+    def stop() -> None:
+        state["terminated"] = True
+        if task is not None:
+            task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def _api(
@@ -284,21 +275,31 @@ async def _api(
                              "model")  # fmt: skip
     engine = Engine(config, folder)
     limited = engine.limited(client, "predict")
+    answered = failed = 0
+    _cancel_on_sigterm(state)
 
     async def process(case: Any) -> bool:
+        nonlocal answered, failed
         pred = await predictor.ask(engine, limited, predictor.messages(case))
         rec = case_record(case, pred, predictor.space)
         folder.append([rec])
         done[case.key] = rec
+        if pred.status != "failed":
+            answered += 1
+        elif (failed := failed + 1) >= FAIL_FAST and not answered and engine.fatal is None:
+            engine.fatal = FatalTeacherError(
+                f"the first {failed} cases all failed, the last with {pred.problem}; check "
+                "--model, its key and --api-base", category="failing",
+            )  # fmt: skip
         return True
 
     try:
         await engine.drive(iter(todo), process, todo=len(todo), label="eval", unit="cases")
     finally:
         await client.aclose()
-    state["stopped"] = engine.stopped_reason()
-    state["requests"] = engine.tally.requests
-    state["cache_hits"] = engine.tally.cache_hits
+        state["stopped"] = engine.stopped_reason()
+        state["requests"] = engine.tally.requests
+        state["cache_hits"] = engine.tally.cache_hits
     if engine.error is not None:
         (folder.path / "error.txt").write_text(redact(engine.error_traceback), encoding="utf-8")
         raise RationaleError(f"eval stopped ({redact(str(state['stopped']))}) (traceback in "
@@ -329,7 +330,7 @@ def _finish(
     config: EvalConfig, folder: EvalDir, cases: list[Any],
     done: dict[tuple[str, int], dict[str, Any]], predictor: Any, header: dict[str, Any],
     state: dict[str, Any], wall: float, asked: list[Any],
-) -> EvalResult:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     from rationale.scoring import case_set_digest, score, summary_lines, write_type_chart
 
     records = [r for r in (done.get(c.key) for c in cases) if r is not None]
@@ -348,15 +349,22 @@ def _finish(
         "n_cases": len(cases),
         "pending": pending,
         "failed": len(failed),
+        "skipped_input": state["skipped"],
         "metrics": metrics,
         "usage": {
+            # of the cases in this file (an answer from the cache counts its original tokens)
             "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in records),
             "completion_tokens": sum(r.get("completion_tokens") or 0 for r in records),
+            # billed, over every invocation on this folder (the ledger)
             "cost_usd": round(float(spent["cost_usd"]), 8),
             "requests": int(spent["requests"]),
-            "cache_hits": state["cache_hits"],
-            "wall_s": round(wall, 3),
-            "cases_per_s": round(finished_now / wall, 3) if wall > 0 else None,
+            "this_invocation": {
+                "cases": finished_now,
+                "requests": state["requests"],
+                "cache_hits": state["cache_hits"],
+                "wall_s": round(wall, 3),
+                "cases_per_s": round(finished_now / wall, 3) if wall > 0 else None,
+            },
         },
         "stopped": redact(state["stopped"]) if state["stopped"] else None,
         "cases": records,
@@ -369,4 +377,4 @@ def _finish(
     if pending:
         print(f"eval: {pending} of {len(cases)} cases pending ({data['stopped'] or 'stopped'}); "
               "rerun the same command to continue", file=sys.stderr)  # fmt: skip
-    return EvalResult(folder=folder.path, data=data)
+    return data

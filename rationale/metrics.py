@@ -149,9 +149,18 @@ def f1_scores(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -> dict[
     return {lab: 2 * tp[lab] / (n_true[lab] + n_pred[lab]) for lab in labels}
 
 
-def macro_f1_labels(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -> float:
-    """Unweighted mean of the per-label F1 (scikit-learn's ``average="macro"``)."""
-    return _mean(list(f1_scores(truth, predicted).values()))
+def macro_f1_labels(
+    truth: Sequence[Hashable],
+    predicted: Sequence[Hashable],
+    *,
+    labels: Sequence[Hashable] | None = None,
+) -> float:
+    """Unweighted mean of the per-label F1 over ``labels`` (scikit-learn's ``average="macro"``
+    with ``labels=``); every label seen in either sequence when None, as scikit-learn's default.
+    """
+    scores = f1_scores(truth, predicted)
+    return _mean([scores.get(lab, 0.0) for lab in labels] if labels is not None else
+                 list(scores.values()))  # fmt: skip
 
 
 def weighted_f1_labels(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -> float:
@@ -166,8 +175,12 @@ def _type_labels(cases: Sequence[Case]) -> tuple[list[str], list[str]]:
 
 
 def macro_f1(cases: Sequence[Case], space: ActionSpace | None = None) -> float:
-    """Macro F1 over action types; unparsed predictions form the wrong class ``"unparsed"``."""
-    return macro_f1_labels(*_type_labels(cases))
+    """Macro F1 averaged over the true action types. A wrong type or an unparsed prediction
+    lowers the recall of the case's true type (and the precision of a wrongly predicted true
+    type); ``"unparsed"`` and types that are never true are not classes of the average, so one
+    unreadable answer cannot cost a whole class's share."""
+    truth, predicted = _type_labels(cases)
+    return macro_f1_labels(truth, predicted, labels=list(dict.fromkeys(truth)))
 
 
 def weighted_f1(cases: Sequence[Case], space: ActionSpace | None = None) -> float:
@@ -209,14 +222,16 @@ def outcome_metrics(
 ) -> dict[str, float]:
     """Accuracy and macro F1 of predicted session outcomes (``purchase``, ``terminate``, None).
 
-    Each pair is (true outcome, predicted outcome); None is the class ``"none"``.
+    Each pair is (true outcome, predicted outcome); None is the class ``"none"``. A prediction
+    that is not an outcome class (pass ``UNPARSED`` for an unreadable last answer) is always
+    wrong. The macro mean is over the true classes.
     """
     truth = [NO_OUTCOME if t is None else t for t, _ in sessions_outcomes]
     predicted = [NO_OUTCOME if p is None else p for _, p in sessions_outcomes]
     return {
         "n": float(len(truth)),
         "accuracy": _mean([float(t == p) for t, p in zip(truth, predicted, strict=True)]),
-        "macro_f1": macro_f1_labels(truth, predicted),
+        "macro_f1": macro_f1_labels(truth, predicted, labels=list(dict.fromkeys(truth))),
     }
 
 

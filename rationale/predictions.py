@@ -107,6 +107,8 @@ def _parse(text: str, space: ActionSpace) -> tuple[str | None, dict[str, Any]]:
                 return found
     if problem:
         raise _Unreadable(problem)
+    if re.search(r"""["']rationale["']\s*:""", text[:MAX_SCAN]):
+        raise _Unreadable("the answer has a rationale but no action")
     cut = f" (searched the first and last {MAX_SCAN} characters)" if len(text) > MAX_SCAN else ""
     raise _Unreadable(f"no JSON object or action call found{cut}")
 

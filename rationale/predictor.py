@@ -27,9 +27,9 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 from rationale.errors import RationaleError, TeacherError
+from rationale.eval_cases import as_step
 from rationale.prompt_format import PromptFormat
 from rationale.schema import ActionSpace
-from rationale.sessions import Step
 
 __all__ = ["ModelSpec", "Prediction", "Predictor", "as_step", "resolve_model"]
 
@@ -63,6 +63,7 @@ class Prediction:
     completion_tokens: int | None = None
     cost_usd: float | None = None
     cached: bool = False
+    stop: str | None = None  # local models: "json", "eos" or "length" (cut by max_new_tokens)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"rationale": ..., "action": ...}``, the answer a simulation uses."""
@@ -71,25 +72,36 @@ class Prediction:
 
 def resolve_model(model: str) -> ModelSpec:
     """What ``model`` names (see the module docstring). Nothing is loaded or downloaded."""
+    from rationale.pricing import model_price
+
     path = Path(model).expanduser()
     if path.is_dir() and (path / "prompt_format.json").is_file():
         return _student(path, model)
+    if path.is_file() and path.suffix != ".gguf":
+        raise RationaleError(
+            f"--model {model!r} is a file but not a model: give a .gguf file, a model folder, "
+            "a distill output folder or a model string"
+        )
     local = path.suffix == ".gguf" or path.is_dir() or model.startswith(("hf:", ".", "/", "~"))
     from distill.models import ALIASES, resolve_base  # reading a distill output needs its names
 
     if local or model in ALIASES:
-        base = resolve_base(model.removeprefix("hf:"), "hf")
+        try:
+            base = resolve_base(model.removeprefix("hf:"), "hf")
+        except RationaleError as exc:
+            raise RationaleError(f"--model: {exc}") from None
         label = base.alias or (Path(base.source).name if base.is_local else base.source)
         if base.gguf_file and not base.alias:
             label = Path(base.gguf_file).stem
         return ModelSpec(model, "local", label, base.source, base.gguf_file)
-    if "/" not in model or not model.split("/", 1)[1]:
-        raise RationaleError(
-            f"--model {model!r} is not a distill output folder, a model folder, a .gguf file, "
-            f"an alias ({', '.join(ALIASES)}), hf:owner/name, nor a litellm model string "
-            "(provider/model, e.g. openai/gpt-4o-mini)"
-        )
-    return ModelSpec(model, "api", model)
+    provider, _, name = model.partition("/")
+    if (name and provider and " " not in model) or model_price(model) is not None:
+        return ModelSpec(model, "api", model)  # provider/model, or a name litellm's map knows
+    raise RationaleError(
+        f"--model {model!r} is not a distill output folder, a model folder, a .gguf file, an "
+        f"alias ({', '.join(ALIASES)}), hf:owner/name, nor a litellm model string "
+        "(provider/model, e.g. openai/gpt-4o-mini, or a name litellm knows, e.g. gpt-4o)"
+    )
 
 
 def _student(path: Path, name: str) -> ModelSpec:
@@ -113,34 +125,6 @@ def _student(path: Path, name: str) -> ModelSpec:
     raise RationaleError(f"{path}: neither adapter/ nor merged/ holds a trained student")
 
 
-def as_step(step: Any, space: ActionSpace | None = None) -> Step:
-    """A `Step` from a plain dict: ``instruction``, ``persona``, ``context``, ``history`` (earlier
-    actions, each an action dict or ``{"action": ..., "rationale": ...}``), ``step``,
-    ``session_id``. The step's own action is unknown (it is what is predicted): a placeholder
-    stands in, which a blind prompt never shows."""
-    from rationale.schema import HistoryEntry
-
-    if isinstance(step, Step):
-        return step
-    if not isinstance(step, dict):
-        raise TypeError(f"a step is a Step, an EvalCase or a dict, not {type(step).__name__}")
-    space = space or ActionSpace.default()
-    kind = next(iter(space.types.values()))
-    placeholder = {"type": kind.name, **{f: "placeholder" for f in kind.fields}}
-    history = []
-    for i, entry in enumerate(step.get("history") or []):
-        action = entry.get("action", entry) if isinstance(entry, dict) else entry
-        rationale = entry.get("rationale") if isinstance(entry, dict) else None
-        history.append(HistoryEntry(step=i, action=action, rationale=rationale))
-    fields = {k: step[k] for k in ("instruction", "persona", "context") if step.get(k) is not None}
-    record = space.record_model.model_validate({
-        "session_id": str(step.get("session_id", "session")),
-        "step": int(step.get("step", len(history))),
-        "action": placeholder, **fields,
-    })  # fmt: skip
-    return Step(record, tuple(history))
-
-
 class Predictor:
     """A loaded model and its prompt format: `predict` one step, `predict_batch` many."""
 
@@ -161,6 +145,7 @@ class Predictor:
             backoff=1.0, rpm=None, tpm=None,
         )  # fmt: skip
         self._generator: Any = None
+        self._draws = 0
         self.client: Any = None
         if spec.kind == "api":
             from rationale.teacher import make_teacher
@@ -248,18 +233,33 @@ class Predictor:
         """One step's prediction."""
         return self.predict_batch([item])[0]
 
+    def _draw(self) -> int:
+        """0 when greedy (the same step, the same answer: an eval resumes from the cache);
+        with a temperature, a new draw per call, so a simulated person varies."""
+        if self.temperature == 0:
+            return 0
+        self._draws += 1
+        return self._draws
+
     def predict_batch(self, items: list[Any], *, on_batch: Any = None) -> list[Prediction]:
         """The predictions of ``items``, in their order. ``on_batch(indices, predictions)`` is
-        called as each batch of a local model finishes (an eval saves them as they come)."""
+        called as each batch of a local model finishes (an eval saves them as they come).
+        Inside a running event loop, ``await apredict_batch(items)`` instead."""
         if self.spec.kind == "api":
-            return asyncio.run(self._api_batch(items))
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self._api_batch(items))
+            raise RationaleError("predict_batch was called inside a running event loop: "
+                                 "use `await predictor.apredict_batch(items)` there")  # fmt: skip
+        draw = self._draw()
         gen = self.generator
         prompts = [gen.render(self.messages(item)) for item in items]
         out: list[Prediction | None] = [None] * len(items)
 
         def done(indices: list[int], outputs: list[Any]) -> None:
             preds = [self.read(o.text, prompt_tokens=o.prompt_tokens,
-                               completion_tokens=o.completion_tokens, cost_usd=0.0)
+                               completion_tokens=o.completion_tokens, cost_usd=0.0, stop=o.stop)
                      for o in outputs]  # fmt: skip
             for i, p in zip(indices, preds, strict=True):
                 out[i] = p
@@ -268,21 +268,29 @@ class Predictor:
 
         gen.generate(
             prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-            seed=self.seed, batch_size=self.batch_size, on_batch=done,
+            seed=self.seed + draw, batch_size=self.batch_size, on_batch=done,
         )  # fmt: skip
         return [p for p in out if p is not None]
 
+    async def apredict_batch(self, items: list[Any]) -> list[Prediction]:
+        """`predict_batch` for callers in an event loop (a local model generates in a thread)."""
+        if self.spec.kind == "api":
+            return await self._api_batch(items)
+        return await asyncio.to_thread(self.predict_batch, items)
+
     # -- API models ---------------------------------------------------------------------------
 
-    def cache_key(self, messages: list[dict[str, str]]) -> str:
+    def cache_key(self, messages: list[dict[str, str]], draw: int = 0) -> str:
         from rationale.cache import cache_key
 
         params = {"temperature": self.temperature, "max_tokens": self.max_new_tokens,
-                  "seed": self.seed, "answer": "raw"}  # fmt: skip
-        return cache_key(model=self.model_id, messages=messages, params=params, sample=0,
+                  "seed": self.seed + draw, "answer": "raw"}  # fmt: skip
+        return cache_key(model=self.model_id, messages=messages, params=params, sample=draw,
                          template_version=self.prompt.template.version)  # fmt: skip
 
-    async def ask(self, engine: Any, limited: Any, messages: list[dict[str, str]]) -> Prediction:
+    async def ask(
+        self, engine: Any, limited: Any, messages: list[dict[str, str]], draw: int = 0
+    ) -> Prediction:
         """One API prediction through ``engine`` (raises `rationale.engine.Pending` when the
         run is stopping); a request that failed after its retries is ``status="failed"``."""
         from rationale.completion import RawText
@@ -290,9 +298,9 @@ class Predictor:
 
         try:
             completion, cached = await engine.call(
-                limited, messages, key=self.cache_key(messages), assistant_prefix=None,
-                temperature=self.temperature, max_tokens=self.max_new_tokens, seed=self.seed,
-                response_model=RawText,
+                limited, messages, key=self.cache_key(messages, draw), assistant_prefix=None,
+                temperature=self.temperature, max_tokens=self.max_new_tokens,
+                seed=self.seed + draw, response_model=RawText,
             )  # fmt: skip
         except TeacherError as exc:
             error = describe_error(exc)
@@ -311,12 +319,12 @@ class Predictor:
         out: dict[int, Prediction] = {}
 
         async def process(i: int) -> bool:
-            out[i] = await self.ask(engine, limited, self.messages(items[i]))
+            out[i] = await self.ask(engine, limited, self.messages(items[i]), self._draw())
             return True
 
         try:
             await engine.drive(iter(range(len(items))), process, todo=len(items), label="predict",
-                               unit="cases")  # fmt: skip
+                               unit="cases", progress=False)  # fmt: skip
         finally:
             await self.client.aclose()
         if engine.error is not None:

@@ -11,12 +11,19 @@ class Progress:
     """A bar on a terminal, plain lines every few seconds otherwise; always on stderr."""
 
     def __init__(
-        self, total: int, *, every: float = 10.0, label: str = "synth", unit: str = "records"
+        self,
+        total: int,
+        *,
+        every: float = 10.0,
+        label: str = "synth",
+        unit: str = "records",
+        show: bool = True,
     ) -> None:
         self.total, self.done, self.every, self.label, self.unit = total, 0, every, label, unit
         self.start = self.last = time.monotonic()
+        self.show = show  # False: silent (a library call)
         self.bar = None
-        if sys.stderr.isatty():
+        if show and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -26,6 +33,8 @@ class Progress:
     def update(self, tally: Any) -> None:
         """One more record (or case) finished; ``tally`` gives the running cost."""
         self.done += 1
+        if not self.show:
+            return
         cost = f"${tally.cost_usd:.4f}"
         if self.bar is not None:
             self.bar.set_postfix_str(f"cost {cost}", refresh=False)

@@ -17,6 +17,7 @@ turn with its true action (teacher forcing), oldest turns dropped first to fit t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,15 @@ class PromptFormat:
             space = ActionSpace.from_declaration(saved["action_space"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RationaleError(f"{path}: missing or bad field {exc}") from None
+        bad = [f for f in sources if Path(f).name != f or not f.endswith(".jinja")]
+        if bad:
+            raise RationaleError(f"{path}: template source name {bad[0]!r} is not a .jinja file")
         where = state_dir() / "prompt_formats" / str(version)
         where.mkdir(parents=True, exist_ok=True)
-        for file, text in sources.items():
-            if Path(file).name != file:
-                raise RationaleError(f"{path}: template source name {file!r} is not a file name")
-            (where / file).write_text(text, encoding="utf-8")
+        for file, text in sources.items():  # atomic: evals started together share the folder
+            tmp = where / f".{file}.{os.getpid()}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, where / file)
         template = load_template(where / f"{name}.jinja")
         if template.version != version:
             raise RationaleError(

@@ -191,7 +191,8 @@ def _outcome(
     """Outcome accuracy and F1 over the sessions whose last step was scored; None when no such
     session has a true outcome (the action space defines none that occurs)."""
     pairs = [
-        (space.outcome(c.truth), space.outcome(c.prediction) if c.is_parsed else None)  # type: ignore[arg-type]
+        # an unreadable (or failed) last answer predicts no outcome class: always wrong
+        (space.outcome(c.truth), space.outcome(c.prediction) if c.is_parsed else metrics.UNPARSED)  # type: ignore[arg-type]
         for r, c in zip(records, cases, strict=True)
         if r.get("last")
     ]
@@ -284,7 +285,7 @@ def summary_lines(eval_data: dict[str, Any], *, folder: str | Path | None = None
     lines = [f"model: {name}{engine}"]
     pending = eval_data.get("pending") or 0
     lines.append(
-        f"cases: {m['n_cases']} in {m['n_sessions']} sessions"
+        f"cases: {m['n_cases']} in {m['n_sessions']} session{'s' if m['n_sessions'] != 1 else ''}"
         + (f", {pending} pending" if pending else "")
         + (f" (stopped: {eval_data['stopped']})" if eval_data.get("stopped") else "")
     )
@@ -302,21 +303,25 @@ def summary_lines(eval_data: dict[str, Any], *, folder: str | Path | None = None
             f"{o['n']} sessions"
         )
     lines.append(
-        f"unparsed: {m['unparsed']}, failed: {m['failed']} ({_pct(m['unparsed_rate'])} of cases)"
+        f"unparsed: {m['unparsed']}, failed: {m['failed']} (together "
+        f"{_pct(m['unparsed_rate'])} of cases)"
     )
     usage = eval_data.get("usage")
     if usage:
         lines.append(
-            f"tokens: {usage.get('prompt_tokens') or 0} prompt + "
-            f"{usage.get('completion_tokens') or 0} completion; cost "
-            f"${usage.get('cost_usd') or 0:.4f}; {usage.get('requests') or 0} requests, "
-            f"{usage.get('cache_hits') or 0} from the cache"
+            f"tokens of these cases: {usage.get('prompt_tokens') or 0} prompt + "
+            f"{usage.get('completion_tokens') or 0} completion; billed "
+            f"${usage.get('cost_usd') or 0:.4f} for {usage.get('requests') or 0} requests "
+            "(every run on this folder)"
         )
-        if usage.get("wall_s") is not None:
-            rate = usage.get("cases_per_s")
+        now = usage.get("this_invocation") or {}
+        if now.get("wall_s") is not None:
+            rate = now.get("cases_per_s")
             lines.append(
-                f"wall time: {usage['wall_s']:.1f} s"
-                + (f", {rate:.2f} cases/s" if rate is not None else "")
+                f"this run: {now.get('cases', 0)} cases in {now['wall_s']:.1f} s"
+                + (f" ({rate:.2f} cases/s)" if rate else "")
+                + f", {now.get('requests') or 0} requests, {now.get('cache_hits') or 0} answers "
+                "from the cache"
             )
     if folder is not None:
         lines.append(

@@ -77,18 +77,18 @@ def test_table_numbers_by_hand(evals: dict[str, Path]) -> None:
     table = result.markdown()
     student, other, base = (cells(table, x) for x in ("student", "other", "base"))
     assert student[1].startswith("75.0% [") and student[2] == "75.0%"
-    assert base[5:] == ["reference", "reference"]
+    assert base[6:] == ["reference", "reference"]
     # +50 points over 25%: +200% relative. Discordant: 6 cases only the student gets, none the
     # other way, so p = 2 / 2**6.
-    assert student[5] == "+50.0 pts (+200.0%)"
-    assert student[6] == "0.031"
+    assert student[6] == "+50.0 pts (+200.0%)"
+    assert student[7] == "0.031"
     assert mcnemar_exact([i < 3 for i in range(12)], [i < 9 for i in range(12)]).p_value == 2 / 64
     # The same accuracy on other cases: 3 discordant each way, p = min(1, 2 * 42/64) = 1.
-    assert other[5] == "+0.0 pts (+0.0%)" and other[6] == "1.000"
+    assert other[6] == "+0.0 pts (+0.0%)" and other[7] == "1.000"
     assert result.rows[0].mcnemar == (2 / 64, 6, 0)
     assert "12 cases in 4 sessions" in table and "200 resamples, seed 0" in table
     # The outcome is a click at every last step here: no outcome, shown as a dash.
-    assert student[4] == "—"
+    assert student[4] == "—" and student[5] == "0 / 0"
 
 
 def test_without_reference_no_difference_columns(evals: dict[str, Path]) -> None:
@@ -140,7 +140,7 @@ def test_compare_cli_writes_table_and_chart(evals: dict[str, Path], tmp_path: Pa
         "-o", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert cells(result.stdout, "student")[5] == "+50.0 pts (+200.0%)"
+    assert cells(result.stdout, "student")[6] == "+50.0 pts (+200.0%)"
     assert (out / "compare.md").read_text(encoding="utf-8").strip() == result.stdout.strip()
     assert (out / "compare.png").read_bytes().startswith(PNG)
     assert "compare.png" in result.stderr and "compare.png" not in result.stdout

@@ -18,6 +18,7 @@ import pytest
 from helpers import record, write_lines
 from openai_server import ScriptedServer, last_user_text, ok, status
 
+from rationale.errors import RationaleError
 from rationale.eval_cases import eval_cases
 from rationale.evaluate import EvalConfig, run_eval
 from rationale.predictor import Predictor
@@ -114,7 +115,9 @@ def test_api_eval_keeps_failed_and_unparsed_cases_and_retries_failed_on_rerun(
                      last_user_text(b), status(400), times=None)  # fmt: skip
         server.fault(lambda b: 'name="e0"' in last_user_text(b), ok("I would rather not say."),
                      times=None)  # fmt: skip
-        first = run_eval(config(data, tmp_path / "ev", server.url)).data
+        with pytest.raises(RationaleError, match=r"1 of 6 cases failed .*HTTP 400.*rerun"):
+            run_eval(config(data, tmp_path / "ev", server.url))
+    first = json.loads((tmp_path / "ev" / "eval.json").read_text())
     by_key = {(c["session_id"], c["step"]): c for c in first["cases"]}
     assert len(by_key) == 6 == first["n_cases"]
     assert by_key[("s1", 1)]["status"] == "failed" and by_key[("s1", 1)]["correct"] is False
@@ -150,7 +153,7 @@ def test_a_folder_of_another_eval_is_refused(tmp_path: Path, home: Path) -> None
     data = make_test_file(tmp_path, sessions=1)
     with ScriptedServer(responder=first_element) as server:
         run_eval(config(data, tmp_path / "ev", server.url))
-        with pytest.raises(Exception, match="different cases"):
+        with pytest.raises(RationaleError, match="other settings .*cases 'all' -> 'from-second'"):
             run_eval(config(data, tmp_path / "ev", server.url, cases="from-second"))
 
 
@@ -209,3 +212,102 @@ def test_no_prompt_shows_the_true_action(tmp_path: Path) -> None:
     assert "SECRET" not in json.dumps(prompts[1])
     assert "Earlier actions" in prompts[0][1][-1]["content"]  # the true history is there
     assert "click(a0)" in prompts[0][1][-1]["content"]
+
+
+def test_a_wrong_model_or_key_stops_after_a_few_cases_and_exits_1(tmp_path: Path, home: Path) -> None:
+    data = make_test_file(tmp_path, sessions=4)
+    with ScriptedServer() as server:
+        server.fault(lambda b: True, status(400), times=None)  # every request refused
+        with pytest.raises(RationaleError, match="first 5 cases all failed"):
+            run_eval(config(data, tmp_path / "ev", server.url, concurrency=1))
+        assert server.count == 5  # not one refused request per case of the file
+    out = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert out["pending"] == 7 and out["failed"] == 5 and "fatal" in out["stopped"]
+
+
+def test_bad_models_fail_before_the_folder_is_touched(tmp_path: Path, home: Path) -> None:
+    data = make_test_file(tmp_path, sessions=1)
+    for model, message in [
+        (str(data), "is a file but not a model"),
+        (str(tmp_path / "nope"), "not found"),
+        ("smollm2-13", "not a distill output folder"),
+    ]:
+        with pytest.raises(RationaleError, match=message):
+            run_eval(EvalConfig(model=model, data=str(data), output=str(tmp_path / "ev")))
+        assert not (tmp_path / "ev").exists()
+
+
+def test_a_folder_without_finished_cases_is_taken_over(tmp_path: Path, home: Path) -> None:
+    data = make_test_file(tmp_path, sessions=1)
+    with ScriptedServer() as server:
+        server.fault(lambda b: True, status(500), times=None)
+        with pytest.raises(RationaleError):
+            run_eval(config(data, tmp_path / "ev", server.url, request_attempts=1,
+                            cases="from-second"))  # fmt: skip
+    (tmp_path / "ev" / "cases.jsonl").unlink()  # as if nothing had finished
+    with ScriptedServer(responder=first_element) as server:
+        out = run_eval(config(data, tmp_path / "ev", server.url)).data
+    assert out["n_cases"] == 3 and out["identity"]["cases"] == "all"
+
+
+def test_sigterm_finalises_the_eval(tmp_path: Path, home: Path) -> None:
+    data = make_test_file(tmp_path, sessions=8)
+    out = tmp_path / "ev"
+    env = {**os.environ, "RATIONALE_HOME": str(home)}
+    with ScriptedServer(responder=first_element, latency=0.2) as server:
+        cmd = [str(RATIONALE), "eval", "--model", "openai/gpt-4o-mini", "--data", str(data),
+               "-o", str(out), "--api-base", server.url, "--concurrency", "1",
+               "--bootstrap", "50"]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cases = out / "cases.jsonl"
+            if cases.exists() and len(cases.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "stopped by SIGTERM" in err and "rerun the same command" in err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["stopped"] == "interrupted: SIGTERM" and result["metrics"] is not None
+    assert result["pending"] == 24 - len(result["cases"]) > 0
+
+
+def test_model_strings_are_resolved_without_loading_anything() -> None:
+    from rationale.predictor import resolve_model
+
+    assert resolve_model("gpt-4o").kind == "api"  # a bare name litellm's price map knows
+    assert resolve_model("hosted_vllm/my-model").kind == "api"
+    assert resolve_model("smollm2-135m").kind == "local"
+    with pytest.raises(RationaleError, match="--model: base model"):
+        resolve_model("hf:not a repo")
+
+
+def test_the_predictor_as_a_library_simulates_quietly(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    step = {"instruction": "Buy", "context": page("x1", "x2"),
+            "history": [{"type": "click", "name": "start"}]}  # fmt: skip
+    with ScriptedServer(responder=first_element) as server:
+        greedy = Predictor.load("openai/gpt-4o-mini", api_base=server.url)
+        first = greedy.predict(step)
+        assert first.as_dict() == {"rationale": "I go for the first thing I see.",
+                                   "action": {"type": "click", "name": "x1"}}  # fmt: skip
+        assert greedy.predict(step).cached and server.count == 1  # greedy: the same answer
+        sampled = Predictor.load("openai/gpt-4o-mini", api_base=server.url, temperature=0.7)
+        sampled.predict(step)
+        sampled.predict(step)
+        assert server.count == 3  # a new draw per call, not the cached one
+
+        async def in_a_loop() -> list[Any]:
+            with pytest.raises(RationaleError, match="apredict_batch"):
+                greedy.predict_batch([step])
+            return await greedy.apredict_batch([step, step])
+
+        assert [p.action for p in asyncio.run(in_a_loop())] == [first.action, first.action]
+    assert capsys.readouterr().err == ""  # no progress lines from a library call
+    with pytest.raises(RationaleError, match="history entry 0"):
+        greedy.predict({**step, "history": [{"type": "fly"}]})

@@ -89,8 +89,9 @@ def test_f1_by_hand() -> None:
     # truth: click, click, type, type, terminate, click; predicted: click, terminate, type,
     # type, unparsed, unparsed.
     # click: TP 1, true 3, pred 1 -> 2/4; type_and_submit: TP 2, 2, 2 -> 1;
-    # terminate: TP 0, true 1, pred 1 -> 0; unparsed: TP 0, true 0, pred 2 -> 0.
-    assert macro_f1(MIXED, SPACE) == pytest.approx((0.5 + 1 + 0 + 0) / 4)
+    # terminate: TP 0, true 1, pred 1 -> 0; unparsed: TP 0, true 0, pred 2 -> 0, but it is not
+    # a true class, so the macro mean is over click, type_and_submit and terminate.
+    assert macro_f1(MIXED, SPACE) == pytest.approx((0.5 + 1 + 0) / 3)
     assert weighted_f1(MIXED, SPACE) == pytest.approx((0.5 * 3 + 1 * 2 + 0 * 1) / 6)
 
 
@@ -127,6 +128,10 @@ def test_f1_matches_sklearn(pairs: list[tuple[str, str]]) -> None:
     assert weighted_f1_labels(truth, pred) == pytest.approx(
         metrics.f1_score(truth, pred, average="weighted", **kw)
     )
+    true_labels = sorted(set(truth))
+    assert macro_f1_labels(truth, pred, labels=true_labels) == pytest.approx(
+        metrics.f1_score(truth, pred, labels=true_labels, average="macro", **kw)
+    )
     ours = f1_scores(truth, pred)
     union = sorted(ours)
     theirs = metrics.f1_score(truth, pred, labels=union, average=None, **kw)
@@ -140,6 +145,19 @@ def test_outcome_metrics() -> None:
     assert out["accuracy"] == pytest.approx(0.5)
     # purchase: 2*1/(1+2) = 2/3; terminate: 0; none: 2*1/(2+1) = 2/3.
     assert out["macro_f1"] == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
+    # an unreadable last answer is wrong, never the class "none"
+    unread = outcome_metrics([(None, "unparsed"), (None, None), ("purchase", "purchase")])
+    assert unread["accuracy"] == pytest.approx(2 / 3)
+    assert unread["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)  # none: 2/(2+1); purchase: 1
+
+
+def test_one_unparsed_answer_costs_recall_not_a_whole_class() -> None:
+    truth = ["click"] * 99 + ["terminate"]
+    cases = [case("s", i, click("x") if t == "click" else TERM, click("x") if t == "click" else
+                  TERM) for i, t in enumerate(truth)]  # fmt: skip
+    assert macro_f1(cases, SPACE) == 1.0
+    cases[0] = case("s", 0, click("x"), None)
+    assert macro_f1(cases, SPACE) == pytest.approx((2 * 98 / (99 + 98) + 1) / 2)
 
 
 def _sessions(n_sessions: int, steps: int = 3) -> list[Case]:

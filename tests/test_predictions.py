@@ -254,3 +254,11 @@ def test_huge_input_is_fast(garbage: str) -> None:
     got = parse_prediction(garbage, SPACE)
     assert time.perf_counter() - start < 0.5
     assert got.raw is garbage
+
+
+def test_a_rationale_without_an_action_says_so() -> None:
+    from rationale.predictions import parse_prediction
+    from rationale.schema import ActionSpace
+
+    out = parse_prediction('{"rationale": "I like the red one."}', ActionSpace.default())
+    assert out.status == "unparsed" and out.problem == "the answer has a rationale but no action"

@@ -44,7 +44,7 @@ def rec(sid: str, step: int, truth: dict, pred: dict | None, status: str = "ok",
 
 # s1: right, right type wrong text, right (a purchase): 2/3, outcome purchase -> purchase.
 # s2: unparsed, terminate predicted as a click: 0/2, outcome terminate -> none.
-# s3: right (case and spacing differ), the request failed: 1/2, outcome none -> none.
+# s3: right (case and spacing differ), the request failed: 1/2, outcome none -> unparsed.
 RECORDS = [
     rec("s1", 0, click("search.box"), click("search.box")),
     rec("s1", 1, typed("search.box", "red shoes"), typed("search.box", "blue shoes")),
@@ -64,18 +64,17 @@ def test_score_by_hand() -> None:
     # truth types: click, type, click, click, terminate, click, click
     # predicted:   click, type, click, unparsed, click, click, unparsed
     assert m["type_accuracy"] == pytest.approx(4 / 7)
-    # F1: click 2*3/(5+4), type_and_submit 1, terminate 0, unparsed 0.
-    assert m["type_macro_f1"] == pytest.approx((2 / 3 + 1 + 0 + 0) / 4)
+    # F1: click 2*3/(5+4), type_and_submit 1, terminate 0 (unparsed 0, not a true class).
+    assert m["type_macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert m["type_weighted_f1"] == pytest.approx((2 / 3 * 5 + 1) / 7)
     c = m["per_type"]["click"]
     assert c == pytest.approx({"support": 5, "exact_match": 3 / 5, "type_accuracy": 3 / 5,
                                "precision": 3 / 4, "recall": 3 / 5, "f1": 2 / 3})  # fmt: skip
     assert list(m["per_type"]) == ["click", "terminate", "type_and_submit"]  # by support, name
     assert m["per_type"]["terminate"]["type_accuracy"] == 0.0
-    # outcomes: (purchase, purchase), (terminate, none), (none, none)
-    assert m["outcome"] == pytest.approx(
-        {"n": 3, "accuracy": 2 / 3, "macro_f1": (1 + 0 + 2 / 3) / 3}
-    )
+    # outcomes: (purchase, purchase), (terminate, none), (none, unparsed: the last request
+    # failed, which is never the class none); macro over purchase 1, terminate 0, none 0
+    assert m["outcome"] == pytest.approx({"n": 3, "accuracy": 1 / 3, "macro_f1": 1 / 3})
     assert (m["unparsed"], m["failed"]) == (1, 1)
     assert m["unparsed_rate"] == pytest.approx(2 / 7)
     assert m["errors"] == {"correct": 3, "wrong_type": 1, "right_type_wrong_target": 0,
@@ -206,7 +205,8 @@ def test_summary_lines() -> None:
         "model": {"name": "openai/gpt-x", "label": "gpt-x", "engine": "api"},
         "pending": 0, "metrics": m,
         "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "cost_usd": 0.0123,
-                  "requests": 7, "cache_hits": 2, "wall_s": 3.5, "cases_per_s": 2.0},
+                  "requests": 9, "this_invocation": {"cases": 7, "requests": 5, "cache_hits": 2,
+                                                     "wall_s": 3.5, "cases_per_s": 2.0}},
     }  # fmt: skip
     text = "\n".join(summary_lines(data, folder="out/eval"))
     assert "gpt-x via api" in text
@@ -216,7 +216,8 @@ def test_summary_lines() -> None:
     assert f"{100 * headline['ci_low']:.1f}%" in text
     assert "unparsed: 1, failed: 1" in text
     assert "1200 prompt + 300 completion" in text and "$0.0123" in text
-    assert "2.00 cases/s" in text
+    assert "billed $0.0123 for 9 requests (every run on this folder)" in text
+    assert "this run: 7 cases in 3.5 s (2.00 cases/s), 5 requests, 2 answers from the cache" in text
     assert "out/eval/eval.json" in text and "per_type.png" in text
     assert "outcome: macro-F1" in text
 

@@ -31,6 +31,13 @@ def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | Non
     from rationale.compare import compare as compare_evals
 
     result = compare_evals(eval_dirs, reference=reference)
+    for row in result.rows:
+        if row.metrics.get("failed"):
+            click.echo(
+                f"warning: {row.folder}: {row.metrics['failed']} cases failed (no answer after "
+                "the retries) and count as wrong; rerun its eval to ask them again",
+                err=True,
+            )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:
