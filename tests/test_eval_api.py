@@ -153,7 +153,7 @@ def test_a_folder_of_another_eval_is_refused(tmp_path: Path, home: Path) -> None
     data = make_test_file(tmp_path, sessions=1)
     with ScriptedServer(responder=first_element) as server:
         run_eval(config(data, tmp_path / "ev", server.url))
-        with pytest.raises(RationaleError, match="other settings .*cases 'all' -> 'from-second'"):
+        with pytest.raises(RationaleError, match=r"other settings .*cases 'all' -> 'from-second'"):
             run_eval(config(data, tmp_path / "ev", server.url, cases="from-second"))
 
 
@@ -214,7 +214,9 @@ def test_no_prompt_shows_the_true_action(tmp_path: Path) -> None:
     assert "click(a0)" in prompts[0][1][-1]["content"]
 
 
-def test_a_wrong_model_or_key_stops_after_a_few_cases_and_exits_1(tmp_path: Path, home: Path) -> None:
+def test_a_wrong_model_or_key_stops_after_a_few_cases_and_exits_1(
+    tmp_path: Path, home: Path
+) -> None:
     data = make_test_file(tmp_path, sessions=4)
     with ScriptedServer() as server:
         server.fault(lambda b: True, status(400), times=None)  # every request refused
