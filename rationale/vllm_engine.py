@@ -40,7 +40,7 @@ def vllm_available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device (vLLM needs one)"
     if importlib.util.find_spec("vllm") is None:
-        return False, "vllm is not installed (pip install vllm)"
+        return False, "vllm is not installed (pip install 'rationale-distill[vllm]')"
     version = importlib.metadata.version("vllm")
     return True, f"CUDA ({torch.cuda.get_device_name(0)}) and vllm {version} are present"
 
