@@ -65,7 +65,7 @@ def test_vllm_and_hf_engines_give_the_same_greedy_text(tmp_path: Path) -> None:
     """A tiny Llama (head size 64) with a LoRA adapter, through vLLM's LoRA support and through
     the hf engine (adapter merged): the same greedy replies, and the adapter matters in both."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed in this environment (pip install 'rationale-distill[vllm]')")
+        pytest.skip("vllm is not installed here (pip install 'rationale-distill[vllm]')")
     peft = pytest.importorskip("peft")
     import torch
     from tiny_model import build_tiny_llama
