@@ -154,10 +154,10 @@ class Predictor:
             self.client = make_teacher(spec.name, api_base=api_base, timeout=timeout,
                                        client=client)  # fmt: skip
             self.model_id = self.client.model_id
-        elif engine == "auto" and spec.gguf_file:
-            self.engine, self.engine_reason = "hf", "a GGUF file (vllm needs a model folder)"
         else:
             self.engine, self.engine_reason = _choose_engine(engine)
+            if engine == "auto" and self.engine == "vllm" and spec.gguf_file:
+                self.engine, self.engine_reason = "hf", "a GGUF model (vllm needs a model folder)"
             self.model_id = ""  # set when the weights are loaded (`load`)
 
     @classmethod

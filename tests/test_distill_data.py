@@ -304,7 +304,8 @@ def test_export_sft_loads_in_datasets(run_dir: Path, tmp_path: Path) -> None:
 def test_distill_command_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "student"
     cmd = [str(RATIONALE), "distill", "--base", str(tiny), "--data", str(run_dir), "-o", str(out),
-           "--max-steps", "2", "--max-seq-length", "1024"]  # fmt: skip
+           "--max-steps", "2", "--max-seq-length", "1024",
+           "--max-context-tokens", "300"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_one_thread())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hf (no CUDA)" in proc.stderr and proc.stdout == ""
@@ -314,6 +315,7 @@ def test_distill_command_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -
     fmt = json.loads((out / "prompt_format.json").read_text())
     assert fmt["template"] == "student" and "student.jinja" in fmt["template_sources"]
     assert fmt["chat_template"] and fmt["no_rationale"] is False
+    assert fmt["max_context_tokens"] == 300
     log = [json.loads(x) for x in (out / "training_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log] == [1, 2]
     stats = json.loads((out / "data_stats.json").read_text())

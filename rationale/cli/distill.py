@@ -42,6 +42,13 @@ from rationale.cli.options import (
 @click.option("--no-rationale", is_flag=True, help="Train on actions only (the ablation).")
 @click.option("--session-mode", is_flag=True, help="Whole sessions as multi-turn chats.")
 @click.option("--max-seq-length", type=click.IntRange(min=32), default=2048, show_default=True)
+@click.option(
+    "--max-context-tokens",
+    type=click.IntRange(min=32),
+    default=4000,
+    show_default=True,
+    help="Cut each step's context to this many tokens (without looking at the action).",
+)
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
 @click.option(
     "--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True
