@@ -199,14 +199,24 @@ def _run(
         if todo and predictor.spec.kind == "api":
             asyncio.run(_api(config, folder, todo, predictor, done, state))
         elif todo:
+            from types import SimpleNamespace
+
+            from rationale.progress import Progress
+
+            bar, free = Progress(len(todo), label="eval", unit="cases"), SimpleNamespace(cost_usd=0)
 
             def save(indices: list[int], preds: list[Any]) -> None:
                 pairs = zip(indices, preds, strict=True)
                 recs = [case_record(todo[i], p, predictor.space) for i, p in pairs]
                 folder.append(recs)
                 done.update({(r["session_id"], r["step"]): r for r in recs})
+                for _ in recs:
+                    bar.update(free)
 
-            predictor.predict_batch(todo, on_batch=save)
+            try:
+                predictor.predict_batch(todo, on_batch=save)
+            finally:
+                bar.close()
     except BaseException as exc:
         # the API path cancels its task on SIGTERM (a CancelledError arrives here)
         kind = Terminated if state.get("terminated") else type(exc)

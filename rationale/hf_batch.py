@@ -273,6 +273,10 @@ def load_generator(
     if gguf is not None:
         kwargs["gguf_file"] = gguf
         options = _gguf_options()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # per-tensor loading bars would flood a log file
     with torch_threads(threads):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
@@ -281,6 +285,9 @@ def load_generator(
             raise RationaleError(f"cannot load model {source!r}: {_one_line(exc)}") from None
         except (OSError, ValueError) as exc:
             raise RationaleError(f"cannot load model {source!r}: {_one_line(exc)}") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         # A GGUF load leaves a quantizer behind although the weights are dense now; peft would
         # then treat the model as quantized (no merge).
         if getattr(model, "hf_quantizer", None) is not None:
