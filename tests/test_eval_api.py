@@ -313,3 +313,17 @@ def test_the_predictor_as_a_library_simulates_quietly(
     assert capsys.readouterr().err == ""  # no progress lines from a library call
     with pytest.raises(RationaleError, match="history entry 0"):
         greedy.predict({**step, "history": [{"type": "fly"}]})
+
+
+def test_skipped_input_lines_are_recorded_in_eval_json(tmp_path: Path, home: Path) -> None:
+    data = make_test_file(tmp_path, sessions=2)
+    lines = data.read_text().splitlines()
+    lines.insert(4, '{"session_id": "s1", "step": "one"}')  # a bad line in session s1
+    data.write_text("\n".join(lines) + "\n")
+    with ScriptedServer(responder=first_element) as server:
+        with pytest.raises(RationaleError, match="line 5"):
+            run_eval(config(data, tmp_path / "ev", server.url))
+        out = run_eval(config(data, tmp_path / "ev", server.url, on_error="skip")).data
+    assert out["n_cases"] == 3  # session s1 left out whole
+    assert [x["line"] for x in out["skipped_input"]["lines"]] == [5]
+    assert out["skipped_input"]["sessions"]
