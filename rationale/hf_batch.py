@@ -28,7 +28,13 @@ from typing import Any
 
 from rationale.errors import RationaleError
 from rationale.json_stop import RowStops, json_object_end
-from rationale.local_engine import ChatRenderer, GenOutput, adapter_fingerprint, eos_ids
+from rationale.local_engine import (
+    ChatRenderer,
+    GenOutput,
+    adapter_fingerprint,
+    cached_hub_folder,
+    eos_ids,
+)
 from rationale.local_generation import torch_threads
 from rationale.local_teacher import LocalModel
 
@@ -56,7 +62,9 @@ class BatchGenerator(ChatRenderer):
         self.eos_ids = eos_ids(tokenizer, model.generation_config.eos_token_id)
         pad = tokenizer.pad_token_id
         self.pad_id = self.eos_ids[0] if pad is None else int(pad)
-        self.share_prefix = True  # reuse the KV cache of a prefix all prompts share
+        # reuse the KV cache of a prefix all prompts share; not with sliding-window attention,
+        # whose window counts cache slots, so the padding after the prefix would eat into it
+        self.share_prefix = not _sliding_window(getattr(model, "config", None))
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
         params = inspect.signature(type(base).forward).parameters
         # transformers 5 renamed the forward's ``past_key_values`` to ``cache``
@@ -223,6 +231,15 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _sliding_window(config: Any) -> bool:
+    """Whether any layer of the model attends through a sliding window."""
+    config = getattr(config, "text_config", None) or config
+    types = getattr(config, "layer_types", None) or []
+    return bool(getattr(config, "sliding_window", None)) and (
+        not types or any("sliding" in str(t) for t in types)
+    )
+
+
 def load_generator(
     source: str,
     *,
@@ -243,6 +260,7 @@ def load_generator(
     """
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    source = cached_hub_folder(source)  # a hub id: its snapshot in the local cache
     target = str(Path(source).expanduser() / gguf_file) if gguf_file else source
     folder, gguf, model_id = LocalModel._resolve(target)  # checks the files are there
     adapter_dir = None

@@ -31,10 +31,12 @@ class JsonScanner:
     """Feed text in chunks; `end` becomes the index (in all text fed) just after the first
     complete top-level ``{...}`` object once it has closed."""
 
-    __slots__ = ("_depth", "_escape", "_fed", "_in_string", "end")
+    __slots__ = ("_carry", "_depth", "_escape", "_fed", "_in_string", "_thinking", "end")
 
     def __init__(self) -> None:
         self._depth = 0
+        self._thinking = False  # inside <think>...</think>: objects there are not the answer
+        self._carry = ""  # the end of the text before this chunk, where a marker may begin
         self._in_string = False
         self._escape = False  # the previous character was a backslash inside a string
         self._fed = 0  # characters fed before the current chunk
@@ -58,11 +60,25 @@ class JsonScanner:
                     self._escape = True
                 else:
                     self._in_string = False
-            elif self._depth == 0:
-                at = chunk.find("{", i)
+            elif self._thinking:  # the markers may come split over chunks: keep a tail
+                window = self._carry + chunk[i:]
+                at = window.find("</think>")
                 if at < 0:
+                    self._carry = window[-7:]
                     break
-                self._depth, i = 1, at + 1
+                i += at + len("</think>") - len(self._carry)
+                self._thinking, self._carry = False, ""
+            elif self._depth == 0:
+                window = self._carry + chunk[i:]
+                at, think = window.find("{"), window.find("<think>")
+                if think >= 0 and (at < 0 or think < at):  # a reasoning model thinks first
+                    i += think + len("<think>") - len(self._carry)
+                    self._thinking, self._carry = True, ""
+                    continue
+                if at < 0:
+                    self._carry = window[-6:]
+                    break
+                self._depth, i, self._carry = 1, i + at + 1 - len(self._carry), ""
             else:
                 m = _OUTSIDE.search(chunk, i)
                 if m is None:

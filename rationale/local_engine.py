@@ -108,3 +108,27 @@ def adapter_fingerprint(folder: Path) -> str:
         if p.is_file() and p.suffix in ADAPTER_WEIGHTS:
             digest.update(f"\0{p.name}:{p.stat().st_size}".encode())
     return digest.hexdigest()[:12]
+
+
+def cached_hub_folder(source: str) -> str:
+    """``source`` itself when it is a path; a hub repo id (``owner/name``) as the folder of its
+    snapshot in the local Hugging Face cache. Never downloads: a repo that is not cached is an
+    error that says how to fetch it."""
+    import re
+
+    if Path(source).expanduser().exists() or not re.match(r"^[\w.-]+/[\w.-]+$", source):
+        return source
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        return source
+    try:
+        return str(snapshot_download(source, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        from rationale.errors import RationaleError
+
+        raise RationaleError(
+            f"{source!r} is not in the local Hugging Face cache and nothing is downloaded here: "
+            f"fetch it first (hf download {source}), or give a local folder"
+        ) from None

@@ -25,7 +25,13 @@ from typing import Any
 
 from rationale.errors import RationaleError
 from rationale.json_stop import json_object_end
-from rationale.local_engine import ChatRenderer, GenOutput, adapter_fingerprint, eos_ids
+from rationale.local_engine import (
+    ChatRenderer,
+    GenOutput,
+    adapter_fingerprint,
+    cached_hub_folder,
+    eos_ids,
+)
 from rationale.local_teacher import LocalModel
 
 __all__ = ["VLLMGenerator", "load_vllm", "vllm_available"]
@@ -81,20 +87,25 @@ class VLLMGenerator(ChatRenderer):
 
         if max_new_tokens < 1 or batch_size < 1 or temperature < 0:
             raise ValueError("max_new_tokens and batch_size must be >= 1, temperature >= 0")
-        params = SamplingParams(
-            temperature=temperature,
-            max_tokens=max_new_tokens,
-            seed=seed,
-            stop=None,
-            stop_token_ids=list(self.eos_ids),
-            skip_special_tokens=True,
-        )
+
+        def params(i: int) -> Any:  # a seed per prompt: repeated prompts draw distinct samples
+            return SamplingParams(
+                temperature=temperature,
+                max_tokens=max_new_tokens,
+                seed=seed + i,
+                stop=None,
+                stop_token_ids=list(self.eos_ids),
+                skip_special_tokens=True,
+            )
+
         encoded = self.encode(prompts)
         results: list[GenOutput] = []
         for start in range(0, len(prompts), batch_size):
             indices = list(range(start, min(start + batch_size, len(prompts))))
             requests = [{"prompt_token_ids": encoded[i]} for i in indices]
-            answers = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
+            answers = self.llm.generate(
+                requests, [params(i) for i in indices], use_tqdm=False, lora_request=self.lora
+            )
             outputs = [
                 self._output(answer, len(encoded[i]))
                 for answer, i in zip(answers, indices, strict=True)
@@ -148,7 +159,7 @@ def load_vllm(
     ok, why = vllm_available()
     if not ok:
         raise RationaleError(f"the vllm engine cannot run here: {why}; use --engine hf")
-    folder, gguf, model_id = LocalModel._resolve(source)
+    folder, gguf, model_id = LocalModel._resolve(cached_hub_folder(source))
     if gguf is not None:
         raise RationaleError(
             f"the vllm engine needs a Hugging Face model folder, not a GGUF file ({source!r}); "
@@ -166,7 +177,13 @@ def load_vllm(
             raise RationaleError(f"adapter {adapter!r} not found: no adapter_config.json in it")
         model_id += f"+lora@{adapter_fingerprint(adapter_dir)}"
         rank = int(json.loads((adapter_dir / "adapter_config.json").read_text()).get("r", 0))
-        engine_args.update(enable_lora=True, max_lora_rank=max(max_lora_rank, rank), max_loras=1)
+        # vLLM takes only these ranks: the smallest that holds the adapter's
+        fits = [r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= max(max_lora_rank, rank)]
+        if not fits:
+            raise RationaleError(
+                f"adapter {adapter!r} has LoRA rank {rank}; vLLM serves at most 512"
+            )
+        engine_args.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
         lora = LoRARequest("adapter", 1, str(adapter_dir))
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if chat_template is not None:

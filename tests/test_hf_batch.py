@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,6 +57,10 @@ CORPUS = [
     ('```json\n{"rationale": "I want it", "action": {"type": "click"}}\n```',
      '```json\n{"rationale": "I want it", "action": {"type": "click"}}'),
     ("{'a': 'x'}", "{'a': 'x'}"),  # single quotes are not strings, but these braces balance
+    # a reasoning model's object inside <think> is not its answer: the one after </think> is
+    ('<think>maybe {"type": "click"}</think> {"action": {"type": "terminate"}} x',
+     '<think>maybe {"type": "click"}</think> {"action": {"type": "terminate"}}'),
+    ('<think>still {"a": 1} thinking', None),
     ("no object here", None),
     ('{"a": 1', None),
     ('{"a": "}', None),
@@ -505,3 +510,52 @@ def test_vllm_engine_refuses_without_cuda_and_reads_replies_as_the_hf_engine(gen
         assert (out.text, out.completion_tokens, out.stop) == ("plain words", len(words) + 1, "eos")
     out = engine._output(answer(words, "length"), 5)
     assert (out.completion_tokens, out.stop, out.prompt_tokens) == (len(words), "length", 5)
+
+
+def test_a_sliding_window_model_batches_without_the_prefix_cache(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    """Padding after a shared prefix would push real tokens out of a sliding window (counted in
+    cache slots): such a model is batched with plain left padding, and matches one at a time."""
+    import torch
+    import transformers
+
+    from rationale.hf_batch import load_generator
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_folder)
+    config = transformers.MistralConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        sliding_window=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / "mistral")
+    tok.save_pretrained(tmp_path / "mistral")
+    gen = load_generator(str(lively(tmp_path / "mistral", seed=3)), threads=1)
+    assert gen.share_prefix is False
+    prompts = [gen.render([SYSTEM, {"role": "user", "content": t}]) for t in USER_TEXTS]
+    singles = one_at_a_time(gen, prompts, max_new_tokens=10)
+    assert len({s.text for s in singles}) > 3
+    assert gen.generate(prompts, max_new_tokens=10, batch_size=len(prompts)) == singles
+
+
+def test_a_hub_id_loads_from_the_local_cache_and_is_never_downloaded(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rationale.hf_batch import load_generator
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--owner--tiny" / "snapshots" / "abc123"
+    snapshot.parent.mkdir(parents=True)
+    shutil.copytree(tiny_folder, snapshot)
+    (cache / "models--owner--tiny" / "refs").mkdir()
+    (cache / "models--owner--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    gen = load_generator("owner/tiny", threads=1)
+    assert gen.render([{"role": "user", "content": "hi"}]).startswith("<|im_start|>user")
+    with pytest.raises(RationaleError, match=r"not in the local Hugging Face cache.*hf download"):
+        load_generator("owner/absent", threads=1)
