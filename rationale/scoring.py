@@ -356,7 +356,10 @@ def write_type_chart(metrics: dict[str, Any], path: str | Path, title: str) -> N
     ax.set_ylim(0, 125)  # room for the legend above the 100% line
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("% of cases of the true type")
-    ax.set_title(title)
+    unread = (metrics.get("unparsed") or 0) + (metrics.get("failed") or 0)
+    n = metrics.get("n_cases") or 0
+    ax.set_title(f"{title}\n{unread} of {n} answers unparsed or failed (counted wrong)"
+                 if n else title, fontsize=10)  # fmt: skip
     ax.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
