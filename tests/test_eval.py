@@ -202,3 +202,32 @@ def test_the_predictor_simulates_one_step_from_a_plain_dict(student: dict[str, P
         session = next(records.sessions())
     step_obj = list(iter_steps(session))[1]
     assert predictor.messages(step_obj) == predictor.prompt.messages(step_obj)
+
+
+def test_sigterm_during_local_generation_finalises_the_eval(
+    student: dict[str, Path], tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    ev = tmp_path / "ev"
+    cmd = [str(RATIONALE), "eval", "--model", str(student["student"]), "--data",
+           str(student["data"]), "-o", str(ev), "--batch-size", "1", "--max-new-tokens", "200",
+           "--bootstrap", "20"]  # fmt: skip
+    env = one_thread_env(student["root"] / "home")
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (ev / "cases.jsonl").exists() and (ev / "cases.jsonl").read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "stopped by SIGTERM" in err and "Traceback" not in err
+    stopped = json.loads((ev / "eval.json").read_text())
+    assert stopped["stopped"] == "interrupted: SIGTERM" and 0 < stopped["pending"] < 18
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    done = json.loads((ev / "eval.json").read_text())
+    keys = [(c["session_id"], c["step"]) for c in done["cases"]]
+    assert len(keys) == len(set(keys)) == 18 and done["pending"] == 0
