@@ -9,12 +9,11 @@ atomically. One process writes a folder at a time (``.lock``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from rationale.errors import RationaleError
-from rationale.rundir import read_lines, take_lock
+from rationale.rundir import read_lines, take_lock, write_json
 
 __all__ = ["EvalDir", "case_record"]
 
@@ -84,9 +83,7 @@ class EvalDir:
         return None  # every line is written when it is added
 
     def write_json(self, data: dict[str, Any]) -> None:
-        tmp = self.eval_json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.eval_json)
+        write_json(self.eval_json, data, ensure_ascii=False)
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -99,10 +96,10 @@ class EvalDir:
 
 def case_record(case: Any, pred: Any, space: Any) -> dict[str, Any]:
     """The stored form of one predicted case (see the eval.json contract in the README)."""
+    from rationale.scoring import judge
+
     truth = case.truth
-    ok = pred.status == "ok" and pred.action is not None
-    correct = bool(ok and space.equal(pred.action, truth))
-    type_correct = bool(ok and pred.action.get("type") == truth.get("type"))
+    correct, type_correct = judge(truth, pred.action if pred.status == "ok" else None, space)
     return {
         "session_id": case.key[0], "step": case.key[1], "last": case.last, "truth": truth,
         "status": pred.status, "prediction": pred.action, "rationale": pred.rationale,

@@ -199,11 +199,9 @@ def _run(
         if todo and predictor.spec.kind == "api":
             asyncio.run(_api(config, folder, todo, predictor, done, state))
         elif todo:
-            from types import SimpleNamespace
-
             from rationale.progress import Progress
 
-            bar, free = Progress(len(todo), label="eval", unit="cases"), SimpleNamespace(cost_usd=0)
+            bar = Progress(len(todo), label="eval", unit="cases")
 
             def save(indices: list[int], preds: list[Any]) -> None:
                 pairs = zip(indices, preds, strict=True)
@@ -211,7 +209,7 @@ def _run(
                 folder.append(recs)
                 done.update({(r["session_id"], r["step"]): r for r in recs})
                 for _ in recs:
-                    bar.update(free)
+                    bar.update()
 
             try:
                 predictor.predict_batch(todo, on_batch=save)
@@ -248,23 +246,6 @@ def _on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, terminated)
 
 
-def _cancel_on_sigterm(state: dict[str, Any]) -> None:
-    """In the event loop, SIGTERM cancels the eval's task (requests in flight are dropped, every
-    finished case is on disk) instead of raising wherever the loop happens to be."""
-    import contextlib
-    import signal
-
-    task = asyncio.current_task()
-
-    def stop() -> None:
-        state["terminated"] = True
-        if task is not None:
-            task.cancel()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
-
-
 def _restore_sigterm(previous: Any) -> None:
     import signal
 
@@ -277,6 +258,7 @@ async def _api(
     done: dict[tuple[str, int], dict[str, Any]], state: dict[str, Any],
 ) -> None:  # fmt: skip
     from rationale.engine import Engine
+    from rationale.runner import cancel_on_sigterm
 
     client = predictor.client
     if config.max_cost is not None and client.price(1, 1) is None:
@@ -286,7 +268,9 @@ async def _api(
     engine = Engine(config, folder)
     limited = engine.limited(client, "predict")
     answered = failed = 0
-    _cancel_on_sigterm(state)
+    # in the event loop SIGTERM cancels this task (as in synth) instead of raising wherever the
+    # loop happens to be: requests in flight are dropped, every finished case is on disk
+    state["terminated"] = cancel_on_sigterm()
 
     async def process(case: Any) -> bool:
         nonlocal answered, failed

@@ -21,7 +21,7 @@ against the action space, or why there is none. Local models generate in batches
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -175,7 +175,7 @@ class Predictor:
                                      "drop --template")  # fmt: skip
             fmt = PromptFormat.from_student(str(spec.folder), max_seq_length=spec.max_seq_length)
             if history_rationales and not fmt.history_rationales:
-                fmt = _with(fmt, history_rationales=True)
+                fmt = replace(fmt, history_rationales=True)
         else:
             space = ActionSpace.from_file(action_space) if action_space else None
             fmt = PromptFormat.baseline(
@@ -347,12 +347,6 @@ class _NoLedger:
 
     def flush(self) -> None:
         return None
-
-
-def _with(fmt: PromptFormat, **changes: Any) -> PromptFormat:
-    from dataclasses import replace
-
-    return replace(fmt, **changes)
 
 
 def _choose_engine(requested: str) -> tuple[str, str]:

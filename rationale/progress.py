@@ -30,12 +30,12 @@ class Progress:
                 total=total, unit=unit[:4], file=sys.stderr, dynamic_ncols=True, desc=label
             )
 
-    def update(self, tally: Any) -> None:
-        """One more record (or case) finished; ``tally`` gives the running cost."""
+    def update(self, tally: Any = None) -> None:
+        """One more record (or case) finished; ``tally`` gives the running cost (None: free)."""
         self.done += 1
         if not self.show:
             return
-        cost = f"${tally.cost_usd:.4f}"
+        cost = f"${tally.cost_usd if tally is not None else 0:.4f}"
         if self.bar is not None:
             self.bar.set_postfix_str(f"cost {cost}", refresh=False)
             self.bar.update(1)

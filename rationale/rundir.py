@@ -268,9 +268,7 @@ class RunDir:
         return {state: sum(1 for _ in read_lines(file)) for state, file in self.files.items()}
 
     def write_run_json(self, data: dict[str, Any]) -> None:
-        tmp = self.run_json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.run_json)
+        write_json(self.run_json, data)
 
     def close(self) -> None:
         """Flush every pending line, close the files and release the lock."""
@@ -281,6 +279,13 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the flock
             self._lock = None
+
+
+def write_json(path: Path, data: Any, *, ensure_ascii: bool = True) -> None:
+    """``data`` as indented JSON in ``path``, atomically (a kill leaves the old file or the new)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=ensure_ascii) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def take_lock(folder: Path, command: str) -> Any:

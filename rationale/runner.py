@@ -84,7 +84,7 @@ async def run_job(job: Any) -> RunSummary:
     started, t0 = time.time(), time.monotonic()
     total, skipped = 0, None
     closed = False
-    terminated = _on_sigterm()
+    terminated = cancel_on_sigterm()
 
     async def close_clients() -> None:  # once, however the run ends
         nonlocal closed
@@ -154,7 +154,7 @@ def _interrupt(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
 
 
-def _on_sigterm() -> list[bool]:
+def cancel_on_sigterm() -> list[bool]:
     """Make SIGTERM (docker stop, a job scheduler's timeout) stop the run like Ctrl-C: the main
     task is cancelled, the run folder finalised. Returns a flag list that is true once it came."""
     import asyncio

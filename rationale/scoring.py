@@ -205,6 +205,16 @@ def _outcome(
 # -- the library call for a project's own predictions -----------------------------------------
 
 
+def judge(
+    truth: dict[str, Any], prediction: dict[str, Any] | None, space: ActionSpace
+) -> tuple[bool, bool]:
+    """(exact match, type match) of one prediction (None: no answer) under the metrics' rules."""
+    case = Case("", 0, truth, prediction, prediction is not None)
+    return metrics.exact_match([case], space)[0], metrics.true_type(case) == metrics.predicted_type(
+        case
+    )
+
+
 def score_predictions(
     truths: Sequence[dict[str, Any]],
     predictions: Sequence[dict[str, Any] | str | None],
@@ -249,14 +259,13 @@ def score_predictions(
             action, rationale = pred["action"], pred.get("rationale")
         else:
             action = dict(pred) if pred is not None else None
-        case = Case(str(sid), int(step), truth, action, action is not None)
+        correct, type_correct = judge(truth, action, space)
         records.append({
             "session_id": str(sid), "step": int(step), "last": bool(is_last), "truth": truth,
             "status": "ok" if action is not None else "unparsed", "prediction": action,
             "rationale": rationale, "raw": raw,
             "problem": problem or (None if action is not None else "no prediction"),
-            "correct": metrics.exact_match([case], space)[0],
-            "type_correct": metrics.true_type(case) == metrics.predicted_type(case),
+            "correct": correct, "type_correct": type_correct,
         })  # fmt: skip
     return score(records, space, seed=seed, n_boot=n_boot)
 
@@ -372,6 +381,7 @@ __all__ = [
     "TYPE_CHART_FILE",
     "case_key",
     "case_set_digest",
+    "judge",
     "score",
     "score_predictions",
     "summary_lines",

@@ -42,3 +42,15 @@ def modules_loaded_by(module: str, prefixes: tuple[str, ...]) -> set[str]:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
+
+
+def wait_for_cases(folder: Path, n: int, timeout: float = 60.0) -> None:
+    """Wait until an eval folder's cases.jsonl holds ``n`` finished cases (or ``timeout``)."""
+    import time
+
+    cases = folder / "cases.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cases.exists() and cases.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import record, write_lines
+from helpers import record, wait_for_cases, write_lines
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -208,7 +208,6 @@ def test_sigterm_during_local_generation_finalises_the_eval(
     student: dict[str, Path], tmp_path: Path
 ) -> None:
     import signal
-    import time
 
     ev = tmp_path / "ev"
     cmd = [str(RATIONALE), "eval", "--model", str(student["student"]), "--data",
@@ -216,11 +215,7 @@ def test_sigterm_during_local_generation_finalises_the_eval(
            "--bootstrap", "20"]  # fmt: skip
     env = one_thread_env(student["root"] / "home")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (ev / "cases.jsonl").exists() and (ev / "cases.jsonl").read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_cases(ev, 2, timeout=120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "stopped by SIGTERM" in err and "Traceback" not in err

@@ -10,12 +10,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import record, write_lines
+from helpers import record, wait_for_cases, write_lines
 from openai_server import ScriptedServer, last_user_text, ok, status
 
 from rationale.errors import RationaleError
@@ -168,12 +167,7 @@ def test_kill_mid_eval_then_resume_loses_nothing_and_repeats_nothing(
                "-o", str(out), "--api-base", server.url, "--concurrency", "2",
                "--bootstrap", "100"]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            cases = out / "cases.jsonl"
-            if cases.exists() and len(cases.read_text().splitlines()) >= 5:
-                break
-            time.sleep(0.05)
+        wait_for_cases(out, 5)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         done_before = len((out / "cases.jsonl").read_text().splitlines())
@@ -261,12 +255,7 @@ def test_sigterm_finalises_the_eval(tmp_path: Path, home: Path) -> None:
                "-o", str(out), "--api-base", server.url, "--concurrency", "1",
                "--bootstrap", "50"]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            cases = out / "cases.jsonl"
-            if cases.exists() and len(cases.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
+        wait_for_cases(out, 3)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "Traceback" not in err
