@@ -15,7 +15,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from rationale.errors import RationaleError
 from rationale.metrics import McNemar, mcnemar_exact
@@ -58,6 +60,26 @@ def load_eval(folder: str | Path) -> dict[str, Any]:
     ):
         raise RationaleError(f"{file}: not an eval result (it has no cases or no metrics)")
     return data
+
+
+#: The arms `rationale run` can compare (see `rationale.workflow`).
+ARMS: tuple[str, ...] = ("base", "actions", "rationale", "teacher")
+
+
+class CompareConfig(BaseModel):
+    """The compare job (the ``[compare]`` table of a workspace file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str | None = None
+    reference: str | None = Field(
+        None, description="The eval (or, in a workspace, the arm) the others are measured against."
+    )
+    arms: list[Literal["base", "actions", "rationale", "teacher"]] = Field(
+        default_factory=lambda: list(ARMS),
+        description="base: the student's base prompt-only; actions: trained on actions only; "
+        "rationale: trained on rationale + action; teacher: the teacher prompt-only (API only).",
+    )
 
 
 @dataclass(frozen=True)
@@ -219,8 +241,15 @@ class Comparison:
         return table, self.write_chart(out / CHART_FILE)
 
 
-def compare(folders: Sequence[str | Path], *, reference: str | Path | None = None) -> Comparison:
+def compare(
+    folders: Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    names: Sequence[str] | None = None,
+) -> Comparison:
     """Compare the evals in ``folders`` (and ``reference``, added as a row if not listed).
+
+    ``names`` (one per folder) go before each row's model label: `rationale run` names its arms.
 
     Raises RationaleError when they were not all run on the same test cases, saying how the
     case sets differ, or when one is missing or unfinished (see `load_eval`).
@@ -241,6 +270,12 @@ def compare(folders: Sequence[str | Path], *, reference: str | Path | None = Non
         if case_set_digest(data["cases"]) != digest:
             raise RationaleError(_difference(first_path, first["cases"], path, data["cases"]))
     labels = _labels(evals)
+    if names is not None:
+        if len(names) != len(folders):
+            raise RationaleError(f"compare: {len(names)} names for {len(folders)} evals")
+        named = {Path(f): n for f, n in zip(folders, names, strict=True)}
+        labels = [f"{named[p]}: {label}" if p in named else label
+                  for p, label in zip(unique, labels, strict=True)]  # fmt: skip
     rows = [
         Row(
             label=label,

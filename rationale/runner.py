@@ -40,6 +40,32 @@ class RunSummary:
     stopped: str | None
 
 
+def summary_lines(command: str, result: RunSummary) -> list[str]:
+    """The end-of-run summary of a synth or filter run, as the CLI prints it."""
+    t = result.tally
+    cost = f"${t.cost_usd:.4f}" + (
+        f" (+{t.cost_unknown} calls of unknown price)" if t.cost_unknown else ""
+    )
+    lines = [
+        f"{command}: accepted {result.counts['accepted']}, rejected {result.counts['rejected']}, "
+        f"failed {result.counts['failed']}, pending {result.pending}; this run: "
+        f"{t.requests} requests ({t.verify_requests} to the verifier), {t.cache_hits} cached, "
+        f"{t.prompt_tokens}+{t.completion_tokens} tokens, {cost}, {result.wall_s:.1f}s "
+        f"-> {result.run_dir}"
+    ]
+    if t.rule_rejections:
+        rules = ", ".join(f"{k} {v}" for k, v in t.rule_rejections.most_common())
+        lines.append(f"{command}: candidates rejected by {rules}")
+    if t.context_cut_records:
+        lines.append(
+            f"{command}: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
+            "records (--max-context-tokens)"
+        )
+    if result.stopped:
+        lines.append(f"{command}: stopped early ({result.stopped}); rerun to continue")
+    return lines
+
+
 def check_same_run(run_dir: RunDir, identity: dict[str, Any]) -> None:
     """A run folder belongs to one input, teacher and template: refuse to mix them."""
     before = read_run_json(run_dir.path)

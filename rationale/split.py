@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from rationale.errors import RationaleError, RecordError
 from rationale.record_line import parse_record
 from rationale.records import OnError, RecordFile
@@ -34,6 +36,20 @@ from rationale.schema import ActionSpace
 SplitBy = Literal["session", "user"]
 SPLIT_BY_CHOICES: tuple[str, ...] = ("session", "user")
 SIDES: tuple[str, ...] = ("train", "test")
+
+
+class SplitConfig(BaseModel):
+    """The split job (a workspace's ``[split]`` table, the flags of ``rationale split``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+    test_frac: float = Field(0.2, gt=0, lt=1)
+    by: SplitBy = "session"
+    seed: int = 0
+    on_error: OnError = "fail"
+    action_space: str | None = None
 
 
 @dataclass

@@ -8,7 +8,8 @@ The flag vocabulary shared by all commands is in the README ("Flags").
 This module holds the group and its error handling and registers the commands, which live one
 module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth,
 filter, report), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval``
-and ``compare`` (evaluation); their shared options are in ``options``.
+and ``compare`` (evaluation), ``workspace`` (init, run); their shared options are in
+``options``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 
 from rationale import __version__
 from rationale.cli import compare as compare_
-from rationale.cli import data, distill, synth
+from rationale.cli import data, distill, synth, workspace
 from rationale.cli import eval as eval_
 from rationale.cli import split as split_
 
@@ -60,6 +61,8 @@ def import_() -> None:
 
 import_.add_command(data.import_mind2web)
 import_.add_command(data.import_opera)
+main.add_command(workspace.init)
+main.add_command(workspace.run)
 main.add_command(data.validate)
 main.add_command(data.steps)
 main.add_command(synth.synth)

@@ -9,30 +9,61 @@ from typing import Any
 import click
 
 from rationale.cli.options import (
+    _job_config,
     _space,
     action_space_option,
+    config_option,
     on_error_option,
     open_records,
-    output_option,
+)
+
+_first_existing_option = click.option(
+    "--first-existing",
+    is_flag=True,
+    help="Read only the first SOURCE that exists (a workspace can name the full data, then a "
+    "shipped sample for machines without it).",
 )
 
 
 @click.command("mind2web")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
-@output_option
+@click.argument("sources", nargs=-1, type=click.Path())
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Record file to write (atomically).  [default: runs/records.jsonl]",
+)
 @click.option("--add-terminate", is_flag=True, help="Append a terminate step to every session.")
-def import_mind2web(sources: tuple[str, ...], output: str, add_terminate: bool) -> None:
+@click.option(
+    "--domain",
+    multiple=True,
+    help="Keep the sessions of this domain (Shopping, Travel, Entertainment; any case); "
+    "repeatable.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1),
+    help="Keep this many sessions, chosen by a hash of their id (the same ones every time, "
+    "spread over every file and website).",
+)
+@_first_existing_option
+@config_option
+@click.pass_context
+def import_mind2web(ctx: click.Context, sources: tuple[str, ...], **flags: Any) -> None:
     """Import raw Mind2Web train files (files or folders of train_*.json)."""
-    from rationale.importers.mind2web import read_mind2web
-    from rationale.records import write_records
-
-    records = read_mind2web(sources, add_terminate=add_terminate)
-    _report_written(output, records, write_records)
+    _import(ctx, flags, format="mind2web", source=list(sources))
 
 
 @click.command("opera")
-@click.argument("source", type=click.Path(exists=True))
-@output_option
+@click.argument("sources", nargs=-1, type=click.Path())
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Record file to write (atomically).  [default: runs/records.jsonl]",
+)
 @click.option(
     "--sessions",
     "sessions",
@@ -47,27 +78,22 @@ def import_mind2web(sources: tuple[str, ...], output: str, add_terminate: bool) 
     type=click.Path(exists=True, dir_okay=False),
     help="OPeRA user rows (user_id, survey) giving each user a persona.",
 )
-def import_opera(
-    source: str, output: str, sessions: tuple[str, ...], users: tuple[str, ...]
-) -> None:
+@_first_existing_option
+@config_option
+@click.pass_context
+def import_opera(ctx: click.Context, sources: tuple[str, ...], **flags: Any) -> None:
     """Import OPeRA action records (a JSONL/parquet file, or a folder of them)."""
-    from rationale.importers.opera import read_opera
-    from rationale.records import write_records
-
-    records = read_opera(source, sessions=list(sessions), users=list(users))
-    _report_written(output, records, write_records)
+    _import(ctx, flags, format="opera", source=list(sources))
 
 
-def _report_written(output: str, records: Any, write_records: Any) -> None:
-    sessions: set[str] = set()
+def _import(ctx: click.Context, flags: dict[str, Any], **fixed: Any) -> None:
+    from rationale.importers import ImportConfig, run_import
 
-    def counted() -> Any:
-        for record in records:
-            sessions.add(record.session_id)
-            yield record
-
-    steps = write_records(output, counted())
-    click.echo(f"wrote {steps} steps of {len(sessions)} sessions to {output}", err=True)
+    config = _job_config(ctx, ImportConfig, flags, stage="import", **fixed)
+    result = run_import(config)
+    click.echo(
+        f"wrote {result.steps} steps of {result.sessions} sessions to {result.output}", err=True
+    )
 
 
 @click.command()

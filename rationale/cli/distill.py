@@ -21,17 +21,17 @@ from rationale.cli.options import (
 @click.command()
 @click.option(
     "--base",
-    required=True,
     help="Student: an alias (llama-3-8b, llama-3.1-8b, llama-3.2-3b, qwen2.5-7b, "
     "mistral-7b, smollm2-135m), a local model folder, or a .gguf file.",
 )
 @click.option(
     "--data",
-    required=True,
     type=click.Path(exists=True),
-    help="A synth run folder, or a JSONL of accepted synthesis records.",
+    help="A synth run folder, or a JSONL of accepted synthesis records.  [default: [distill] "
+    "data, else the workspace's synth output]",
 )
-@output_folder_option()
+@output_folder_option("Output folder.  [default: runs/distill/<base>, -actions with "
+                      "--no-rationale]", required=False)  # fmt: skip
 @click.option(
     "--backend",
     type=click.Choice(["auto", "unsloth", "hf"]),
@@ -74,7 +74,7 @@ def distill(ctx: click.Context, **flags: Any) -> None:
     from distill.config import DistillConfig
     from distill.pipeline import run_distill
 
-    config = _job_config(ctx, DistillConfig, flags)
+    config = _job_config(ctx, DistillConfig, flags, stage="distill")
     run = run_distill(config)
     r, s = run.result, run.stats
     loss = "no loss logged" if r.final_loss is None else f"final loss {r.final_loss:.4f}"

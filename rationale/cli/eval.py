@@ -19,18 +19,21 @@ from rationale.cli.options import (
 @click.command("eval")
 @click.option(
     "--model",
-    required=True,
     help="A rationale distill output folder (the student), a local model (folder, .gguf file, "
     "alias such as smollm2-135m, or hf:owner/name from the local cache) or a litellm model "
     "string (openai/gpt-4o-mini, hosted_vllm/..., with --api-base): prompt-only baselines.",
 )
 @click.option(
     "--data",
-    required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="The test record file (rationale split writes one).",
+    help="The test record file (rationale split writes one).  [default: the workspace's "
+    "test split]",
 )
-@output_folder_option("Eval folder: eval.json, cases.jsonl, per_type.png. Rerun to resume.")
+@output_folder_option(
+    "Eval folder: eval.json, cases.jsonl, per_type.png. Rerun to resume.  "
+    "[default: runs/eval/<model>]",
+    required=False,
+)
 @model_call_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N cases (session order).")
 @click.option(
@@ -82,4 +85,4 @@ def eval_(ctx: click.Context, **flags: Any) -> None:
     """Predict every test case with one model and score it (the paper's metrics)."""
     from rationale.evaluate import EvalConfig, run_eval
 
-    run_eval(_job_config(ctx, EvalConfig, flags))
+    run_eval(_job_config(ctx, EvalConfig, flags, stage="eval"))

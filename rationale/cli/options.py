@@ -21,10 +21,10 @@ output_option = click.option(
 )
 
 
-def output_folder_option(help: str = "Output folder.") -> Any:
+def output_folder_option(help: str = "Output folder.", *, required: bool = True) -> Any:
     """The ``-o/--output FOLDER`` option, with the command's own help."""
     return click.option(
-        "-o", "--output", "output", required=True, type=click.Path(file_okay=False), help=help
+        "-o", "--output", "output", required=required, type=click.Path(file_okay=False), help=help
     )
 
 
@@ -82,9 +82,9 @@ def verifier_options(f: Any) -> Any:
 config_option = click.option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A TOML file of this job's settings (flag names with _ for -, and a [rules] table); "
-    "flags given on the command line win.",
+    type=click.Path(exists=True),
+    help="The workspace file (default: $RATIONALE_CONFIG, else rationale.toml here or in a "
+    "parent); its table for this command holds flag names as keys; flags given here win.",
 )
 
 
@@ -152,36 +152,52 @@ model_call_options = _stack(
 )
 
 
-def _job_config(ctx: click.Context, model: Any, flags: dict[str, Any], **fixed: Any) -> Any:
-    """A job's config: the --config file, overridden by the flags actually given."""
+def _job_config(
+    ctx: click.Context, model: Any, flags: dict[str, Any], *, stage: str | None = None, **fixed: Any
+) -> Any:
+    """A job's config: the flags typed, over the workspace file's table for ``stage``, over the
+    defaults that chain the stages (each printed on stderr), over the flags' own defaults."""
     from click.core import ParameterSource
     from pydantic import ValidationError
 
     from rationale.errors import ConfigError
+    from rationale.workspace import Workspace
 
-    config_file = flags.pop("config_file", None)
-    values: dict[str, Any] = {}
-    if config_file:
-        try:
-            import tomllib
-        except ImportError:  # pragma: no cover  (Python 3.10)
-            import tomli as tomllib  # type: ignore[no-redef]
-
-        try:
-            with open(config_file, "rb") as f:
-                values = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+    workspace = Workspace.find(flags.pop("config_file", None))
+    typed: dict[str, Any] = {k: v for k, v in fixed.items() if v not in (None, ())}
+    defaults: dict[str, Any] = {}
     for name, value in flags.items():
-        if not config_file or ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
-            values[name] = value
+        source = ctx.get_parameter_source(name)
+        if source in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            if value not in (None, ()):
+                defaults[name] = value
         else:
-            values.setdefault(name, value)
-    values.update(fixed)
+            typed[name] = list(value) if isinstance(value, tuple) else value
+    if stage == "filter":  # the filter re-applies synth's checks: it shares [synth]'s settings
+        shared = {k: v for k, v in workspace.table("synth").items() if k in flags or k == "rules"}
+        values = {**defaults, **shared, **typed}
+    elif stage:
+        resolved = workspace.resolve(stage, typed)
+        for note in resolved.notes:
+            click.echo(note, err=True)
+        values = {**defaults, **resolved.values}
+    else:
+        values = {**defaults, **typed}
     try:
         return model(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"{config_file or 'flags'}: {problems}") from None
+        where = str(workspace.path) if workspace.path else "flags"
+        raise ConfigError(f"{where}: {_problems(exc, stage)}") from None
+
+
+def _problems(exc: Any, stage: str | None) -> str:
+    """A pydantic error as one line; a missing setting names its flag and its table."""
+    problems = []
+    for e in exc.errors(include_url=False):
+        name = ".".join(map(str, e["loc"]))
+        if e["type"] == "missing":
+            table = f" or {name.replace('_', '-')} in [{stage}] of rationale.toml" if stage else ""
+            problems.append(f"{name}: missing (--{name.replace('_', '-')}{table})")
+        else:
+            problems.append(f"{name}: {e['msg']}")
+    return "; ".join(problems)

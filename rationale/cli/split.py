@@ -7,7 +7,9 @@ from typing import Any
 import click
 
 from rationale.cli.options import (
+    _job_config,
     action_space_option,
+    config_option,
     on_error_option,
     open_records,
     output_folder_option,
@@ -15,8 +17,14 @@ from rationale.cli.options import (
 
 
 @click.command()
-@click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@output_folder_option("Folder to write train.jsonl and test.jsonl to (each written atomically).")
+@click.argument(
+    "input_file", metavar="INPUT", required=False, type=click.Path(exists=True, dir_okay=False)
+)
+@output_folder_option(
+    "Folder to write train.jsonl and test.jsonl to (each written atomically).  "
+    "[default: runs/split]",
+    required=False,
+)
 @click.option(
     "--test-frac",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -34,20 +42,20 @@ from rationale.cli.options import (
 @click.option("--seed", type=int, default=0, show_default=True, help="Which split.")
 @on_error_option
 @action_space_option
-def split(
-    input_file: str,
-    output: str,
-    test_frac: float,
-    by: str,
-    seed: int,
-    on_error: str,
-    action_space: str | None,
-) -> None:
+@config_option
+@click.pass_context
+def split(ctx: click.Context, input_file: str | None, **flags: Any) -> None:
     """Split a record file into train and test files with no session or user on both sides."""
-    from rationale.split import split_records
+    from rationale.split import SplitConfig, split_records
 
-    with open_records(input_file, on_error=on_error, action_space=action_space) as records:
-        result = split_records(records, output, test_frac=test_frac, by=by, seed=seed)  # type: ignore[arg-type]
+    config = _job_config(ctx, SplitConfig, flags, stage="split", input=input_file)
+    with open_records(
+        config.input, on_error=config.on_error, action_space=config.action_space
+    ) as records:
+        result = split_records(
+            records, config.output, test_frac=config.test_frac, by=config.by, seed=config.seed
+        )
+    by, test_frac, seed = config.by, config.test_frac, config.seed
     for side in (result.train, result.test):
         click.echo(_side_line(side, by), err=True)
     total = result.train.groups + result.test.groups

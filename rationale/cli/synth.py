@@ -20,14 +20,19 @@ from rationale.cli.options import (
 
 
 @click.command()
-@click.argument("input_file", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@output_folder_option("Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.")
+@click.argument(
+    "input_file", metavar="INPUT", required=False, type=click.Path(exists=True, dir_okay=False)
+)
+@output_folder_option(
+    "Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.  "
+    "[default: runs/synth/<INPUT stem>]",
+    required=False,
+)
 @click.option(
     "--teacher",
-    default="local",
-    show_default=True,
     help="A litellm model string (openai/gpt-4o-mini, anthropic/..., hosted_vllm/...) "
-    "or 'local' (SmolLM2-135M in-process, no key; 'local:PATH' for another model).",
+    "or 'local' (SmolLM2-135M in-process, no key; 'local:PATH' for another model).  "
+    "[default: [synth] teacher of rationale.toml]",
 )
 @model_call_options
 @click.option(
@@ -76,11 +81,11 @@ from rationale.cli.options import (
 @on_error_option
 @action_space_option
 @click.pass_context
-def synth(ctx: click.Context, input_file: str, **flags: Any) -> None:
+def synth(ctx: click.Context, input_file: str | None, **flags: Any) -> None:
     """Ask a teacher why each recorded action was taken; results stream to a run folder."""
     from rationale.synth import SynthConfig, run_synth
 
-    config = _job_config(ctx, SynthConfig, flags, input=input_file)
+    config = _job_config(ctx, SynthConfig, flags, stage="synth", input=input_file)
     result = run_synth(config)
     if config.dry_run:
         click.echo(json.dumps(result, indent=2))
@@ -102,29 +107,10 @@ def synth(ctx: click.Context, input_file: str, **flags: Any) -> None:
 
 def _print_summary(command: str, result: Any) -> None:
     """The end-of-run summary on stderr."""
-    t = result.tally
-    cost = f"${t.cost_usd:.4f}" + (
-        f" (+{t.cost_unknown} calls of unknown price)" if t.cost_unknown else ""
-    )
-    click.echo(
-        f"{command}: accepted {result.counts['accepted']}, rejected {result.counts['rejected']}, "
-        f"failed {result.counts['failed']}, pending {result.pending}; this run: "
-        f"{t.requests} requests ({t.verify_requests} to the verifier), {t.cache_hits} cached, "
-        f"{t.prompt_tokens}+{t.completion_tokens} tokens, {cost}, {result.wall_s:.1f}s "
-        f"-> {result.run_dir}",
-        err=True,
-    )
-    if t.rule_rejections:
-        rules = ", ".join(f"{k} {v}" for k, v in t.rule_rejections.most_common())
-        click.echo(f"{command}: candidates rejected by {rules}", err=True)
-    if t.context_cut_records:
-        click.echo(
-            f"{command}: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
-            "records (--max-context-tokens)",
-            err=True,
-        )
-    if result.stopped:
-        click.echo(f"{command}: stopped early ({result.stopped}); rerun to continue", err=True)
+    from rationale.runner import summary_lines
+
+    for line in summary_lines(command, result):
+        click.echo(line, err=True)
 
 
 @click.command("filter")
@@ -143,7 +129,7 @@ def filter_(ctx: click.Context, source: str, **flags: Any) -> None:
     from rationale.filter import run_filter
     from rationale.synth import SynthConfig
 
-    config = _job_config(ctx, SynthConfig, flags, input=source)
+    config = _job_config(ctx, SynthConfig, flags, stage="filter", input=source)
     result = run_filter(config)
     _print_summary("filter", result)
 

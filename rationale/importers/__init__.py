@@ -1,1 +1,102 @@
-"""Importers that turn real human action logs into records (one module per source format)."""
+"""Importers that turn real human action logs into records (one module per source format).
+
+`ImportConfig` is the import job (the ``[import]`` table of a workspace file, the flags of
+``rationale import``); `run_import` reads the sources with the format's reader and writes the
+record file atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rationale.errors import SourceError
+
+__all__ = ["ImportConfig", "ImportResult", "run_import"]
+
+
+class ImportConfig(BaseModel):
+    """Everything that decides an import."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["mind2web", "opera"] = "mind2web"
+    source: list[str] = Field(description="Files or folders of the raw log.")
+    output: str = Field(description="The record file (JSONL) to write.")
+    first_existing: bool = Field(
+        default=False,
+        description="Read only the first source that exists (the full data, then a sample).",
+    )
+    add_terminate: bool = Field(
+        default=False, description="mind2web: a terminate step per session."
+    )
+    domain: list[str] = Field(default_factory=list, description="mind2web: keep these domains.")
+    max_sessions: int | None = Field(
+        default=None, ge=1, description="mind2web: keep this many sessions, chosen by hash."
+    )
+    sessions: list[str] = Field(default_factory=list, description="opera: session rows.")
+    users: list[str] = Field(default_factory=list, description="opera: user rows.")
+
+
+@dataclass
+class ImportResult:
+    """What `run_import` wrote."""
+
+    output: Path
+    sources: list[str]
+    steps: int
+    sessions: int
+
+
+def chosen_sources(config: ImportConfig) -> list[str]:
+    """The sources to read: all of them, or with ``first_existing`` the first that exists."""
+    if not config.source:
+        raise SourceError("import: no source to read (give one or more files or folders)")
+    if config.first_existing:
+        for source in config.source:
+            if Path(source).exists():
+                return [source]
+        raise SourceError(f"import: none of the sources exists: {', '.join(config.source)}")
+    missing = [s for s in config.source if not Path(s).exists()]
+    if missing:
+        raise SourceError(f"import: no such file or folder: {', '.join(missing)}")
+    return list(config.source)
+
+
+def run_import(config: ImportConfig) -> ImportResult:
+    """Read the sources in the configured format and write them as one record file."""
+    from rationale.records import write_records
+
+    sources = chosen_sources(config)
+    if config.format == "mind2web":
+        from rationale.importers.mind2web import read_mind2web
+
+        records = read_mind2web(
+            sources,
+            add_terminate=config.add_terminate,
+            domains=config.domain,
+            max_sessions=config.max_sessions,
+        )
+    else:
+        from rationale.importers.opera import read_opera
+
+        if len(sources) != 1:
+            raise SourceError("import opera: give one source (a file or a folder)")
+        records = read_opera(sources[0], sessions=config.sessions, users=config.users)  # type: ignore[arg-type]
+    seen: set[str] = set()
+
+    def counted():  # type: ignore[no-untyped-def]
+        for record in records:
+            seen.add(record.session_id)
+            yield record
+
+    steps = write_records(config.output, counted())
+    if not steps:
+        raise SourceError(
+            f"import: no step in {', '.join(sources)}"
+            + (f" of the domain {', '.join(config.domain)}" if config.domain else "")
+        )
+    return ImportResult(Path(config.output), sources, steps, len(seen))

@@ -16,6 +16,8 @@ The mapping, fixed here so every later stage agrees:
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -175,9 +177,42 @@ def source_files(sources: Iterable[str | Path]) -> list[Path]:
 
 
 def read_mind2web(
-    sources: Iterable[str | Path], *, add_terminate: bool = False
+    sources: Iterable[str | Path],
+    *,
+    add_terminate: bool = False,
+    domains: Iterable[str] = (),
+    max_sessions: int | None = None,
 ) -> Iterator[ActionRecord]:
-    """Records from raw Mind2Web files or folders, session by session in file order."""
+    """Records from raw Mind2Web files or folders, session by session in file order.
+
+    ``domains`` keeps the sessions of those domains (``Shopping``, ``Travel``, ...; any case).
+    ``max_sessions`` keeps that many of them, chosen by a hash of their ``annotation_id``: the
+    same sessions every time, spread over every file and website, whatever the files' order.
+    """
+    tasks: Iterable[tuple[str, dict[str, Any]]] = _tasks(sources)
+    wanted = {d.casefold() for d in domains}
+    if wanted:
+        tasks = (t for t in tasks if str(t[1].get("domain", "")).casefold() in wanted)
+    if max_sessions is not None:
+        if max_sessions < 1:
+            raise SourceError(f"max_sessions must be at least 1, not {max_sessions}")
+        ranked = heapq.nsmallest(
+            max_sessions, enumerate(tasks), key=lambda t: _rank(t[1][1]["annotation_id"])
+        )
+        tasks = (task for _, task in sorted(ranked, key=lambda t: t[0]))
+    for where, task in tasks:
+        try:
+            yield from convert_session(task, add_terminate=add_terminate)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceError(f"{where}: {exc}") from None
+
+
+def _rank(annotation_id: Any) -> str:
+    return hashlib.sha256(str(annotation_id).encode("utf-8")).hexdigest()
+
+
+def _tasks(sources: Iterable[str | Path]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every task of the files, with where it is; an annotation_id twice is an error."""
     seen: dict[str, str] = {}
     for path in source_files(sources):
         tasks = parse_json(path.read_bytes(), str(path), not_json="not a JSON file")
@@ -194,7 +229,4 @@ def read_mind2web(
                     "pass each file once"
                 )
             seen[task["annotation_id"]] = str(path)
-            try:
-                yield from convert_session(task, add_terminate=add_terminate)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise SourceError(f"{where}: {exc}") from None
+            yield where, task

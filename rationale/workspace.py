@@ -1,0 +1,355 @@
+"""The workspace file, ``rationale.toml``: one table of settings per stage, and where stages meet.
+
+A workspace file holds the tables ``[import]``, ``[split]``, ``[synth]``, ``[distill]``,
+``[eval]`` and ``[compare]``; their keys are the commands' long flag names (``max-cost``; the
+``_`` spelling is read too) and every key is checked against the stage's job model
+(`ImportConfig`, `SplitConfig`, `SynthConfig`, `DistillConfig`, `EvalConfig`, `CompareConfig`),
+so a typo is an error that names the file, the table, the key and the nearest valid name.
+
+It is found like pyproject.toml: an explicit path (``--config FILE``), else ``$RATIONALE_CONFIG``,
+else ``rationale.toml`` in the working directory or the nearest parent. Relative paths in it are
+relative to its folder, the workspace root, and so are the default outputs under ``runs/``.
+
+`Workspace.resolve` gives one stage's settings: the flags given, over the file's table, over the
+defaults that chain the stages (the synth input is the split's train file, the distill data is
+the synth run, ...). Each default used comes back as a note, which the CLI prints: nothing is
+guessed silently. `rationale run` (`rationale.workflow`) and the bare commands share this code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rationale.errors import ConfigError
+
+WORKSPACE_FILE = "rationale.toml"
+CONFIG_ENV = "RATIONALE_CONFIG"
+STAGES: tuple[str, ...] = ("import", "split", "synth", "distill", "eval", "compare")
+RUNS = "runs"  # the default outputs, under the workspace root
+
+#: Per-invocation switches that make no sense as a standing setting.
+_NOT_SETTINGS = {"dry_run", "retry_failed", "resume"}
+#: Keys that are paths: made relative to the workspace root when relative.
+_PATHS = {
+    "import": {"source", "output", "sessions", "users"},
+    "split": {"input", "output", "action_space"},
+    "synth": {"input", "output", "action_space"},
+    "distill": {"data", "output"},
+    "eval": {"data", "output", "action_space"},
+    "compare": {"output"},
+}
+#: Keys that may be a path or a name (a template, a model alias): a path if it exists there.
+_MAYBE_PATHS = {
+    "synth": {"template", "verifier_template"},
+    "distill": {"base"},
+    "eval": {"model", "template"},
+    "compare": {"reference"},
+}
+
+NO_TEACHER = (
+    "synth: no teacher: pass --teacher MODEL, a litellm model string with its key in the "
+    "environment (openai/gpt-4o-mini with OPENAI_API_KEY, anthropic/claude-3-5-haiku-latest with "
+    "ANTHROPIC_API_KEY, ...) or 'local' (SmolLM2-135M in-process, no key, no network), or set "
+    "teacher in [synth] of rationale.toml (rationale init writes one)"
+)
+
+
+def stage_model(stage: str) -> Any:
+    """The job model of a stage (imported on demand: distill's needs only pydantic)."""
+    if stage == "import":
+        from rationale.importers import ImportConfig
+
+        return ImportConfig
+    if stage == "split":
+        from rationale.split import SplitConfig
+
+        return SplitConfig
+    if stage == "synth":
+        from rationale.rundir import SynthConfig
+
+        return SynthConfig
+    if stage == "distill":
+        from distill.config import DistillConfig
+
+        return DistillConfig
+    if stage == "eval":
+        from rationale.evaluate import EvalConfig
+
+        return EvalConfig
+    if stage == "compare":
+        from rationale.compare import CompareConfig
+
+        return CompareConfig
+    raise ConfigError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
+
+
+def stage_keys(stage: str) -> list[str]:
+    """The keys a stage's table may hold, as flag names."""
+    fields = stage_model(stage).model_fields
+    return sorted(flag(name) for name in fields if name not in _NOT_SETTINGS)
+
+
+def flag(name: str) -> str:
+    """A field name as its flag name: ``max_cost`` -> ``max-cost``."""
+    return name.replace("_", "-")
+
+
+def slug(text: str) -> str:
+    """A folder name for a model: the last part of a path or hub id, without .gguf."""
+    name = re.split(r"[\\/]", text.rstrip("/\\"))[-1] or text
+    name = name.removesuffix(".gguf").replace(":", "-")
+    return re.sub(r"[^\w.+-]+", "_", name) or "model"
+
+
+def find_workspace(
+    explicit: str | os.PathLike[str] | None = None, start: Path | None = None
+) -> Path | None:
+    """The workspace file: ``explicit``, else ``$RATIONALE_CONFIG``, else the nearest one up."""
+    named = explicit or os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if path.is_dir():
+            path = path / WORKSPACE_FILE
+        if not path.is_file():
+            source = "--config" if explicit else f"${CONFIG_ENV}"
+            raise ConfigError(f"{source}: no workspace file {path}")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / WORKSPACE_FILE).is_file():
+            return folder / WORKSPACE_FILE
+    return None
+
+
+@dataclass
+class Resolved:
+    """One stage's settings, and a note for each default used (printed by the CLI)."""
+
+    values: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Workspace:
+    """A loaded workspace file (or none: ``path`` None, the working directory as root)."""
+
+    root: Path
+    path: Path | None = None
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def find(cls, explicit: str | None = None, start: Path | None = None) -> Workspace:
+        """The workspace in effect here (see `find_workspace`); an empty one if there is none."""
+        path = find_workspace(explicit, start)
+        return cls.load(path) if path else cls(root=(start or Path.cwd()).resolve())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Workspace:
+        """Read and check a workspace file; errors name the file, the table and the key."""
+        try:
+            import tomllib
+        except ImportError:  # pragma: no cover  (Python 3.10)
+            import tomli as tomllib  # type: ignore[no-redef]
+
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8; re-encode it as UTF-8") from None
+        root = path.resolve().parent
+        tables = {name: _check_table(path, name, value) for name, value in data.items()}
+        for stage, table in tables.items():
+            _root_paths(root, stage, table)
+        return cls(root=root, path=path, tables=tables)
+
+    def table(self, stage: str) -> dict[str, Any]:
+        """A copy of a stage's table (field names; paths made absolute)."""
+        return dict(self.tables.get(stage, {}))
+
+    def where(self, stage: str) -> str:
+        """How notes name a stage's table."""
+        return f"{show(self.path)} [{stage}]" if self.path else f"[{stage}]"
+
+    # -- where the stages meet ---------------------------------------------------------------
+    def default(self, *parts: str) -> Path:
+        """A default output under the workspace root's ``runs/``."""
+        return self.root.joinpath(RUNS, *parts)
+
+    def import_output(self) -> Path:
+        return Path(self.tables.get("import", {}).get("output") or self.default("records.jsonl"))
+
+    def split_input(self) -> Path | None:
+        given = self.tables.get("split", {}).get("input")
+        if given:
+            return Path(given)
+        return self.import_output() if "import" in self.tables else None
+
+    def split_output(self) -> Path | None:
+        if "split" not in self.tables:
+            return None
+        return Path(self.tables["split"].get("output") or self.default("split"))
+
+    def synth_input(self) -> Path | None:
+        given = self.tables.get("synth", {}).get("input")
+        if given:
+            return Path(given)
+        split = self.split_output()
+        if split is not None:
+            return split / "train.jsonl"
+        return self.import_output() if "import" in self.tables else None
+
+    def synth_output(self, input_file: str | Path | None = None) -> Path | None:
+        given = self.tables.get("synth", {}).get("output")
+        if given:
+            return Path(given)
+        source = input_file or self.synth_input()
+        return self.default("synth", Path(source).stem) if source else None
+
+    def eval_data(self) -> Path | None:
+        given = self.tables.get("eval", {}).get("data")
+        if given:
+            return Path(given)
+        split = self.split_output()
+        return split / "test.jsonl" if split is not None else None
+
+    def distill_output(self, base: str, *, no_rationale: bool = False) -> Path:
+        return self.default("distill", slug(base) + ("-actions" if no_rationale else ""))
+
+    # -- one stage's settings ----------------------------------------------------------------
+    def resolve(self, stage: str, given: dict[str, Any] | None = None) -> Resolved:
+        """``given`` (the flags typed) over the stage's table over the chaining defaults."""
+        values = {**self.table(stage), **(given or {})}
+        notes = []
+        if self.path and self.tables.get(stage):
+            taken = [flag(k) for k in self.tables[stage] if k not in (given or {})]
+            if taken:
+                notes.append(f"{stage}: from {self.where(stage)}: {', '.join(taken)}")
+
+        def fill(key: str, value: Any, why: str) -> None:
+            if values.get(key) in (None, "", []) and value is not None:
+                values[key] = str(value) if isinstance(value, Path) else value
+                notes.append(f"{stage}: {flag(key)} {show(value)} ({why})")
+
+        if stage == "import":
+            fill("output", self.import_output(), "default")
+        elif stage == "split":
+            fill("input", self.split_input(), "the workspace's import output")
+            fill("output", self.split_output() or self.default("split"), "default")
+        elif stage == "synth":
+            if values.get("input") is None:
+                fill("input", self.synth_input(), "the workspace's training split")
+            fill("output", self.synth_output(values.get("input")), "default; -o to choose")
+            if not values.get("teacher"):
+                raise ConfigError(NO_TEACHER)
+        elif stage == "distill":
+            self._distill_defaults(values, fill)
+        elif stage == "eval":
+            fill("data", self.eval_data(), "the workspace's test split")
+            if values.get("model"):
+                fill("output", self.default("eval", slug(values["model"])), "default")
+        elif stage == "compare":
+            fill("output", self.default("compare"), "default")
+        return Resolved(values, notes)
+
+    def _distill_defaults(self, values: dict[str, Any], fill: Any) -> None:
+        if not values.get("data"):
+            synth = self.synth_output()
+            if synth is not None:
+                fill("data", synth, "the workspace's synth output")
+            else:
+                runs = sorted(p.parent for p in self.default("synth").glob("*/run.json"))
+                if len(runs) == 1:
+                    fill("data", runs[0], "the only synth run under runs/synth")
+                elif runs:
+                    raise ConfigError(
+                        "distill: no --data, and several synth runs under "
+                        f"{show(self.default('synth'))}: {', '.join(p.name for p in runs)}; "
+                        "pass --data RUN_DIR"
+                    )
+        if not values.get("data"):
+            raise ConfigError(
+                "distill: no --data: pass --data RUN_DIR (a synth run folder), or set data in "
+                "[distill] of rationale.toml, or run it in a workspace whose [synth] has run"
+            )
+        if values.get("base"):
+            out = self.distill_output(values["base"], no_rationale=bool(values.get("no_rationale")))
+            fill("output", out, "default; -o to choose")
+
+
+def show(path: Any) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    if not isinstance(path, (str, Path)):
+        return str(path)
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve())) if p.is_absolute() else str(p)
+    except ValueError:
+        return str(p)
+
+
+def _check_table(path: Path, name: str, value: Any) -> dict[str, Any]:
+    if name not in STAGES:
+        hint = _nearest(name, STAGES)
+        if not isinstance(value, dict):
+            owners = [s for s in STAGES if name.replace("-", "_") in _fields(s)]
+            where = f"; put it under [{owners[0]}]" if owners else ""
+            raise ConfigError(
+                f"{path}: '{name}' is outside a table{where} (tables: {', '.join(STAGES)})"
+            )
+        raise ConfigError(
+            f"{path}: unknown table [{name}]{f'; did you mean [{hint}]?' if hint else ''} "
+            f"(tables: {', '.join(STAGES)})"
+        )
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: '{name}' must be a table ([{name}] with keys under it)")
+    fields = _fields(name)
+    table = {}
+    for key, item in value.items():
+        field_name = key.replace("-", "_")
+        if field_name not in fields or field_name in _NOT_SETTINGS:
+            hint = _nearest(flag(field_name), stage_keys(name))
+            raise ConfigError(
+                f"{path}: [{name}] unknown key '{key}'"
+                + (
+                    f"; did you mean '{hint}'?"
+                    if hint
+                    else f" (keys: {', '.join(stage_keys(name))})"
+                )
+            )
+        table[field_name] = item
+    return table
+
+
+def _fields(stage: str) -> set[str]:
+    return set(stage_model(stage).model_fields)
+
+
+def _nearest(word: str, choices: Any) -> str | None:
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _root_paths(root: Path, stage: str, table: dict[str, Any]) -> None:
+    """Make the table's relative paths relative to the workspace root."""
+
+    def rooted(value: Any, maybe: bool) -> Any:
+        if isinstance(value, list):
+            return [rooted(v, maybe) for v in value]
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        candidate = Path(os.path.normpath(root / Path(value).expanduser()))
+        return str(candidate) if not maybe or candidate.exists() else value
+
+    for key in list(table):
+        if key in _PATHS.get(stage, ()):
+            table[key] = rooted(table[key], maybe=False)
+        elif key in _MAYBE_PATHS.get(stage, ()):
+            table[key] = rooted(table[key], maybe=True)

@@ -1,0 +1,214 @@
+"""`rationale run`: a workspace's whole chain, raw Mind2Web logs to the comparison table.
+
+The default tier runs it with the scripted API teacher and the tiny test model, so CI covers
+every stage; the `slow` tier runs the shipped example cut down, with the local teacher and
+SmolLM2-135M. Both check that every stage wrote its artifact, that the counts agree from stage to
+stage, and that a second run does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from openai_server import ScriptedServer
+from tiny_model import build_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIONALE = Path(sys.executable).parent / "rationale"
+SAMPLE = ROOT / "examples" / "mind2web" / "raw_shopping_sample.json"
+EXAMPLE = ROOT / "examples" / "mind2web_shopping" / "rationale.toml"
+
+
+def env_for(home: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "RATIONALE_HOME": str(home), "OPENAI_API_KEY": "sk-test"}  # fmt: skip
+
+
+def rationale(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(RATIONALE), *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def check_chain(ws: Path, arms: list[str], base: str = "tiny") -> dict[str, int]:
+    """Every stage's artifact is there and the counts agree from stage to stage."""
+    runs = ws / "runs"
+    records = jsonl(runs / "records.jsonl")
+    train, test = jsonl(runs / "split" / "train.jsonl"), jsonl(runs / "split" / "test.jsonl")
+    assert len(train) + len(test) == len(records)
+    train_sessions = {r["session_id"] for r in train}
+    assert train_sessions.isdisjoint(r["session_id"] for r in test)
+    synth = runs / "synth" / "train"
+    accepted = jsonl(synth / "accepted.jsonl")
+    done = sum(len(jsonl(synth / f"{s}.jsonl")) for s in ("accepted", "rejected", "failed")
+               if (synth / f"{s}.jsonl").exists())  # fmt: skip
+    assert done == len(train)  # every training step was asked once
+    assert {r["record"]["session_id"] for r in accepted} <= train_sessions
+    for name, no_rationale in (("rationale", False), ("actions", True)):
+        if name not in arms:
+            continue
+        folder = runs / "distill" / (base + ("-actions" if no_rationale else ""))
+        stats = json.loads((folder / "data_stats.json").read_text())
+        config = json.loads((folder / "config.json").read_text())["config"]
+        assert stats["examples"] == len(accepted)  # training examples = accepted training steps
+        assert config["no_rationale"] is no_rationale
+    n_cases = {}
+    for arm in arms:
+        data = json.loads((runs / "eval" / arm / "eval.json").read_text())
+        n_cases[arm] = data["n_cases"]
+        assert data["n_cases"] == len(test) and data["pending"] == 0  # cases = test steps
+    table = (runs / "compare" / "compare.md").read_text()
+    assert all(f"| {arm}: " in table for arm in arms)
+    return {"train": len(train), "test": len(test), "accepted": len(accepted)}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def write_workspace(ws: Path, tiny: Path, url: str) -> Path:
+    ws.mkdir(parents=True, exist_ok=True)
+    path = ws / "rationale.toml"
+    path.write_text(
+        f"""
+[import]
+source = ["missing/mind2web", "{SAMPLE.as_posix()}"]
+first-existing = true
+domain = ["shopping"]
+max-sessions = 5
+
+[split]
+test-frac = 0.4
+
+[synth]
+teacher = "openai/test-model"
+api-base = "{url}"
+verifier = "none"
+
+[distill]
+base = "{tiny.as_posix()}"
+max-steps = 2
+max-seq-length = 1024
+
+[eval]
+max-new-tokens = 24
+bootstrap = 50
+
+[compare]
+arms = ["base", "actions", "rationale", "teacher"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_run_goes_from_raw_logs_to_the_table_and_a_rerun_does_nothing(
+    tmp_path: Path, tiny: Path
+) -> None:
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer() as server:
+        write_workspace(ws, tiny, server.url)
+        first = rationale("run", cwd=ws, env=env)
+        assert first.returncode == 0, first.stderr[-4000:]
+        counts = check_chain(ws, ["base", "actions", "rationale", "teacher"])
+        asked = server.count
+        assert asked >= counts["train"] + counts["test"]  # synth + the teacher arm's eval
+        assert "| rationale" in first.stdout or "rationale" in first.stdout
+        for stage in (
+            "import",
+            "split",
+            "synth",
+            "distill:rationale",
+            "distill:actions",
+            "eval:base",
+            "eval:actions",
+            "eval:rationale",
+            "eval:teacher",
+            "compare",
+        ):
+            assert f"] {stage}: done in" in first.stderr, stage  # one progress line per stage
+        mtimes = {p: p.stat().st_mtime_ns for p in (ws / "runs").rglob("*") if p.is_file()}
+
+        second = rationale("run", cwd=ws, env=env)
+        assert second.returncode == 0, second.stderr[-4000:]
+        assert server.count == asked  # no teacher call
+        assert second.stderr.count(": up to date (") == 10 and "done in" not in second.stderr
+        after = {p: p.stat().st_mtime_ns for p in (ws / "runs").rglob("*") if p.is_file()}
+        assert after == mtimes  # nothing trained, nothing rewritten
+        assert first.stdout.strip() in second.stdout  # the same table, printed again
+
+
+def test_a_changed_setting_reruns_its_stage_and_those_after(tmp_path: Path, tiny: Path) -> None:
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer() as server:
+        path = write_workspace(ws, tiny, server.url)
+        text = path.read_text().replace('arms = ["base", "actions", "rationale", "teacher"]',
+                                        'arms = ["base", "rationale"]')  # fmt: skip
+        path.write_text(text)
+        assert rationale("run", "--until", "synth", cwd=ws, env=env).returncode == 0
+        assert not (ws / "runs" / "distill").exists()
+        first = rationale("run", cwd=ws, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "synth: up to date" in first.stderr and "distill:rationale: done" in first.stderr
+        path.write_text(text.replace("max-new-tokens = 24", "max-new-tokens = 20"))
+        again = rationale("run", cwd=ws, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "distill:rationale: up to date" in again.stderr
+        assert "eval:base: done" in again.stderr and "eval:rationale: done" in again.stderr
+        moved = list((ws / "runs" / ".outdated").iterdir())  # the earlier evals are kept
+        assert sorted(p.name.rsplit("-", 2)[0] for p in moved) == ["eval-base", "eval-rationale"]
+        assert all((p / "eval.json").exists() for p in moved)
+        eval_json = json.loads((ws / "runs" / "eval" / "base" / "eval.json").read_text())
+        assert eval_json["config"]["max_new_tokens"] == 20
+
+
+def test_dry_run_prints_the_commands_and_the_estimate_and_runs_nothing(
+    tmp_path: Path, tiny: Path
+) -> None:
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer() as server:
+        write_workspace(ws, tiny, server.url)
+        proc = rationale("run", "--dry-run", cwd=ws, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert server.count == 0 and not (ws / "runs").exists()
+    assert "rationale synth -o runs/synth/train --teacher openai/test-model" in proc.stderr
+    assert "rationale distill --base" in proc.stderr and "--no-rationale" in proc.stderr
+    assert "synth estimate:" in proc.stderr and json.loads(proc.stdout)["to_call"] > 0
+
+
+@pytest.mark.slow
+def test_the_shipped_example_cut_down_runs_with_the_local_teacher(tmp_path: Path) -> None:
+    """The example's own file with fewer sessions and steps: local teacher, SmolLM2-135M."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = text.replace('"../../../shared/data/mind2web", "../mind2web/raw_shopping_sample.json"',
+                        f'"{SAMPLE.as_posix()}"')  # fmt: skip
+    text = text.replace("max-sessions = 16", "max-sessions = 3").replace(
+        "test-frac = 0.375", "test-frac = 0.34"
+    )
+    text = text.replace("max-steps = 10", "max-steps = 1")
+    (ws / "rationale.toml").write_text(text + "\n", encoding="utf-8")
+    env = env_for(tmp_path / "home")
+    first = rationale("run", cwd=ws, env=env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "teacher arm left out" in first.stderr
+    check_chain(ws, ["base", "actions", "rationale"], base="smollm2-135m")
+    second = rationale("run", cwd=ws, env=env)
+    assert second.returncode == 0 and second.stderr.count(": up to date (") == 8
