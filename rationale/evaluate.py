@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from rationale.errors import FatalTeacherError, RationaleError, redact
 from rationale.eval_dir import EvalDir, case_record
@@ -48,7 +48,10 @@ class EvalConfig(BaseModel):
     on_error: Literal["fail", "skip"] = "fail"
     engine: Literal["auto", "hf", "vllm"] = "auto"
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
+    # the completion cap, named as synth's (--max-tokens); the old name is still read
+    max_tokens: int = Field(
+        256, ge=1, validation_alias=AliasChoices("max_tokens", "max_new_tokens")
+    )
     temperature: float = Field(0.0, ge=0.0)
     seed: int = 0
     threads: int | None = Field(None, ge=1)
@@ -78,6 +81,7 @@ class EvalConfig(BaseModel):
         """What a rerun on the same folder must share (``--limit`` may grow; limits, budget
         and concurrency may change)."""
         data = self.resolved()
+        data["max_new_tokens"] = data.pop("max_tokens")  # the key eval folders already hold
         keys = ("model", "data", "cases", "history_rationales", "template", "max_context_tokens",
                 "action_space", "max_new_tokens", "temperature", "seed")  # fmt: skip
         return {k: data[k] for k in keys}
@@ -166,8 +170,9 @@ def _load(config: EvalConfig) -> Any:
     from rationale.predictor import Predictor
 
     options = {k: getattr(config, k) for k in (
-        "engine", "batch_size", "max_new_tokens", "temperature", "seed", "api_base", "timeout",
+        "engine", "batch_size", "temperature", "seed", "api_base", "timeout",
         "threads", "concurrency", "request_attempts", "client")}  # fmt: skip
+    options["max_new_tokens"] = config.max_tokens
     return Predictor.load(
         config.model, template=config.template, max_context_tokens=config.max_context_tokens,
         history_rationales=config.history_rationales, action_space=config.action_space,

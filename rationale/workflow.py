@@ -239,12 +239,17 @@ def _stamp_path(workspace: Workspace, stage: Stage) -> Path:
     return workspace.default(STAMPS, stage.name.replace(":", "-") + ".json")
 
 
-def up_to_date(workspace: Workspace, stage: Stage) -> bool:
-    """Whether the stage finished with these settings and inputs, and its outputs are there."""
+def _stamp(workspace: Workspace, stage: Stage) -> dict[str, Any]:
     try:
         stamp = json.loads(_stamp_path(workspace, stage).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def up_to_date(workspace: Workspace, stage: Stage) -> bool:
+    """Whether the stage finished with these settings and inputs, and its outputs are there."""
+    stamp = _stamp(workspace, stage)
     return stamp.get("fingerprint") == stage.fingerprint and all(p.exists() for p in stage.outputs)
 
 
@@ -303,8 +308,6 @@ def run_workspace(
 ) -> RunReport:
     """Run (or resume) a workspace's chain; ``start``/``until`` name the first and last stage
     kinds to run. With ``dry_run``: the stages, their commands and the synth cost estimate."""
-    from rationale.stage_runners import estimate_synth, run_stage
-
     if not isinstance(workspace, Workspace):
         workspace = Workspace.find(str(workspace) if workspace else None)
     for name, value in (("--from", start), ("--until", until)):
@@ -317,6 +320,23 @@ def run_workspace(
     stages = plan(workspace)
     chosen = [s for s in stages if first <= STAGES.index(s.kind) <= last]
     report = RunReport(workspace.path)
+    if dry_run:
+        return _walk(workspace, stages, chosen, report, dry_run, echo)
+    from rationale.rundir import take_lock
+
+    stamps = workspace.default(STAMPS)
+    stamps.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(stamps, "run")  # one `rationale run` per workspace at a time
+    try:
+        return _walk(workspace, stages, chosen, report, dry_run, echo)
+    finally:
+        lock.close()
+
+
+def _walk(workspace: Workspace, stages: list[Stage], chosen: list[Stage], report: RunReport,
+          dry_run: bool, echo: Echo) -> RunReport:  # fmt: skip
+    from rationale.stage_runners import estimate_synth, run_stage
+
     n = len(chosen)
     for i, stage in enumerate(chosen, 1):
         fresh = up_to_date(workspace, stage)
@@ -328,7 +348,10 @@ def run_workspace(
             continue
         if fresh:
             echo(f"{head}: up to date (finished before with the same settings and inputs)")
-            report.stages.append(StageReport(stage.name, "up to date"))
+            took = _stamp(workspace, stage).get("wall_s")
+            report.stages.append(
+                StageReport(stage.name, "up to date", detail=f"(took {took}s when it ran)")
+            )
             if stage.kind == "compare":
                 report.table = stage.outputs[0].read_text(encoding="utf-8")
             continue

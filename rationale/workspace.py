@@ -236,7 +236,7 @@ class Workspace:
         def fill(key: str, value: Any, why: str) -> None:
             if values.get(key) in (None, "", []) and value is not None:
                 values[key] = str(value) if isinstance(value, Path) else value
-                notes.append(f"{stage}: {flag(key)} {show(value)} ({why})")
+                notes.append(f"{stage}: --{flag(key)} {show(value)} ({why})")
 
         if stage == "import":
             fill("output", self.import_output(), "default")

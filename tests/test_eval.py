@@ -122,7 +122,7 @@ def test_split_eval_compare_end_to_end(student: dict[str, Path], tmp_path: Path)
     n_test = len(test.read_text().splitlines())
     ev = tmp_path / "ev_student"
     first = run("eval", "--model", str(student["student"]), "--data", str(test), "-o", str(ev),
-                "--batch-size", "2", "--max-new-tokens", "12", "--bootstrap", "50")  # fmt: skip
+                "--batch-size", "2", "--max-tokens", "12", "--bootstrap", "50")  # fmt: skip
     out = json.loads((ev / "eval.json").read_text())
     assert out["n_cases"] == n_test == len(out["cases"]) and out["pending"] == 0
     assert out["model"]["kind"] == "student" and out["model"]["engine"] == "hf"
@@ -136,13 +136,13 @@ def test_split_eval_compare_end_to_end(student: dict[str, Path], tmp_path: Path)
     lines_before = (ev / "cases.jsonl").read_text()
 
     again = run("eval", "--model", str(student["student"]), "--data", str(test), "-o", str(ev),
-                "--batch-size", "2", "--max-new-tokens", "12", "--bootstrap", "50")  # fmt: skip
+                "--batch-size", "2", "--max-tokens", "12", "--bootstrap", "50")  # fmt: skip
     assert f"{n_test} done before" in again.stderr
     assert (ev / "cases.jsonl").read_text() == lines_before  # nothing generated twice
 
     base = tmp_path / "ev_base"  # the tiny base as a prompt-only baseline, the same cases
     run("eval", "--model", str(student["tiny"]), "--data", str(test), "-o", str(base),
-        "--max-new-tokens", "12", "--bootstrap", "50")  # fmt: skip
+        "--max-tokens", "12", "--bootstrap", "50")  # fmt: skip
     table = run("compare", str(base), str(ev), "--reference", str(base), "-o", str(tmp_path / "c"))
     assert "| " in table.stdout and "reference" in table.stdout
     assert (tmp_path / "c" / "compare.md").read_text().strip() == table.stdout.strip()

@@ -104,7 +104,7 @@ max-steps = 2
 max-seq-length = 1024
 
 [eval]
-max-new-tokens = 24
+max-tokens = 24
 bootstrap = 50
 
 [compare]
@@ -165,7 +165,7 @@ def test_a_changed_setting_reruns_its_stage_and_those_after(tmp_path: Path, tiny
         first = rationale("run", cwd=ws, env=env)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "synth: up to date" in first.stderr and "distill:rationale: done" in first.stderr
-        path.write_text(text.replace("max-new-tokens = 24", "max-new-tokens = 20"))
+        path.write_text(text.replace("max-tokens = 24", "max-tokens = 20"))
         again = rationale("run", cwd=ws, env=env)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "distill:rationale: up to date" in again.stderr
@@ -174,7 +174,7 @@ def test_a_changed_setting_reruns_its_stage_and_those_after(tmp_path: Path, tiny
         assert sorted(p.name.rsplit("-", 2)[0] for p in moved) == ["eval-base", "eval-rationale"]
         assert all((p / "eval.json").exists() for p in moved)
         eval_json = json.loads((ws / "runs" / "eval" / "base" / "eval.json").read_text())
-        assert eval_json["config"]["max_new_tokens"] == 20
+        assert eval_json["config"]["max_tokens"] == 20
 
 
 def test_dry_run_prints_the_commands_and_the_estimate_and_runs_nothing(
@@ -212,3 +212,93 @@ def test_the_shipped_example_cut_down_runs_with_the_local_teacher(tmp_path: Path
     check_chain(ws, ["base", "actions", "rationale"], base="smollm2-135m")
     second = rationale("run", cwd=ws, env=env)
     assert second.returncode == 0 and second.stderr.count(": up to date (") == 8
+
+
+def readme_chain() -> str:
+    """The README's "From Python" block of the workspace section, as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("**From Python**, the whole chain")
+    block = text[text.index("```python\n", start) + len("```python\n") :]
+    return block[: block.index("```")].replace(
+        "examples/mind2web/raw_shopping_sample.json", SAMPLE.as_posix()
+    )
+
+
+def run_snippet(code: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=1800)  # fmt: skip
+
+
+def check_snippet_output(cwd: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for arm in ("base", "rationale", "actions"):
+        assert f"| {arm}: " in proc.stdout
+        assert json.loads((cwd / "work" / "eval" / arm / "eval.json").read_text())["n_cases"] == 6
+
+
+def test_the_readme_library_chain_runs(tmp_path: Path, tiny: Path) -> None:
+    code = readme_chain()
+    with ScriptedServer() as server:
+        teacher = f'TEACHER = {{"teacher": "openai/test-model", "api_base": "{server.url}", "verifier": "none"}}'
+        for line in code.splitlines():
+            if line.startswith("TEACHER = "):
+                code = code.replace(line, teacher)
+            elif line.startswith("BASE = "):
+                code = code.replace(line, f'BASE = "{tiny.as_posix()}"')
+        assert teacher in code and tiny.as_posix() in code
+        proc = run_snippet(code, tmp_path, env_for(tmp_path / "home"))
+    check_snippet_output(tmp_path, proc)
+
+
+@pytest.mark.slow
+def test_the_readme_library_chain_runs_as_written(tmp_path: Path) -> None:
+    proc = run_snippet(readme_chain(), tmp_path, env_for(tmp_path / "home"))
+    check_snippet_output(tmp_path, proc)
+
+
+def test_a_kill_during_synth_loses_nothing_and_the_rerun_finishes(
+    tmp_path: Path, tiny: Path
+) -> None:
+    import signal
+    import time
+
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer(latency=0.3) as server:
+        path = write_workspace(ws, tiny, server.url)
+        path.write_text(path.read_text().replace(
+            'arms = ["base", "actions", "rationale", "teacher"]', 'arms = ["base"]'
+        ).replace("[synth]\n", "[synth]\nconcurrency = 1\n"))  # fmt: skip
+        proc = subprocess.Popen([str(RATIONALE), "run"], cwd=ws, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        accepted = ws / "runs" / "synth" / "train" / "accepted.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not accepted.exists() or len(accepted.read_text().splitlines()) < 3
+        ):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(accepted.read_text().splitlines()) >= 3
+        assert not (ws / "runs" / ".stamps" / "synth.json").exists()
+        again = rationale("run", cwd=ws, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+    assert "import: up to date" in again.stderr and "synth: rationale synth" in again.stderr
+    train = jsonl(ws / "runs" / "split" / "train.jsonl")
+    synth = ws / "runs" / "synth" / "train"
+    keys = [(r["record"]["session_id"], r["record"]["step"])
+            for s in ("accepted", "rejected", "failed") if (synth / f"{s}.jsonl").exists()
+            for r in jsonl(synth / f"{s}.jsonl")]  # fmt: skip
+    assert sorted(keys) == sorted((r["session_id"], r["step"]) for r in train)  # none lost, none twice
+
+
+def test_from_a_stage_whose_inputs_are_missing_says_which_stage_to_run(
+    tmp_path: Path, tiny: Path
+) -> None:
+    ws = tmp_path / "ws"
+    write_workspace(ws, tiny, "http://127.0.0.1:9/v1")
+    proc = rationale("run", "--from", "eval", cwd=ws, env=env_for(tmp_path / "home"))
+    assert proc.returncode == 1
+    # the earliest stage whose output is missing is named, with the command that makes it
+    assert "runs/records.jsonl, which import writes" in proc.stderr
+    assert "rationale run --from import" in proc.stderr

@@ -8,9 +8,7 @@ import click
 
 
 @click.command()
-@click.argument(
-    "eval_dirs", metavar="EVAL_DIR...", nargs=-1, required=True, type=click.Path(exists=True)
-)
+@click.argument("eval_dirs", metavar="EVAL_DIR...", nargs=-1, type=click.Path(exists=True))
 @click.option(
     "-o",
     "--output",
@@ -27,10 +25,16 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the markdown table.")
 def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | None,
             as_json: bool) -> None:  # fmt: skip
-    """Compare evals of the same test cases in one table, like the paper's."""
+    """Compare evals of the same test cases in one table, like the paper's.
+
+    With no EVAL_DIR, the evals of the workspace's arms (runs/eval/<arm>, from `rationale run`).
+    """
     from rationale.compare import compare as compare_evals
 
-    result = compare_evals(eval_dirs, reference=reference)
+    names = None
+    if not eval_dirs:
+        eval_dirs, names, reference = _workspace_evals(reference)
+    result = compare_evals(eval_dirs, reference=reference, names=names)
     for row in result.rows:
         if row.metrics.get("failed"):
             click.echo(
@@ -50,3 +54,27 @@ def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | Non
     if output:
         table, chart = result.write(output)
         click.echo(f"wrote {table} and {chart}", err=True)
+
+
+def _workspace_evals(reference: str | None) -> tuple[tuple[str, ...], list[str], str | None]:
+    """The workspace's arm evals that exist, their names, and the reference (an arm name or a
+    folder)."""
+    from rationale.errors import ConfigError
+    from rationale.workspace import Workspace, show
+
+    workspace = Workspace.find()
+    arms = workspace.table("compare").get("arms") or ["base", "actions", "rationale", "teacher"]
+    found = [a for a in arms if (workspace.default("eval", a) / "eval.json").exists()]
+    if not found:
+        raise ConfigError(
+            "compare: no EVAL_DIR given, and no arm eval under "
+            f"{show(workspace.default('eval'))}; give the eval folders, or `rationale run` first"
+        )
+    folders = tuple(str(workspace.default("eval", a)) for a in found)
+    click.echo(f"compare: the workspace's arms {', '.join(found)} (runs/eval/<arm>)", err=True)
+    ref = reference or workspace.table("compare").get("reference") or "rationale"
+    if ref in found:
+        ref = str(workspace.default("eval", ref))
+    elif ref in arms:
+        ref = None
+    return folders, found, ref

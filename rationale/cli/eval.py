@@ -59,7 +59,9 @@ from rationale.cli.options import (
     help="Local generation: auto picks vllm where CUDA and vllm are present, else hf.",
 )
 @click.option(
+    "--max-tokens",
     "--max-new-tokens",
+    "max_tokens",
     type=click.IntRange(min=1),
     default=256,
     show_default=True,
