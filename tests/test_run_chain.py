@@ -239,7 +239,10 @@ def check_snippet_output(cwd: Path, proc: subprocess.CompletedProcess[str]) -> N
 def test_the_readme_library_chain_runs(tmp_path: Path, tiny: Path) -> None:
     code = readme_chain()
     with ScriptedServer() as server:
-        teacher = f'TEACHER = {{"teacher": "openai/test-model", "api_base": "{server.url}", "verifier": "none"}}'
+        teacher = (
+            f'TEACHER = {{"teacher": "openai/test-model", "api_base": "{server.url}", '
+            '"verifier": "none"}'
+        )
         for line in code.splitlines():
             if line.startswith("TEACHER = "):
                 code = code.replace(line, teacher)
@@ -289,7 +292,9 @@ def test_a_kill_during_synth_loses_nothing_and_the_rerun_finishes(
     keys = [(r["record"]["session_id"], r["record"]["step"])
             for s in ("accepted", "rejected", "failed") if (synth / f"{s}.jsonl").exists()
             for r in jsonl(synth / f"{s}.jsonl")]  # fmt: skip
-    assert sorted(keys) == sorted((r["session_id"], r["step"]) for r in train)  # none lost, none twice
+    assert sorted(keys) == sorted(
+        (r["session_id"], r["step"]) for r in train
+    )  # none lost, none twice
 
 
 def test_from_a_stage_whose_inputs_are_missing_says_which_stage_to_run(

@@ -40,7 +40,9 @@ def records(path: Path, sessions: int = 2) -> Path:
 # -- finding and checking the file ----------------------------------------------------------------
 
 
-def test_found_here_or_in_a_parent_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_found_here_or_in_a_parent_or_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert find_workspace() is None
     (tmp_path / "rationale.toml").write_text("[synth]\nteacher = 'local'\n")
     deep = tmp_path / "a" / "b"
@@ -59,13 +61,16 @@ def test_found_here_or_in_a_parent_or_named(tmp_path: Path, monkeypatch: pytest.
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[synth]\nteachr = 'local'\n", r"rationale.toml: \[synth\] unknown key 'teachr'; did you mean 'teacher'\?"),
+        ("[synth]\nteachr = 'local'\n",
+         r"rationale.toml: \[synth\] unknown key 'teachr'; did you mean 'teacher'\?"),
         ("[synth]\nmax_cots = 1\n", r"\[synth\] unknown key 'max_cots'; did you mean 'max-cost'\?"),
-        ("[distill]\nlora-rank = 8\n", r"\[distill\] unknown key 'lora-rank'; did you mean 'lora-r'\?"),
+        ("[distill]\nlora-rank = 8\n",
+         r"\[distill\] unknown key 'lora-rank'; did you mean 'lora-r'\?"),
         ("[synthesis]\nteacher = 'x'\n", r"unknown table \[synthesis\]; did you mean \[synth\]\?"),
         ("teacher = 'local'\n", r"'teacher' is outside a table; put it under \[synth\]"),
         ("[synth]\ndry-run = true\n", r"\[synth\] unknown key 'dry-run'"),
-        ("[eval]\nmax-new-tokens = 9\n", r"\[eval\] unknown key 'max-new-tokens'; did you mean 'max-tokens'\?"),
+        ("[eval]\nmax-new-tokens = 9\n",
+         r"\[eval\] unknown key 'max-new-tokens'; did you mean 'max-tokens'\?"),
         ("[split\n", r"rationale.toml: not valid TOML"),
     ],
 )  # fmt: skip
@@ -157,7 +162,10 @@ def test_bare_synth_takes_the_teacher_and_prints_its_output(tmp_path: Path) -> N
     config = run["config"]
     assert config["teacher"] == "openai/test-model" and config["max_tokens"] == 99
     assert config["timeout"] == 9.0  # the flag typed wins over the file
-    assert len((tmp_path / "runs" / "synth" / "input" / "accepted.jsonl").read_text().splitlines()) == 4
+    assert (
+        len((tmp_path / "runs" / "synth" / "input" / "accepted.jsonl").read_text().splitlines())
+        == 4
+    )
     assert data.exists()
 
 
