@@ -223,7 +223,10 @@ def test_distill_help_lists_its_options() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("Usage: rationale distill [OPTIONS]")
     for flag in ("--base", "--data", "--output", "--backend", "--max-steps", "--config"):
         assert flag in proc.stdout
-    assert run("distill", "--data", str(FIXTURES)).returncode == 2  # --base is required
+    # --base has no default: without it (and no workspace), one line says how to give it
+    missing = run("distill", "--data", str(FIXTURES), "-o", "unused")
+    assert missing.returncode == 1
+    assert "base: missing (--base or base in [distill]" in missing.stderr
 
 
 # -- every command has a test that runs it ------------------------------------------------------
@@ -244,6 +247,8 @@ RUN_BY = {
     "report": "tests/test_cli_runs.py::test_report_text_and_json",
     "export-sft": "tests/test_cli_runs.py::test_export_sft",
     "distill": "tests/test_distill_data.py::test_distill_command_end_to_end",
+    "init": "tests/test_workspace.py::test_init_writes_a_starter_that_loads_and_refuses_to_overwrite",  # noqa: E501
+    "run": "tests/test_run_chain.py::test_run_goes_from_raw_logs_to_the_table_and_a_rerun_does_nothing",  # noqa: E501
 }
 
 

@@ -34,7 +34,7 @@ def env_for(home: Path) -> dict[str, str]:
             "RATIONALE_HOME": str(home), "OPENAI_API_KEY": "sk-test"}  # fmt: skip
 
 
-def rationale(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(RATIONALE), *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
@@ -122,7 +122,7 @@ def test_run_goes_from_raw_logs_to_the_table_and_a_rerun_does_nothing(
     env = env_for(tmp_path / "home")
     with ScriptedServer() as server:
         write_workspace(ws, tiny, server.url)
-        first = rationale("run", cwd=ws, env=env)
+        first = run("run", cwd=ws, env=env)
         assert first.returncode == 0, first.stderr[-4000:]
         counts = check_chain(ws, ["base", "actions", "rationale", "teacher"])
         asked = server.count
@@ -141,13 +141,13 @@ def test_run_goes_from_raw_logs_to_the_table_and_a_rerun_does_nothing(
             "compare",
         ):
             assert f"] {stage}: done in" in first.stderr, stage  # one progress line per stage
-        mtimes = {p: p.stat().st_mtime_ns for p in (ws / "runs").rglob("*") if p.is_file()}
+        mtimes = {p: p.stat().st_mtime_ns for p in (ws / "runs").rglob("*") if p.name != ".lock"}
 
-        second = rationale("run", cwd=ws, env=env)
+        second = run("run", cwd=ws, env=env)
         assert second.returncode == 0, second.stderr[-4000:]
         assert server.count == asked  # no teacher call
         assert second.stderr.count(": up to date (") == 10 and "done in" not in second.stderr
-        after = {p: p.stat().st_mtime_ns for p in (ws / "runs").rglob("*") if p.is_file()}
+        after = {p: p.stat().st_mtime_ns for p in (ws / "runs").rglob("*") if p.name != ".lock"}
         assert after == mtimes  # nothing trained, nothing rewritten
         assert first.stdout.strip() in second.stdout  # the same table, printed again
 
@@ -160,13 +160,13 @@ def test_a_changed_setting_reruns_its_stage_and_those_after(tmp_path: Path, tiny
         text = path.read_text().replace('arms = ["base", "actions", "rationale", "teacher"]',
                                         'arms = ["base", "rationale"]')  # fmt: skip
         path.write_text(text)
-        assert rationale("run", "--until", "synth", cwd=ws, env=env).returncode == 0
+        assert run("run", "--until", "synth", cwd=ws, env=env).returncode == 0
         assert not (ws / "runs" / "distill").exists()
-        first = rationale("run", cwd=ws, env=env)
+        first = run("run", cwd=ws, env=env)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "synth: up to date" in first.stderr and "distill:rationale: done" in first.stderr
         path.write_text(text.replace("max-tokens = 24", "max-tokens = 20"))
-        again = rationale("run", cwd=ws, env=env)
+        again = run("run", cwd=ws, env=env)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "distill:rationale: up to date" in again.stderr
         assert "eval:base: done" in again.stderr and "eval:rationale: done" in again.stderr
@@ -184,7 +184,7 @@ def test_dry_run_prints_the_commands_and_the_estimate_and_runs_nothing(
     env = env_for(tmp_path / "home")
     with ScriptedServer() as server:
         write_workspace(ws, tiny, server.url)
-        proc = rationale("run", "--dry-run", cwd=ws, env=env)
+        proc = run("run", "--dry-run", cwd=ws, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert server.count == 0 and not (ws / "runs").exists()
     assert "rationale synth -o runs/synth/train --teacher openai/test-model" in proc.stderr
@@ -206,11 +206,11 @@ def test_the_shipped_example_cut_down_runs_with_the_local_teacher(tmp_path: Path
     text = text.replace("max-steps = 10", "max-steps = 1")
     (ws / "rationale.toml").write_text(text + "\n", encoding="utf-8")
     env = env_for(tmp_path / "home")
-    first = rationale("run", cwd=ws, env=env)
+    first = run("run", cwd=ws, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert "teacher arm left out" in first.stderr
     check_chain(ws, ["base", "actions", "rationale"], base="smollm2-135m")
-    second = rationale("run", cwd=ws, env=env)
+    second = run("run", cwd=ws, env=env)
     assert second.returncode == 0 and second.stderr.count(": up to date (") == 8
 
 
@@ -284,7 +284,7 @@ def test_a_kill_during_synth_loses_nothing_and_the_rerun_finishes(
         proc.wait()
         assert len(accepted.read_text().splitlines()) >= 3
         assert not (ws / "runs" / ".stamps" / "synth.json").exists()
-        again = rationale("run", cwd=ws, env=env)
+        again = run("run", cwd=ws, env=env)
         assert again.returncode == 0, again.stderr[-3000:]
     assert "import: up to date" in again.stderr and "synth: rationale synth" in again.stderr
     train = jsonl(ws / "runs" / "split" / "train.jsonl")
@@ -302,7 +302,7 @@ def test_from_a_stage_whose_inputs_are_missing_says_which_stage_to_run(
 ) -> None:
     ws = tmp_path / "ws"
     write_workspace(ws, tiny, "http://127.0.0.1:9/v1")
-    proc = rationale("run", "--from", "eval", cwd=ws, env=env_for(tmp_path / "home"))
+    proc = run("run", "--from", "eval", cwd=ws, env=env_for(tmp_path / "home"))
     assert proc.returncode == 1
     # the earliest stage whose output is missing is named, with the command that makes it
     assert "runs/records.jsonl, which import writes" in proc.stderr
