@@ -72,8 +72,9 @@ class DistillConfig(BaseModel):
         default=4000,
         ge=1,
         description=(
-            "Token budget of a prompt's context (the history is cut to fit), the same default as "
-            "`rationale synth --max-context-tokens`; None for no budget."
+            "Token budget of a prompt's context (the history is cut to fit); smaller than synth's "
+            "6000 (a teacher has a long window, a student's sequence is --max-seq-length); the "
+            "student's eval reuses it; None for no budget."
         ),
     )
     on_error: Literal["fail", "skip"] = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def _synth(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
     if result.stopped or result.pending:
         raise RationaleError(
             f"synth stopped with {result.pending} records pending ({result.stopped or 'unknown'}); "
-            "rerun `rationale run` to continue it"
+            "`rationale run` again continues it"
+            + (" and may spend up to max-cost again" if config.max_cost is not None else "")
         )
     c = result.counts
     if c["failed"]:
@@ -86,19 +88,68 @@ def _distill(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
     from distill.checkpoints import CHECKPOINTS_DIR, last_checkpoint
     from distill.pipeline import run_distill
 
-    out = Path(config.output)
-    if (out / "README.md").exists():
-        raise RationaleError(
-            f"{show(out)} holds a student trained with other settings or data than the workspace "
-            "now says: move or delete it to train again"
-        )
-    if last_checkpoint(out / CHECKPOINTS_DIR) is not None:
-        echo(f"{stage.name}: continuing from the last checkpoint in {show(out)}")
+    if last_checkpoint(stage.folder / CHECKPOINTS_DIR) is not None:
+        echo(f"{stage.name}: continuing from the last checkpoint in {show(stage.folder)}")
         config = config.model_copy(update={"resume": True})
     run = run_distill(config)
     r, s = run.result, run.stats
     loss = "no loss logged" if r.final_loss is None else f"final loss {r.final_loss:.4f}"
     return f"{s.examples} examples, {r.steps} steps, {loss}", None
+
+
+def prepare(stage: Any, earlier: dict[str, Any], producers: dict[str, str],
+            outdated: Path) -> str:  # fmt: skip
+    """Before a stage that is not up to date runs: what to do with what its folder holds.
+
+    ``earlier`` is the stage's stamp from a finished run with other settings or inputs ({}
+    when there is none), ``producers`` the ids of the stamps it reads now. Returns "run",
+    "adopted" (a student trained with these very settings, whose stamp was lost to a kill), or
+    "moved to PATH" (an eval or a student of other settings or inputs, kept under
+    ``outdated``). A student folder that this workflow did not make and that holds other
+    settings is refused.
+    """
+    from rationale import stamps
+
+    folder = stage.folder
+    if stage.kind == "distill" and (folder / "README.md").exists():
+        if earlier:
+            return _move(stage, outdated)
+        recorded = _read_json(folder / "config.json").get("config") or {}
+        mine = stamps.settings("distill", stage.config)
+        theirs = {k: v for k, v in recorded.items() if k in mine}
+        if theirs == mine:
+            return "adopted"
+        diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items()
+                         if theirs.get(k) != v)  # fmt: skip
+        raise RationaleError(
+            f"{show(folder)} holds a student trained with other settings ({diff}) that rationale "
+            "run did not make: move or delete it to train here"
+        )
+    if stage.kind == "eval" and (folder / "eval.json").exists() and earlier:
+        same_inputs = earlier.get("producers") == producers
+        identity = _read_json(folder / "eval.json").get("identity")
+        if not (same_inputs and identity == stage.config.identity()):
+            return _move(stage, outdated)  # a limit, budget or speed change resumes instead
+    return "run"
+
+
+def _move(stage: Any, outdated: Path) -> str:
+    import time
+
+    target = outdated / f"{stage.name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage.folder.rename(target)
+    return f"moved to {show(target)}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _eval(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
@@ -108,7 +159,8 @@ def _eval(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
     if data.get("pending"):
         raise RationaleError(
             f"{stage.name}: {data['pending']} cases pending ({data.get('stopped') or 'stopped'}); "
-            "rerun `rationale run` to continue it"
+            "`rationale run` again continues it"
+            + (" and may spend up to max-cost again" if config.max_cost is not None else "")
         )
     exact = ((data.get("metrics") or {}).get("session_exact_match") or {}).get("value")
     shown = f", exact match (session average) {exact:.1%}" if exact is not None else ""
@@ -118,8 +170,8 @@ def _eval(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
 def _compare(config: Any, stage: Any, echo: Echo) -> tuple[str, str]:
     from rationale.compare import compare
 
-    names = [p.name for p in stage.reads]  # the eval folders are named for their arms
-    result = compare(stage.reads, reference=config.reference, names=names)
+    names = [p.name for p in stage.inputs]  # the eval folders are named for their arms
+    result = compare(stage.inputs, reference=config.reference, names=names)
     table, _chart = result.write(config.output)
     return f"{len(result.rows)} arms on {result.n_cases} cases -> {show(table)}", result.markdown()
 
@@ -140,7 +192,7 @@ def estimate_synth(synth: Any, stages: list[Any]) -> dict[str, Any]:
             if stage.kind == "split" and last is not None:
                 update["input"] = last
             copy = stage.config.model_copy(update=update)
-            run_stage(type(stage)(stage.name, stage.kind, copy, []), lambda _: None)
+            run_stage(replace(stage, config=copy), lambda _: None)
             last = str(Path(tmp) / stage.kind)
         if last is None:
             raise RationaleError(f"dry run: {show(config.input)} does not exist yet")

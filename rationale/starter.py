@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rationale.errors import ConfigError
@@ -20,7 +21,7 @@ STARTER = """\
 # max-sessions = 30            # a hash-chosen subset, to start small
 
 [split]                        # whole sessions go to one side
-input = "{records}"  # EDIT: your record file (rationale import ... writes one)
+input = {records}  # EDIT: your record file (rationale import ... writes one)
 test-frac = 0.2
 seed = 0
 
@@ -52,6 +53,7 @@ def write_starter(folder: str | Path = ".", *, records: str | None = None,
     path = Path(folder) / WORKSPACE_FILE
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; edit it, or pass --force to overwrite it")
-    text = STARTER.replace("{records}", (records or "records.jsonl").replace("\\", "/"))
+    # a JSON string is a valid TOML basic string: quotes and backslashes in the path survive
+    text = STARTER.replace("{records}", json.dumps(records or "records.jsonl"))
     path.write_text(text, encoding="utf-8")
     return path

@@ -6,19 +6,16 @@ trained arm), eval (one per arm) and compare. The arms are declared in ``[compar
 alone, ``--no-rationale``, on the same steps), ``rationale`` (a student trained on the accepted
 rationale + action) and ``teacher`` (the teacher, prompt-only; an API teacher only).
 
-Each stage has a fingerprint: its resolved settings and its inputs' fingerprints (the import's
-are the source files' bytes), so a change anywhere reaches every stage after it. A finished stage
-leaves a stamp in ``runs/.stamps/``; a rerun skips a stage whose stamp matches and whose outputs
-are there. A stage that did not finish is run again and the stage's own resume does the work:
-synth and eval continue their run folders (and the response cache answers repeated prompts),
-distill continues from its last checkpoint. Nothing is deleted: a folder made with other settings
-is refused by its stage, with the fix in the message.
+A finished stage leaves a stamp (`rationale.stamps`); a rerun skips a stage whose fingerprint
+matches its stamp and whose outputs are there. A stage that did not finish runs again and its
+own resume does the work: synth and eval continue their folders (the response cache answers
+repeated prompts), distill continues from its last checkpoint. An eval or a student made with
+other settings is moved to ``runs/.outdated/``, never deleted; a synth run is never moved (its
+resume keeps what was paid for, and it refuses another teacher with the fix in the message).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 import sys
 import time
@@ -27,33 +24,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rationale.errors import ConfigError, RationaleError
+from rationale import stamps
+from rationale.errors import ConfigError, RationaleError, redact
 from rationale.workspace import STAGES, Workspace, flag, show
 
 STAMPS = ".stamps"
+Echo = Callable[[str], None]
+#: The settings each stage's command gets as flags; the rest come from the workspace file.
+_PATH_KEYS = {"input", "output", "data", "model", "reference"}
 
 
 @dataclass
 class Stage:
-    """One step of the chain: what runs, with which settings, writing what."""
+    """One step of the chain: what runs, with which settings, reading and writing what."""
 
     name: str  # "synth", "distill:actions", "eval:base", ...
     kind: str  # the workspace table: one of STAGES
     config: Any  # the resolved job model
-    outputs: list[Path]
-    fingerprint: str = ""
+    given: dict[str, Any]  # what the workflow sets over the table (the command's flags)
+    inputs: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    producers: list[Stage] = field(default_factory=list)
     note: str = ""  # why an arm is left out
-    reads: list[Path] = field(default_factory=list)  # compare: the eval folders
 
     @property
     def arm(self) -> str | None:
         return self.name.split(":", 1)[1] if ":" in self.name else None
 
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output)
+
 
 @dataclass
 class StageReport:
     name: str
-    status: str  # "ran", "up to date", "planned"
+    status: str  # "ran", "up to date", "to run", "adopted"
     wall_s: float = 0.0
     detail: str = ""
 
@@ -78,100 +84,90 @@ class RunReport:
 
 
 def plan(workspace: Workspace) -> list[Stage]:
-    """The stages of ``workspace``, resolved, in order (nothing is read but the settings)."""
+    """The stages of ``workspace``, resolved, in order; nothing is read but the settings."""
     if workspace.path is None:
         raise ConfigError(
             "no workspace file: write one with `rationale init`, or name it (rationale run FILE)"
         )
-    stages: list[Stage] = []
     tables = workspace.tables
     for kind in ("eval", "distill"):
         if tables.get(kind, {}).get("output"):
             raise ConfigError(
                 f"{workspace.path}: [{kind}] output: rationale run writes one {kind} per arm, to "
-                f"runs/{kind}/...; remove output from [{kind}]"
+                f"runs/{kind}/<arm>; remove output from [{kind}]"
             )
-    if "import" in tables:
-        stages.append(_stage(workspace, "import", "import", {}, [workspace.import_output()]))
-    if "split" in tables:
-        split = _stage(workspace, "split", "split", {}, [])
-        out = Path(split.config.output)
-        split.outputs = [out / "train.jsonl", out / "test.jsonl"]
-        stages.append(split)
-    compare = tables.get("compare")
-    arms = _stage_config(workspace, "compare", {})[0].arms if compare is not None else []
-    synth = None
-    if "synth" in tables:
-        synth = _stage(workspace, "synth", "synth", {}, [])
-        synth.outputs = [Path(synth.config.output) / "run.json"]
-        stages.append(synth)
-    students = [a for a in ("rationale", "actions") if a in arms] or (
-        ["rationale"] if "distill" in tables and not arms else []
-    )
-    distill = {}
-    if students and "distill" not in tables:
-        raise ConfigError(
-            f"{workspace.path}: the arms {', '.join(students)} need a [distill] table"
-        )
-    for arm in students:
-        given = {"no_rationale": arm == "actions"}
-        if synth is not None:
-            given["data"] = synth.config.output
-        stage = _stage(workspace, f"distill:{arm}", "distill", given, [])
-        stage.config = stage.config.model_copy(
-            update={
-                "output": str(
-                    workspace.distill_output(stage.config.base, no_rationale=arm == "actions")
-                )
-            }
-        )
-        stage.outputs = [Path(stage.config.output) / "README.md"]
-        distill[arm] = stage
+    stages: list[Stage] = []
+
+    def add(name: str, kind: str, given: dict[str, Any]) -> Stage:
+        stage = Stage(name, kind, _config(workspace, kind, given), given)
+        _wire(stage, stages)
         stages.append(stage)
-    models = {a: str(Path(s.config.output)) for a, s in distill.items()}
+        return stage
+
+    if "import" in tables:
+        add("import", "import", {})
+    if "split" in tables:
+        add("split", "split", {})
+    synth = add("synth", "synth", {}) if "synth" in tables else None
+    compare = _config(workspace, "compare", {}) if "compare" in tables else None
+    from rationale.compare import CompareConfig
+
+    arms = (compare or CompareConfig()).arms if {"compare", "eval"} & set(tables) else []
+    models: dict[str, str] = {}
+    notes = []
+    students = [a for a in ("rationale", "actions") if a in arms]
+    if students and synth is None and not tables.get("distill", {}).get("data"):
+        notes.append(f"{', '.join(students)} arms left out: no [synth] and no [distill] data")
+        students = []
+    for arm in students:
+        if "distill" not in tables:
+            raise ConfigError(f"{workspace.path}: the arm {arm} needs a [distill] table")
+        given: dict[str, Any] = {"no_rationale": arm == "actions"}
+        if synth is not None:
+            given["data"] = str(synth.folder)
+        base = _config(workspace, "distill", given).base
+        given["output"] = str(workspace.distill_output(base, no_rationale=arm == "actions"))
+        models[arm] = add(f"distill:{arm}", "distill", given).config.output
     if "base" in arms:
-        base = tables.get("distill", {}).get("base")
-        if not base:
+        if not tables.get("distill", {}).get("base"):
             raise ConfigError(f"{workspace.path}: the arm base needs base in [distill]")
-        models["base"] = base
-    teacher_note = ""
+        models["base"] = tables["distill"]["base"]
     if "teacher" in arms:
         teacher = synth.config.teacher if synth is not None else ""
         if teacher and not teacher.startswith("local"):
             models["teacher"] = teacher
         else:
-            teacher_note = "teacher arm left out: it needs an API teacher (this one is local)"
+            notes.append("teacher arm left out: it needs an API teacher (this one is local)")
     evals = []
-    for arm in [a for a in arms if a in models]:
+    for arm in (a for a in arms if a in models):
         given = {"model": models[arm], "output": str(workspace.default("eval", arm))}
-        if arm == "teacher" and synth is not None:  # the teacher's endpoint, unless [eval] has one
-            for key in ("api_base", "client"):
-                if getattr(synth.config, key) != "auto" and key not in tables.get("eval", {}):
-                    given[key] = getattr(synth.config, key)
-        stage = _stage(workspace, f"eval:{arm}", "eval", given, [])
-        stage.outputs = [Path(stage.config.output) / "eval.json"]
-        evals.append(stage)
-        stages.append(stage)
+        if arm == "teacher" and synth is not None:  # the teacher's endpoint and cap by default
+            for key in ("api_base", "client", "max_cost"):
+                value = getattr(synth.config, key)
+                if value not in (None, "auto") and key not in tables.get("eval", {}):
+                    given[key] = value
+        evals.append(add(f"eval:{arm}", "eval", given))
     if compare is not None:
-        reference = compare.get("reference") or ("rationale" if "rationale" in models else None)
-        ref_dir = str(workspace.default("eval", reference)) if reference in models else reference
-        stage = _stage(workspace, "compare", "compare", {"reference": ref_dir}, [])
-        stage.outputs = [Path(stage.config.output) / "compare.md"]
-        stage.reads = [Path(e.config.output) for e in evals]
-        stage.note = teacher_note
-        stages.append(stage)
-    _fingerprint(stages)
+        reference = compare.reference or ("rationale" if "rationale" in models else None)
+        if reference in models:
+            reference = str(workspace.default("eval", reference))
+        stage = add("compare", "compare", {"reference": reference})
+        stage.inputs = [e.folder for e in evals]
+        stage.producers = evals
+        stage.outputs = [stage.folder / "compare.md"]
+    if notes and stages:
+        stages[-1].note = "; ".join(notes)
     return stages
 
 
-def _stage_config(workspace: Workspace, kind: str, given: dict[str, Any]) -> tuple[Any, list[str]]:
+def _config(workspace: Workspace, kind: str, given: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
     from rationale.workspace import stage_model
 
     resolved = workspace.resolve(kind, given)
     try:
-        return stage_model(kind)(**resolved.values), resolved.notes
+        return stage_model(kind)(**resolved.values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{flag('.'.join(map(str, e['loc'])))}: {e['msg']}"
@@ -180,118 +176,73 @@ def _stage_config(workspace: Workspace, kind: str, given: dict[str, Any]) -> tup
         raise ConfigError(f"{workspace.path} [{kind}]: {problems}") from None
 
 
-def _stage(workspace: Workspace, name: str, kind: str, given: dict[str, Any],
-           outputs: list[Path]) -> Stage:  # fmt: skip
-    config, _ = _stage_config(workspace, kind, given)
-    return Stage(name, kind, config, outputs)
+def _wire(stage: Stage, before: list[Stage]) -> None:
+    """A stage's input and output paths, and the earlier stages that write its inputs."""
+    c = stage.config
+    if stage.kind == "import":
+        stage.outputs = [Path(c.output)]
+    elif stage.kind == "split":
+        stage.inputs, stage.outputs = (
+            [Path(c.input)],
+            [stage.folder / n for n in ("train.jsonl", "test.jsonl")],
+        )
+    elif stage.kind == "synth":
+        stage.inputs, stage.outputs = [Path(c.input)], [stage.folder / "run.json"]
+    elif stage.kind == "distill":
+        stage.inputs, stage.outputs = [Path(c.data)], [stage.folder / "README.md"]
+    elif stage.kind == "eval":
+        stage.inputs, stage.outputs = [Path(c.data), Path(c.model)], [stage.folder / "eval.json"]
+    for path in stage.inputs:
+        for producer in before:
+            writes = (
+                [producer.folder] if producer.kind in ("synth", "distill") else producer.outputs
+            )
+            if any(_same(path, w) for w in writes) and producer not in stage.producers:
+                stage.producers.append(producer)
 
 
-def _fingerprint(stages: list[Stage]) -> None:
-    """Each stage's fingerprint: its settings, its sources' bytes, and the stages before it that
-    it reads (for simplicity: all earlier stages of an earlier kind)."""
-    done: list[Stage] = []
-    for stage in stages:
-        h = hashlib.sha256(stage.name.encode())
-        h.update(stage.config.model_dump_json().encode())
-        if stage.kind == "import":
-            from rationale.importers import chosen_sources
-
-            for source in chosen_sources(stage.config):
-                for path in _files(Path(source)):
-                    h.update(str(path).encode() + _file_digest(path).encode())
-        elif stage.kind in ("split", "synth") and not _produced(stage.config.input, done):
-            h.update(_file_digest(Path(stage.config.input)).encode())
-        for before in done:
-            if STAGES.index(before.kind) < STAGES.index(stage.kind) and _feeds(before, stage):
-                h.update(before.fingerprint.encode())
-        stage.fingerprint = h.hexdigest()
-        done.append(stage)
+def _same(a: Path, b: Path) -> bool:
+    return a.expanduser().resolve() == b.expanduser().resolve()
 
 
-def _produced(path: str, done: list[Stage]) -> bool:
-    """Whether an earlier stage writes ``path`` (then its fingerprint stands for the bytes)."""
-    target = Path(path).resolve()
-    return any(target == p.resolve() for s in done for p in s.outputs)
+def external_inputs(stage: Stage) -> list[Path]:
+    """The inputs no earlier stage writes: their bytes go into the fingerprint."""
+    if stage.kind == "import":
+        from rationale.importers import chosen_sources
+
+        return [Path(s) for s in chosen_sources(stage.config)]
+    written = [w for p in stage.producers for w in (p.folder, *p.outputs)]
+    # an eval's model is its producer's (a student) or a name; a base model's bytes are not read
+    inputs = stage.inputs[:1] if stage.kind == "eval" else stage.inputs
+    return [p for p in inputs if p.exists() and not any(_same(p, w) for w in written)]
 
 
-def _feeds(before: Stage, stage: Stage) -> bool:
-    """Whether ``before``'s output is read by ``stage`` (a student feeds only its own eval)."""
-    if before.kind == "distill" and stage.kind == "eval":
-        return before.arm == stage.arm
-    return True
-
-
-def _files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-
-
-def _file_digest(path: Path) -> str:
-    if not path.is_file():
-        return "missing"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _stamp_path(workspace: Workspace, stage: Stage) -> Path:
-    return workspace.default(STAMPS, stage.name.replace(":", "-") + ".json")
-
-
-def _stamp(workspace: Workspace, stage: Stage) -> dict[str, Any]:
-    try:
-        stamp = json.loads(_stamp_path(workspace, stage).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return stamp if isinstance(stamp, dict) else {}
-
-
-def up_to_date(workspace: Workspace, stage: Stage) -> bool:
-    """Whether the stage finished with these settings and inputs, and its outputs are there."""
-    stamp = _stamp(workspace, stage)
-    return stamp.get("fingerprint") == stage.fingerprint and all(p.exists() for p in stage.outputs)
-
-
-def command(stage: Stage) -> str:
-    """The ``rationale`` command line that runs this stage alone."""
-    config = stage.config
-    words = ["rationale"]
+def command(stage: Stage, workspace: Workspace) -> str:
+    """The ``rationale`` command that runs this stage alone (its other settings come from the
+    workspace file it names); secrets redacted."""
+    c = stage.config
+    words = ["rationale"] + (["import", c.format] if stage.kind == "import" else [stage.kind])
     positional: list[str] = []
     if stage.kind == "import":
-        words += ["import", config.format]
-        positional = [show(s) for s in config.source]
-        skip = {"format", "source"}
+        positional = [show(s) for s in c.source]
     elif stage.kind in ("split", "synth"):
-        words.append(stage.kind)
-        positional = [show(config.input)]
-        skip = {"input"}
-    else:
-        words.append(stage.kind)
-        skip = {"arms"}
-    fields = type(config).model_fields
-    for name, info in fields.items():
-        value = getattr(config, name)
-        if name in skip or name == "rules":
+        positional = [show(c.input)]
+    elif stage.kind == "compare":
+        positional = [show(p) for p in stage.inputs]
+    given = dict(stage.given)
+    if stage.kind in ("split", "synth", "distill", "eval", "compare") and "output" not in given:
+        given["output"] = c.output
+    for key, value in given.items():
+        if value is None or value is False:
             continue
-        always = (stage.kind, name) in {("synth", "teacher")}  # the command requires it
-        default = None if info.is_required() else info.get_default(call_default_factory=True)
-        if (value == default and not always) or value is None:
-            continue
-        key = "-o" if name == "output" else f"--{flag(name)}"
-        if isinstance(value, bool):
-            words.append(key)
-        elif isinstance(value, list):
-            for item in value:
-                words += [key, show(item)]
+        option = "-o" if key == "output" else f"--{flag(key)}"
+        if value is True:
+            words.append(option)
         else:
-            words += [key, show(value) if isinstance(value, str) else str(value)]
-    if stage.kind == "compare":
-        positional = [show(p) for p in stage.reads]
-    return shlex.join(words + positional)
-
-
-Echo = Callable[[str], None]
+            path = key in _PATH_KEYS and Path(str(value)).is_absolute()
+            words += [option, show(value) if path else str(value)]
+    words += ["--config", show(workspace.path)]
+    return redact(shlex.join(words + positional))
 
 
 def _stderr(line: str) -> None:
@@ -308,6 +259,8 @@ def run_workspace(
 ) -> RunReport:
     """Run (or resume) a workspace's chain; ``start``/``until`` name the first and last stage
     kinds to run. With ``dry_run``: the stages, their commands and the synth cost estimate."""
+    from rationale.rundir import take_lock
+
     if not isinstance(workspace, Workspace):
         workspace = Workspace.find(str(workspace) if workspace else None)
     for name, value in (("--from", start), ("--until", until)):
@@ -322,97 +275,82 @@ def run_workspace(
     report = RunReport(workspace.path)
     if dry_run:
         return _walk(workspace, stages, chosen, report, dry_run, echo)
-    from rationale.rundir import take_lock
-
-    stamps = workspace.default(STAMPS)
-    stamps.mkdir(parents=True, exist_ok=True)
-    lock = take_lock(stamps, "run")  # one `rationale run` per workspace at a time
+    folder = workspace.default(STAMPS)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(folder, "run")  # one `rationale run` per workspace at a time
     try:
         return _walk(workspace, stages, chosen, report, dry_run, echo)
+    except BaseException:
+        for line in report.summary_lines()[1:]:  # what finished before the failure
+            echo(line)
+        raise
     finally:
         lock.close()
 
 
+def _stamp_path(workspace: Workspace, stage: Stage) -> Path:
+    return workspace.default(STAMPS, stage.name.replace(":", "-") + ".json")
+
+
 def _walk(workspace: Workspace, stages: list[Stage], chosen: list[Stage], report: RunReport,
           dry_run: bool, echo: Echo) -> RunReport:  # fmt: skip
-    from rationale.stage_runners import estimate_synth, run_stage
+    from rationale.stage_runners import estimate_synth, prepare, run_stage
 
-    n = len(chosen)
+    planned: set[str] = set()  # dry run: the stages that would run
     for i, stage in enumerate(chosen, 1):
-        fresh = up_to_date(workspace, stage)
-        head = f"[{i}/{n}] {stage.name}"
+        head = f"[{i}/{len(chosen)}] {stage.name}"
+        producers = [stamps.read(_stamp_path(workspace, p)) for p in stage.producers]
+        fp = stamps.fingerprint(
+            stage.name, stage.kind, stage.config, external_inputs(stage), producers
+        )
+        stamp = stamps.read(_stamp_path(workspace, stage))
+        fresh = (stamp.get("fingerprint") == fp and all(p.exists() for p in stage.outputs)
+                 and not any(p.name in planned for p in stage.producers))  # fmt: skip
         if dry_run:
-            state = "up to date" if fresh else "to run"
-            echo(f"{head}: {state}\n    {command(stage)}")
-            report.stages.append(StageReport(stage.name, "planned" if not fresh else state))
+            if not fresh:
+                planned.add(stage.name)
+            echo(f"{head}: {'up to date' if fresh else 'to run'}\n    {command(stage, workspace)}")
+            report.stages.append(StageReport(stage.name, "up to date" if fresh else "to run"))
             continue
         if fresh:
             echo(f"{head}: up to date (finished before with the same settings and inputs)")
-            took = _stamp(workspace, stage).get("wall_s")
-            report.stages.append(
-                StageReport(stage.name, "up to date", detail=f"(took {took}s when it ran)")
-            )
+            took = f"(took {stamp.get('wall_s')}s when it ran)"
+            report.stages.append(StageReport(stage.name, "up to date", detail=took))
             if stage.kind == "compare":
                 report.table = stage.outputs[0].read_text(encoding="utf-8")
             continue
-        _check_inputs(stage, stages, workspace)
-        retired = _retire(workspace, stage)
-        if retired is not None:
-            echo(f"{head}: settings or inputs changed; the earlier output moved to {show(retired)}")
-        echo(f"{head}: {command(stage)}")
+        for producer in stage.producers:
+            missing = [p for p in producer.outputs if not p.exists()]
+            if missing:
+                raise RationaleError(
+                    f"{stage.name} needs {show(missing[0])}, which {producer.name} writes: run "
+                    f"from {producer.kind} (rationale run --from {producer.kind})"
+                )
         t0 = time.monotonic()
-        detail, table = run_stage(stage, echo)
+        ids = {
+            p.name: stamps.read(_stamp_path(workspace, p)).get("id", "-") for p in stage.producers
+        }
+        action = prepare(stage, stamp, ids, workspace.default(".outdated"))
+        if action.startswith("moved"):
+            echo(f"{head}: settings or inputs changed; the earlier output {action}")
+        if action == "adopted":
+            detail, table, status = "trained before with these settings; adopted", None, "adopted"
+            echo(f"{head}: {show(stage.folder)} holds a student trained with these settings")
+        else:
+            echo(f"{head}: {command(stage, workspace)}")
+            detail, table = run_stage(stage, echo)
+            status = "ran"
         wall = time.monotonic() - t0
-        _stamp_path(workspace, stage).parent.mkdir(parents=True, exist_ok=True)
-        from rationale.rundir import write_json
-
-        write_json(
-            _stamp_path(workspace, stage),
-            {"stage": stage.name, "fingerprint": stage.fingerprint, "wall_s": round(wall, 1),
-             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        )  # fmt: skip
+        stamps.write(_stamp_path(workspace, stage), stage.name, fp, stage.config, wall, ids)
         echo(f"{head}: done in {wall:.1f}s{f' ({detail})' if detail else ''}")
-        report.stages.append(StageReport(stage.name, "ran", wall, detail))
+        report.stages.append(StageReport(stage.name, status, wall, detail))
         if table is not None:
             report.table = table
     if dry_run:
-        synth = next((s for s in chosen if s.kind == "synth"), None)
-        if synth is not None and not up_to_date(workspace, synth):
+        synth = next((s for s in chosen if s.kind == "synth" and s.name in planned), None)
+        if synth is not None:
             report.estimate = estimate_synth(synth, stages)
     for stage in stages:
         if stage.note:
             echo(f"note: {stage.note}")
     return report
-
-
-def _retire(workspace: Workspace, stage: Stage) -> Path | None:
-    """Move aside the output of a distill or eval this workflow finished with other settings or
-    inputs (its stamp says so), so the stage can run afresh; nothing is deleted. A synth run is
-    never moved: its own resume keeps what was paid for, and it refuses a different teacher."""
-    stamp = _stamp_path(workspace, stage)
-    if stage.kind not in ("distill", "eval") or not stamp.exists():
-        return None
-    folder = Path(stage.config.output)
-    stamp.unlink()  # a run stopped after this resumes instead of moving its own work aside
-    if not folder.exists():
-        return None
-    target = workspace.default(
-        ".outdated", f"{stage.name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder.rename(target)
-    return target
-
-
-def _check_inputs(stage: Stage, stages: list[Stage], workspace: Workspace) -> None:
-    """A stage whose producer was not run (``--from``) needs that producer's output there."""
-    for before in stages:
-        if before is stage:
-            return
-        if _feeds(before, stage) and STAGES.index(before.kind) < STAGES.index(stage.kind):
-            missing = [p for p in before.outputs if not p.exists()]
-            if missing:
-                raise RationaleError(
-                    f"{stage.name} needs {show(missing[0])}, which {before.name} writes: run "
-                    f"from {before.kind} (rationale run --from {before.kind})"
-                )

@@ -51,6 +51,8 @@ _MAYBE_PATHS = {
     "compare": {"reference"},
 }
 
+_ARM_NAMES = ("base", "actions", "rationale", "teacher")
+
 NO_TEACHER = (
     "synth: no teacher: pass --teacher MODEL, a litellm model string with its key in the "
     "environment (openai/gpt-4o-mini with OPENAI_API_KEY, anthropic/claude-3-5-haiku-latest with "
@@ -180,8 +182,14 @@ class Workspace:
 
     # -- where the stages meet ---------------------------------------------------------------
     def default(self, *parts: str) -> Path:
-        """A default output under the workspace root's ``runs/``."""
-        return self.root.joinpath(RUNS, *parts)
+        """A default output under the workspace root's ``runs/`` (``runs-<stem>/`` for a
+        workspace file of another name, so two files in one folder never share outputs)."""
+        runs = (
+            RUNS
+            if self.path is None or self.path.name == WORKSPACE_FILE
+            else f"{RUNS}-{self.path.stem}"
+        )
+        return self.root.joinpath(runs, *parts)
 
     def import_output(self) -> Path:
         return Path(self.tables.get("import", {}).get("output") or self.default("records.jsonl"))
@@ -254,7 +262,9 @@ class Workspace:
         elif stage == "eval":
             fill("data", self.eval_data(), "the workspace's test split")
             if values.get("model"):
-                fill("output", self.default("eval", slug(values["model"])), "default")
+                model = Path(str(values["model"]))
+                name = f"{model.parent.name}-{model.name}" if model.is_dir() else values["model"]
+                fill("output", self.default("eval", slug(name)), "default")
         elif stage == "compare":
             fill("output", self.default("compare"), "default")
         return Resolved(values, notes)
@@ -324,8 +334,32 @@ def _check_table(path: Path, name: str, value: Any) -> dict[str, Any]:
                     else f" (keys: {', '.join(stage_keys(name))})"
                 )
             )
+        if field_name == "rules" and isinstance(item, dict):
+            item = _check_rules(path, name, item)
         table[field_name] = item
     return table
+
+
+def _check_rules(path: Path, stage: str, rules: dict[str, Any]) -> dict[str, Any]:
+    """``[synth.rules]``: the same spelling rules and nearest-name errors as a stage table."""
+    from rationale.rules import RulesConfig
+
+    fields = list(RulesConfig.model_fields)
+    checked = {}
+    for key, value in rules.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            hint = _nearest(flag(name), [flag(f) for f in fields])
+            raise ConfigError(
+                f"{path}: [{stage}.rules] unknown key '{key}'"
+                + (
+                    f"; did you mean '{hint}'?"
+                    if hint
+                    else f" (keys: {', '.join(map(flag, fields))})"
+                )
+            )
+        checked[name] = value
+    return checked
 
 
 def _fields(stage: str) -> set[str]:
@@ -343,12 +377,17 @@ def _root_paths(root: Path, stage: str, table: dict[str, Any]) -> None:
     def rooted(value: Any, maybe: bool) -> Any:
         if isinstance(value, list):
             return [rooted(v, maybe) for v in value]
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        if not isinstance(value, str) or not value:
             return value
-        candidate = Path(os.path.normpath(root / Path(value).expanduser()))
-        return str(candidate) if not maybe or candidate.exists() else value
+        if Path(value).expanduser().is_absolute():
+            return str(Path(value).expanduser())
+        candidate = Path(os.path.normpath(root / value))
+        explicit = value.startswith(("./", "../"))  # written as a path: one even if not there yet
+        return str(candidate) if not maybe or explicit or candidate.exists() else value
 
     for key in list(table):
+        if stage == "compare" and key == "reference" and table[key] in _ARM_NAMES:
+            continue  # an arm's name, not a folder
         if key in _PATHS.get(stage, ()):
             table[key] = rooted(table[key], maybe=False)
         elif key in _MAYBE_PATHS.get(stage, ()):

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from rationale.cli.options import config_option
+
 
 @click.command()
 @click.argument("eval_dirs", metavar="EVAL_DIR...", nargs=-1, type=click.Path(exists=True))
@@ -23,8 +25,9 @@ import click
     "if not listed.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the markdown table.")
+@config_option
 def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | None,
-            as_json: bool) -> None:  # fmt: skip
+            as_json: bool, config_file: str | None) -> None:  # fmt: skip
     """Compare evals of the same test cases in one table, like the paper's.
 
     With no EVAL_DIR, the evals of the workspace's arms (runs/eval/<arm>, from `rationale run`).
@@ -33,7 +36,11 @@ def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | Non
 
     names = None
     if not eval_dirs:
-        eval_dirs, names, reference = _workspace_evals(reference)
+        eval_dirs, names, reference = _workspace_evals(reference, config_file)
+        if output is None:
+            from rationale.workspace import Workspace
+
+            output = Workspace.find(config_file).table("compare").get("output")
     result = compare_evals(eval_dirs, reference=reference, names=names)
     for row in result.rows:
         if row.metrics.get("failed"):
@@ -56,13 +63,15 @@ def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | Non
         click.echo(f"wrote {table} and {chart}", err=True)
 
 
-def _workspace_evals(reference: str | None) -> tuple[tuple[str, ...], list[str], str | None]:
+def _workspace_evals(
+    reference: str | None, config_file: str | None
+) -> tuple[tuple[str, ...], list[str], str | None]:
     """The workspace's arm evals that exist, their names, and the reference (an arm name or a
     folder)."""
     from rationale.errors import ConfigError
     from rationale.workspace import Workspace, show
 
-    workspace = Workspace.find()
+    workspace = Workspace.find(config_file)
     arms = workspace.table("compare").get("arms") or ["base", "actions", "rationale", "teacher"]
     found = [a for a in arms if (workspace.default("eval", a) / "eval.json").exists()]
     if not found:

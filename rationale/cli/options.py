@@ -164,7 +164,7 @@ def _job_config(
     from rationale.workspace import Workspace
 
     workspace = Workspace.find(flags.pop("config_file", None))
-    typed: dict[str, Any] = {k: v for k, v in fixed.items() if v not in (None, ())}
+    typed: dict[str, Any] = {k: v for k, v in fixed.items() if v not in (None, (), [])}
     defaults: dict[str, Any] = {}
     for name, value in flags.items():
         source = ctx.get_parameter_source(name)
@@ -174,8 +174,14 @@ def _job_config(
         else:
             typed[name] = list(value) if isinstance(value, tuple) else value
     if stage == "filter":  # the filter re-applies synth's checks: it shares [synth]'s settings
-        shared = {k: v for k, v in workspace.table("synth").items() if k in flags or k == "rules"}
+        table = workspace.table("synth")
+        wanted = (set(flags) | {"rules"}) - set(typed) - {"template"}  # template: the run's
+        shared = {k: v for k, v in table.items() if k in wanted}
+        if shared:
+            used = ", ".join(k.replace("_", "-") for k in shared)
+            click.echo(f"filter: from {workspace.where('synth')}: {used}", err=True)
         values = {**defaults, **shared, **typed}
+        stage = "synth"  # what error messages name
     elif stage:
         resolved = workspace.resolve(stage, typed)
         for note in resolved.notes:

@@ -86,17 +86,34 @@ def run_import(config: ImportConfig) -> ImportResult:
         if len(sources) != 1:
             raise SourceError("import opera: give one source (a file or a folder)")
         records = read_opera(sources[0], sessions=config.sessions, users=config.users)  # type: ignore[arg-type]
+    first = next(iter(records), None)
+    if first is None:  # checked before the output is replaced: a bad filter loses nothing
+        raise SourceError(
+            f"import: no step in {', '.join(sources)}" + _domain_hint(config, sources)
+        )
     seen: set[str] = set()
 
     def counted():  # type: ignore[no-untyped-def]
+        seen.add(first.session_id)
+        yield first
         for record in records:
             seen.add(record.session_id)
             yield record
 
     steps = write_records(config.output, counted())
-    if not steps:
-        raise SourceError(
-            f"import: no step in {', '.join(sources)}"
-            + (f" of the domain {', '.join(config.domain)}" if config.domain else "")
-        )
     return ImportResult(Path(config.output), sources, steps, len(seen))
+
+
+def _domain_hint(config: ImportConfig, sources: list[str]) -> str:
+    """Which domains the sources hold, when a --domain matched none of them."""
+    if config.format != "mind2web" or not config.domain:
+        return ""
+    import difflib
+
+    from rationale.importers.mind2web import read_domains
+
+    found = read_domains(sources)
+    hints = [m for d in config.domain for m in difflib.get_close_matches(d, found, n=1)]
+    return f" of the domain {', '.join(config.domain)} (the domains there: {', '.join(found)}" + (
+        f"; did you mean {', '.join(hints)}?)" if hints else ")"
+    )

@@ -207,6 +207,11 @@ def read_mind2web(
             raise SourceError(f"{where}: {exc}") from None
 
 
+def read_domains(sources: Iterable[str | Path]) -> list[str]:
+    """The domains of the sessions in the sources, sorted."""
+    return sorted({str(task.get("domain", "")) for _, task in _tasks(sources)})
+
+
 def _rank(annotation_id: Any) -> str:
     return hashlib.sha256(str(annotation_id).encode("utf-8")).hexdigest()
 
