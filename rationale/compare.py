@@ -274,8 +274,9 @@ def compare(
         if len(names) != len(folders):
             raise RationaleError(f"compare: {len(names)} names for {len(folders)} evals")
         named = {Path(f): n for f, n in zip(folders, names, strict=True)}
-        labels = [f"{named[p]}: {label}" if p in named else label
-                  for p, label in zip(unique, labels, strict=True)]  # fmt: skip
+        plain = _model_names(evals)  # the arm's name tells two evals of one model apart
+        labels = [f"{named[p]}: {name}" if p in named else label
+                  for p, name, label in zip(unique, plain, labels, strict=True)]  # fmt: skip
     rows = [
         Row(
             label=label,
@@ -345,12 +346,16 @@ def _difference(a: Path, cases_a: list[dict], b: Path, cases_b: list[dict]) -> s
     return text + "; compare evals of the same --data file with the same --cases and --limit"
 
 
-def _labels(evals: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    """Each eval's model label; a label two evals share gets its folder's name added."""
-    names = [
+def _model_names(evals: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    return [
         str((data.get("model") or {}).get("label") or (data.get("model") or {}).get("name") or p)
         for p, data in evals
     ]
+
+
+def _labels(evals: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Each eval's model label; a label two evals share gets its folder's name added."""
+    names = _model_names(evals)
     return [
         f"{name} ({p.name or p})" if names.count(name) > 1 else name
         for name, (p, _) in zip(names, evals, strict=True)

@@ -220,7 +220,7 @@ def test_the_shipped_example_cut_down_runs_with_the_local_teacher(tmp_path: Path
     assert "teacher arm left out" in first.stderr
     check_chain(ws, ["base", "actions", "rationale"], base="smollm2-135m")
     second = run("run", cwd=ws, env=env)
-    assert second.returncode == 0 and second.stderr.count(": up to date (") == 8
+    assert second.returncode == 0 and second.stderr.count(": up to date (") == 9
 
 
 def readme_chain() -> str:
