@@ -245,6 +245,17 @@ def command(stage: Stage, workspace: Workspace) -> str:
     return redact(shlex.join(words + positional))
 
 
+def _missing_input(stage: Stage) -> tuple[Path, Stage] | None:
+    """The earliest stage output missing on the way to ``stage`` (with ``--from``), if any."""
+    for producer in stage.producers:
+        writes = (producer.folder, *producer.outputs)
+        needed = [p for p in stage.inputs if any(_same(p, w) for w in writes)]
+        missing = [p for p in (*needed, *producer.outputs) if not p.exists()]
+        if missing:
+            return _missing_input(producer) or (missing[0], producer)
+    return None
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -319,13 +330,13 @@ def _walk(workspace: Workspace, stages: list[Stage], chosen: list[Stage], report
             if stage.kind == "compare":
                 report.table = stage.outputs[0].read_text(encoding="utf-8")
             continue
-        for producer in stage.producers:
-            missing = [p for p in producer.outputs if not p.exists()]
-            if missing:
-                raise RationaleError(
-                    f"{stage.name} needs {show(missing[0])}, which {producer.name} writes: run "
-                    f"from {producer.kind} (rationale run --from {producer.kind})"
-                )
+        gap = _missing_input(stage)
+        if gap is not None:
+            path, producer = gap
+            raise RationaleError(
+                f"{stage.name} needs {show(path)}, which {producer.name} writes: run from "
+                f"{producer.kind} (rationale run --from {producer.kind})"
+            )
         t0 = time.monotonic()
         ids = {
             p.name: stamps.read(_stamp_path(workspace, p)).get("id", "-") for p in stage.producers
