@@ -114,7 +114,7 @@ def prepare(stage: Any, earlier: dict[str, Any], producers: dict[str, str],
     if stage.kind == "distill" and (folder / "README.md").exists():
         if earlier:
             return _move(stage, outdated)
-        recorded = _read_json(folder / "config.json").get("config") or {}
+        recorded = stamps.read(folder / "config.json").get("config") or {}
         mine = stamps.settings("distill", stage.config)
         theirs = {k: v for k, v in recorded.items() if k in mine}
         if theirs == mine:
@@ -127,7 +127,7 @@ def prepare(stage: Any, earlier: dict[str, Any], producers: dict[str, str],
         )
     if stage.kind == "eval" and (folder / "eval.json").exists() and earlier:
         same_inputs = earlier.get("producers") == producers
-        identity = _read_json(folder / "eval.json").get("identity")
+        identity = stamps.read(folder / "eval.json").get("identity")
         if not (same_inputs and identity == stage.config.identity()):
             return _move(stage, outdated)  # a limit, budget or speed change resumes instead
     return "run"
@@ -140,16 +140,6 @@ def _move(stage: Any, outdated: Path) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     stage.folder.rename(target)
     return f"moved to {show(target)}"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _eval(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:

@@ -80,7 +80,7 @@ def fingerprint(name: str, kind: str, config: Any, external: list[Path],
 
 
 def read(path: Path) -> dict[str, Any]:
-    """A stamp, or {} when there is none (or it is torn)."""
+    """A stamp (or any JSON object file), or {} when there is none (or it is torn)."""
     try:
         stamp = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -328,7 +328,7 @@ def _walk(workspace: Workspace, stages: list[Stage], chosen: list[Stage], report
             took = f"(took {stamp.get('wall_s')}s when it ran)"
             report.stages.append(StageReport(stage.name, "up to date", detail=took))
             if stage.kind == "compare":
-                report.table = stage.outputs[0].read_text(encoding="utf-8")
+                report.table = stage.outputs[0].read_text(encoding="utf-8").rstrip("\n")
             continue
         gap = _missing_input(stage)
         if gap is not None:

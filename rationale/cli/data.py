@@ -17,6 +17,19 @@ from rationale.cli.options import (
     open_records,
 )
 
+
+def _import_io(f: Any) -> Any:
+    """SOURCES and -o of both importers (each may come from the workspace's [import])."""
+    f = click.option(
+        "-o",
+        "--output",
+        "output",
+        type=click.Path(dir_okay=False),
+        help="Record file to write (atomically).  [default: runs/records.jsonl]",
+    )(f)
+    return click.argument("sources", nargs=-1, type=click.Path())(f)
+
+
 _first_existing_option = click.option(
     "--first-existing",
     is_flag=True,
@@ -26,14 +39,7 @@ _first_existing_option = click.option(
 
 
 @click.command("mind2web")
-@click.argument("sources", nargs=-1, type=click.Path())
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(dir_okay=False),
-    help="Record file to write (atomically).  [default: runs/records.jsonl]",
-)
+@_import_io
 @click.option("--add-terminate", is_flag=True, help="Append a terminate step to every session.")
 @click.option(
     "--domain",
@@ -56,14 +62,7 @@ def import_mind2web(ctx: click.Context, sources: tuple[str, ...], **flags: Any) 
 
 
 @click.command("opera")
-@click.argument("sources", nargs=-1, type=click.Path())
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(dir_okay=False),
-    help="Record file to write (atomically).  [default: runs/records.jsonl]",
-)
+@_import_io
 @click.option(
     "--sessions",
     "sessions",

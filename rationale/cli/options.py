@@ -28,6 +28,11 @@ def output_folder_option(help: str = "Output folder.", *, required: bool = True)
     )
 
 
+#: A record file argument that the workspace may give instead (split, synth).
+input_argument = click.argument(
+    "input_file", metavar="INPUT", required=False, type=click.Path(exists=True, dir_okay=False)
+)
+
 action_space_option = click.option(
     "--action-space",
     "action_space",

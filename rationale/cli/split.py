@@ -10,6 +10,7 @@ from rationale.cli.options import (
     _job_config,
     action_space_option,
     config_option,
+    input_argument,
     on_error_option,
     open_records,
     output_folder_option,
@@ -17,9 +18,7 @@ from rationale.cli.options import (
 
 
 @click.command()
-@click.argument(
-    "input_file", metavar="INPUT", required=False, type=click.Path(exists=True, dir_okay=False)
-)
+@input_argument
 @output_folder_option(
     "Folder to write train.jsonl and test.jsonl to (each written atomically).  "
     "[default: runs/split]",

@@ -12,6 +12,7 @@ from rationale.cli.options import (
     _job_config,
     action_space_option,
     config_option,
+    input_argument,
     model_call_options,
     on_error_option,
     output_folder_option,
@@ -20,9 +21,7 @@ from rationale.cli.options import (
 
 
 @click.command()
-@click.argument(
-    "input_file", metavar="INPUT", required=False, type=click.Path(exists=True, dir_okay=False)
-)
+@input_argument
 @output_folder_option(
     "Run folder: accepted/rejected/failed.jsonl and run.json. Rerun to resume.  "
     "[default: runs/synth/<INPUT stem>]",
