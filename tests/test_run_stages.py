@@ -203,3 +203,29 @@ def test_the_example_workspace_plans_every_arm_but_the_local_teacher() -> None:
         "eval:actions", "eval:rationale", "compare",
     ]  # fmt: skip
     assert "teacher arm left out" in stages[-1].note
+
+
+def test_a_second_run_on_the_same_workspace_is_refused_while_one_runs(
+    tmp_path: Path, tiny: Path
+) -> None:
+    import subprocess
+    import time
+
+    from test_run_chain import RATIONALE
+
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer(latency=0.5) as server:
+        write_workspace(ws, tiny, server.url)
+        first = subprocess.Popen([str(RATIONALE), "run", "--until", "synth"], cwd=ws, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and server.count == 0:
+                time.sleep(0.1)
+            second = run("run", cwd=ws, env=env)
+        finally:
+            first.kill()
+            first.wait()
+    assert second.returncode == 1
+    assert "is being written by rationale run (pid" in second.stderr
