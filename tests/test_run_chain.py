@@ -293,7 +293,7 @@ def test_a_kill_during_synth_loses_nothing_and_the_rerun_finishes(
         proc.wait()
         assert len(accepted.read_text().splitlines()) >= 3
         assert not (ws / "runs" / ".stamps" / "synth.json").exists()
-        again = run("run", cwd=ws, env=env)
+        again = run("run", "--until", "synth", cwd=ws, env=env)
         assert again.returncode == 0, again.stderr[-3000:]
     assert "import: up to date" in again.stderr and "synth: rationale synth" in again.stderr
     train = jsonl(ws / "runs" / "split" / "train.jsonl")
