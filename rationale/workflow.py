@@ -48,10 +48,6 @@ class Stage:
     note: str = ""  # why an arm is left out
 
     @property
-    def arm(self) -> str | None:
-        return self.name.split(":", 1)[1] if ":" in self.name else None
-
-    @property
     def folder(self) -> Path:
         return Path(self.config.output)
 
@@ -125,8 +121,7 @@ def plan(workspace: Workspace) -> list[Stage]:
         given: dict[str, Any] = {"no_rationale": arm == "actions"}
         if synth is not None:
             given["data"] = str(synth.folder)
-        base = _config(workspace, "distill", given).base
-        given["output"] = str(workspace.distill_output(base, no_rationale=arm == "actions"))
+        # its output: runs/distill/<base>[-actions], the default `resolve` fills in
         models[arm] = add(f"distill:{arm}", "distill", given).config.output
     if "base" in arms:
         if not tables.get("distill", {}).get("base"):
@@ -161,19 +156,7 @@ def plan(workspace: Workspace) -> list[Stage]:
 
 
 def _config(workspace: Workspace, kind: str, given: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
-    from rationale.workspace import stage_model
-
-    resolved = workspace.resolve(kind, given)
-    try:
-        return stage_model(kind)(**resolved.values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{flag('.'.join(map(str, e['loc'])))}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"{workspace.path} [{kind}]: {problems}") from None
+    return workspace.build(kind, given)[0]
 
 
 def _wire(stage: Stage, before: list[Stage]) -> None:

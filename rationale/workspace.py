@@ -19,6 +19,7 @@ guessed silently. `rationale run` (`rationale.workflow`) and the bare commands s
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,8 +52,6 @@ _MAYBE_PATHS = {
     "compare": {"reference"},
 }
 
-_ARM_NAMES = ("base", "actions", "rationale", "teacher")
-
 NO_TEACHER = (
     "synth: no teacher: pass --teacher MODEL, a litellm model string with its key in the "
     "environment (openai/gpt-4o-mini with OPENAI_API_KEY, anthropic/claude-3-5-haiku-latest with "
@@ -61,33 +60,23 @@ NO_TEACHER = (
 )
 
 
+#: Where each stage's job model lives (imported on demand: distill's needs only pydantic).
+_MODELS = {
+    "import": ("rationale.importers", "ImportConfig"),
+    "split": ("rationale.split", "SplitConfig"),
+    "synth": ("rationale.rundir", "SynthConfig"),
+    "distill": ("distill.config", "DistillConfig"),
+    "eval": ("rationale.evaluate", "EvalConfig"),
+    "compare": ("rationale.compare", "CompareConfig"),
+}
+
+
 def stage_model(stage: str) -> Any:
-    """The job model of a stage (imported on demand: distill's needs only pydantic)."""
-    if stage == "import":
-        from rationale.importers import ImportConfig
-
-        return ImportConfig
-    if stage == "split":
-        from rationale.split import SplitConfig
-
-        return SplitConfig
-    if stage == "synth":
-        from rationale.rundir import SynthConfig
-
-        return SynthConfig
-    if stage == "distill":
-        from distill.config import DistillConfig
-
-        return DistillConfig
-    if stage == "eval":
-        from rationale.evaluate import EvalConfig
-
-        return EvalConfig
-    if stage == "compare":
-        from rationale.compare import CompareConfig
-
-        return CompareConfig
-    raise ConfigError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
+    """The job model of a stage."""
+    if stage not in _MODELS:
+        raise ConfigError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
+    module, name = _MODELS[stage]
+    return getattr(importlib.import_module(module), name)
 
 
 def stage_keys(stage: str) -> list[str]:
@@ -269,6 +258,31 @@ class Workspace:
             fill("output", self.default("compare"), "default")
         return Resolved(values, notes)
 
+    def build(self, stage: str, given: dict[str, Any] | None = None,
+              defaults: dict[str, Any] | None = None) -> tuple[Any, list[str]]:  # fmt: skip
+        """A stage's job config (`resolve` over ``defaults``, the flags' own), and its notes."""
+        resolved = self.resolve(stage, given)
+        values = {**(defaults or {}), **resolved.values}
+        return self.validate(stage_model(stage), values, stage), resolved.notes
+
+    def validate(self, model: Any, values: dict[str, Any], stage: str | None) -> Any:
+        """``model(**values)``; a bad or missing value is one line naming the flag and table."""
+        from pydantic import ValidationError
+
+        try:
+            return model(**values)
+        except ValidationError as exc:
+            problems = []
+            for e in exc.errors(include_url=False):
+                name = ".".join(map(str, e["loc"]))
+                if e["type"] == "missing":
+                    table = f" or {flag(name)} in [{stage}] of rationale.toml" if stage else ""
+                    problems.append(f"{name}: missing (--{flag(name)}{table})")
+                else:
+                    problems.append(f"{name}: {e['msg']}")
+            where = f"{self.path} [{stage}]" if self.path and stage else str(self.path or "flags")
+            raise ConfigError(f"{where}: {'; '.join(problems)}") from None
+
     def _distill_defaults(self, values: dict[str, Any], fill: Any) -> None:
         if not values.get("data"):
             synth = self.synth_output()
@@ -362,6 +376,12 @@ def _check_rules(path: Path, stage: str, rules: dict[str, Any]) -> dict[str, Any
     return checked
 
 
+def _arms() -> tuple[str, ...]:
+    from rationale.compare import ARMS
+
+    return ARMS
+
+
 def _fields(stage: str) -> set[str]:
     return set(stage_model(stage).model_fields)
 
@@ -386,7 +406,7 @@ def _root_paths(root: Path, stage: str, table: dict[str, Any]) -> None:
         return str(candidate) if not maybe or explicit or candidate.exists() else value
 
     for key in list(table):
-        if stage == "compare" and key == "reference" and table[key] in _ARM_NAMES:
+        if stage == "compare" and key == "reference" and table[key] in _arms():
             continue  # an arm's name, not a folder
         if key in _PATHS.get(stage, ()):
             table[key] = rooted(table[key], maybe=False)

@@ -72,7 +72,9 @@ def _workspace_evals(
     from rationale.workspace import Workspace, show
 
     workspace = Workspace.find(config_file)
-    arms = workspace.table("compare").get("arms") or ["base", "actions", "rationale", "teacher"]
+    from rationale.compare import ARMS
+
+    arms = workspace.table("compare").get("arms") or list(ARMS)
     found = [a for a in arms if (workspace.default("eval", a) / "eval.json").exists()]
     if not found:
         raise ConfigError(

@@ -163,9 +163,7 @@ def _job_config(
     """A job's config: the flags typed, over the workspace file's table for ``stage``, over the
     defaults that chain the stages (each printed on stderr), over the flags' own defaults."""
     from click.core import ParameterSource
-    from pydantic import ValidationError
 
-    from rationale.errors import ConfigError
     from rationale.workspace import Workspace
 
     workspace = Workspace.find(flags.pop("config_file", None))
@@ -194,21 +192,4 @@ def _job_config(
         values = {**defaults, **resolved.values}
     else:
         values = {**defaults, **typed}
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        where = str(workspace.path) if workspace.path else "flags"
-        raise ConfigError(f"{where}: {_problems(exc, stage)}") from None
-
-
-def _problems(exc: Any, stage: str | None) -> str:
-    """A pydantic error as one line; a missing setting names its flag and its table."""
-    problems = []
-    for e in exc.errors(include_url=False):
-        name = ".".join(map(str, e["loc"]))
-        if e["type"] == "missing":
-            table = f" or {name.replace('_', '-')} in [{stage}] of rationale.toml" if stage else ""
-            problems.append(f"{name}: missing (--{name.replace('_', '-')}{table})")
-        else:
-            problems.append(f"{name}: {e['msg']}")
-    return "; ".join(problems)
+    return workspace.validate(model, values, stage)
