@@ -44,14 +44,17 @@ def _import(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
 
 
 def _split(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
+    from rationale.records import RecordFile
     from rationale.schema import ActionSpace
     from rationale.split import split_records
 
     space = ActionSpace.from_file(config.action_space) if config.action_space else None
-    result = split_records(
-        config.input, config.output, test_frac=config.test_frac, by=config.by, seed=config.seed,
-        on_error=config.on_error, action_space=space,
-    )  # fmt: skip
+    with RecordFile(config.input, space=space, on_error=config.on_error) as records:
+        for line in records.skip_report():  # what --on-error skip left out, as `split` says
+            echo(line)
+        result = split_records(
+            records, config.output, test_frac=config.test_frac, by=config.by, seed=config.seed
+        )
     tr, te = result.train, result.test
     return (
         f"train {tr.sessions} sessions, {tr.steps} steps; test {te.sessions} sessions, "

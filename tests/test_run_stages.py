@@ -229,3 +229,19 @@ def test_a_second_run_on_the_same_workspace_is_refused_while_one_runs(
             first.wait()
     assert second.returncode == 1
     assert "is being written by rationale run (pid" in second.stderr
+
+
+def test_a_bad_line_is_named_and_with_skip_its_session_is_reported(tmp_path: Path) -> None:
+    lines = (ROOT / "examples" / "mind2web" / "shopping_sample.jsonl").read_text().splitlines()
+    lines[6] = lines[6].replace('"type":"click"', '"type":"clik"')
+    (tmp_path / "recs.jsonl").write_text("\n".join(lines[:20]) + "\n")
+    (tmp_path / "rationale.toml").write_text('[split]\ninput = "recs.jsonl"\n')
+    env = env_for(tmp_path / "home")
+    bad = run("run", cwd=tmp_path, env=env)
+    assert bad.returncode == 1
+    assert "recs.jsonl line 7: action.type 'clik' is not one of" in bad.stderr
+    assert not (tmp_path / "runs" / "split").exists()
+    (tmp_path / "rationale.toml").write_text('[split]\ninput = "recs.jsonl"\non-error = "skip"\n')
+    skip = run("run", cwd=tmp_path, env=env)
+    assert skip.returncode == 0, skip.stderr
+    assert "skipped: " in skip.stderr and "left out 1 sessions" in skip.stderr
