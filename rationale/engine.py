@@ -132,6 +132,9 @@ class Engine:
     def limited(self, client: Any, kind: str) -> Limited:
         return Limited(client, self, kind)
 
+    def check(self) -> None:
+        """Before the run folder is touched (the batch engine checks its models here)."""
+
     def stopping(self) -> bool:
         return self.budget.exhausted or self.fatal is not None or self.error is not None
 
@@ -197,8 +200,10 @@ class Engine:
         label: str,
         unit: str = "records",
         progress: bool = True,
+        again: Any = None,
     ) -> None:
         """Feed ``items`` (prepared lazily, in the loop's idle moments) to the workers.
+        (``again``, a fresh pass over what is left, is for engines that make several passes.)
 
         Returns when every item was processed or the run stopped; an unexpected error is in
         ``self.error`` (the caller finalises the run folder, then raises it).

@@ -46,6 +46,7 @@ class OpenAICompatibleTeacher(PriceMap):
 
         provider, _, self.wire_model = model.partition("/")
         self.model_id = model
+        self.api_base = api_base
         base = urlsplit(api_base)
         # The path goes before the query: http://h/v1?key=k -> http://h/v1/chat/completions?key=k
         self.url = urlunsplit(base._replace(path=base.path.rstrip("/") + "/chat/completions"))
@@ -89,14 +90,9 @@ class OpenAICompatibleTeacher(PriceMap):
         """One POST to ``/chat/completions``; a failure becomes a categorised `TeacherError`."""
         import aiohttp
 
-        body = {
-            "model": self.wire_model,
-            "messages": messages,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "seed": seed,
-            "response_format": {"type": "json_object"},
-        }
+        body = self.request_body(
+            messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+        )
         session = await self._client()
         try:
             async with session.post(self.url, json=body, headers=self._headers) as resp:
@@ -114,11 +110,42 @@ class OpenAICompatibleTeacher(PriceMap):
             raise classify(exc) from None
         try:
             data = json.loads(raw)
-            content = data["choices"][0]["message"]["content"] or ""
-            usage = data.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError):
+        except ValueError:
             raise TeacherError(
                 f"the server's answer is not a chat completion: {raw[:200]!r}", category="server"
+            ) from None
+        return self.parse(data, response_model)
+
+    def request_body(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        assistant_prefix: str | None = None,
+        response_model: type[BaseModel] | None = None,
+    ) -> dict[str, Any]:
+        """The chat-completions body of one request (also what a batch sends for it)."""
+        return {
+            "model": self.wire_model,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "response_format": {"type": "json_object"},
+        }
+
+    def parse(self, data: Any, response_model: type[BaseModel] | None = None) -> Completion:
+        """A chat completion (a dict) as a `Completion` of ``response_model``; an answer that does
+        not match it is a billed `TeacherError` (``invalid_output``)."""
+        try:
+            content = data["choices"][0]["message"]["content"] or ""
+            usage = data.get("usage") or {}
+        except (KeyError, IndexError, TypeError):
+            raise TeacherError(
+                f"the server's answer is not a chat completion: {str(data)[:200]!r}",
+                category="server",
             ) from None
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
         cost = self.price(p, c) if p is not None and c is not None else None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rationale.engine import Engine
+from rationale.batch_engine import make_engine
 from rationale.errors import RationaleError
 from rationale.judging import Judge, outcome
 from rationale.rundir import STATES, RunDir, SynthConfig, read_run_json, read_synth_records
@@ -93,7 +93,7 @@ class FilterJob:
         self.verifier_template = load_template(config.verifier_template or "verifier")
         self.source_path = str(source.resolve())
         self.run_dir = RunDir(config.output)
-        self.engine = Engine(config, self.run_dir, retry_policy=retry_policy)
+        self.engine = make_engine(config, self.run_dir, retry_policy=retry_policy)
         self.verifier_client = make_client(verifier, config, api_base=config.api_base)
         self.judge = Judge(
             config, self.engine, space=self.space, teacher_template=self.template,

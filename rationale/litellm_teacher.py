@@ -131,6 +131,91 @@ class LiteLLMTeacher(PriceMap):
         )
         return Completion(parsed.model_dump(), prompt_tokens, completion_tokens, cost)
 
+    # -- the same request as a provider batch line (rationale.batch_engine) ------------------
+
+    def request_body(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        assistant_prefix: str | None = None,
+        response_model: type[BaseModel] | None = None,
+    ) -> dict[str, Any]:
+        """The provider's own request body for what `attempt` sends: instructor's JSON-mode
+        messages (its schema message included), then litellm's translation for the provider
+        (Anthropic's Messages API for ``anthropic/...``, the chat body for OpenAI)."""
+        from instructor import Mode
+        from instructor.v2.core.response import handle_response_model
+
+        litellm = _quiet_litellm()
+        model, provider, _, _ = litellm.get_llm_provider(self.model_id)
+        kwargs: dict[str, Any] = {"messages": messages, "temperature": temperature,
+                                  "max_tokens": max_tokens, "seed": seed}  # fmt: skip
+        if response_model is RawText:
+            kwargs["response_format"] = {"type": "json_object"}
+        else:
+            _, kwargs = handle_response_model(
+                response_model or self._default_model, mode=Mode.JSON, **kwargs
+            )
+        if provider != "anthropic":
+            return {"model": model, **kwargs}
+        from litellm.llms.anthropic.chat.transformation import AnthropicConfig
+
+        messages = kwargs.pop("messages")
+        optional = litellm.get_optional_params(
+            model=model, custom_llm_provider="anthropic", drop_params=True, messages=messages,
+            **kwargs,
+        )  # fmt: skip
+        return dict(
+            AnthropicConfig().transform_request(
+                model=model,
+                messages=messages,
+                optional_params=optional,
+                litellm_params={},
+                headers={},
+            )
+        )
+
+    def parse(self, data: Any, response_model: type[BaseModel] | None = None) -> Completion:
+        """A provider's answer (a chat completion, or an Anthropic message) as the `Completion`
+        `attempt` makes of it: litellm's translation, then instructor's JSON-mode parser."""
+        import httpx
+        from instructor import Mode
+        from instructor.v2.core.response import prepare_response_model, process_response
+
+        litellm = _quiet_litellm()
+        try:
+            if data.get("type") == "message":  # Anthropic's Messages API
+                from litellm.llms.anthropic.chat.transformation import AnthropicConfig
+
+                raw = AnthropicConfig().transform_parsed_response(
+                    completion_response=data, raw_response=httpx.Response(200),
+                    model_response=litellm.ModelResponse(),
+                )  # fmt: skip
+            else:
+                raw = litellm.ModelResponse(**data)
+        except Exception as exc:
+            raise TeacherError(
+                f"the provider's answer is not a completion: {type(exc).__name__}",
+                category="server",
+            ) from None
+        usage = getattr(raw, "usage", None)
+        p = getattr(usage, "prompt_tokens", None)
+        c = getattr(usage, "completion_tokens", None)
+        cost = self.price(p, c) if p is not None and c is not None else None
+        try:
+            if response_model is RawText:
+                return Completion({"text": raw.choices[0].message.content or ""}, p, c, cost)
+            model = prepare_response_model(response_model or self._default_model)
+            parsed = process_response(raw, response_model=model, stream=False, mode=Mode.JSON)
+        except Exception as exc:
+            error = classify(exc)
+            error.usage = BilledUsage(p, c, cost)  # type: ignore[attr-defined]  # billed anyway
+            raise error from None
+        return Completion(parsed.model_dump(), p, c, cost)
+
     def _billed(self, exc: BaseException) -> BilledUsage | None:
         """The usage of an answer that came back but did not validate (instructor keeps it)."""
         # Only the answer itself says it was billed: instructor's ``total_usage`` is a zero

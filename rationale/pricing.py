@@ -11,17 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PriceMap", "model_price"]
+__all__ = ["PriceMap", "batch_price", "model_price"]
 
 _PRICES: dict[str, Any] | None = None
 
 
-def model_price(model: str) -> tuple[float, float] | None:
-    """(input, output) USD per token from litellm's offline price map, or None if unknown.
-
-    The map is the JSON file litellm ships (the one ``LITELLM_LOCAL_MODEL_COST_MAP`` selects),
-    read directly so pricing does not cost the ~3 s of importing litellm.
-    """
+def _entry(model: str) -> dict[str, Any] | None:
+    """The price map's entry of ``model`` (with or without its provider prefix)."""
     global _PRICES
     if _PRICES is None:
         spec = importlib.util.find_spec("litellm")
@@ -31,8 +27,34 @@ def model_price(model: str) -> tuple[float, float] | None:
     for key in (model, model.split("/", 1)[-1]):
         info = _PRICES.get(key)
         if info and "input_cost_per_token" in info:
-            return float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0))
+            return info  # type: ignore[no-any-return]
     return None
+
+
+def model_price(model: str) -> tuple[float, float] | None:
+    """(input, output) USD per token from litellm's offline price map, or None if unknown.
+
+    The map is the JSON file litellm ships (the one ``LITELLM_LOCAL_MODEL_COST_MAP`` selects),
+    read directly so pricing does not cost the ~3 s of importing litellm.
+    """
+    info = _entry(model)
+    if info is None:
+        return None
+    return float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0))
+
+
+def batch_price(model: str) -> tuple[float, float] | None:
+    """(input, output) USD per token through the provider's batch API: the map's own batch
+    price where it has one, else half the online price (OpenAI's and Anthropic's discount)."""
+    info = _entry(model)
+    if info is None:
+        return None
+    online = model_price(model)
+    assert online is not None
+    return (
+        float(info.get("input_cost_per_token_batches", online[0] / 2)),
+        float(info.get("output_cost_per_token_batches", online[1] / 2)),
+    )
 
 
 class PriceMap:

@@ -59,9 +59,21 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
     )
     for entry in ledger_entries(run_dir / "ledger.jsonl"):
-        bucket = spend[entry.get("kind", "teacher")]
-        for key in bucket:
-            bucket[key] += entry.get(key) or 0
+        # a batch job is one line, split by the kind of its requests (teacher, verifier)
+        parts = (
+            {f"{k} (batch)": v for k, v in entry["by_kind"].items()}
+            if entry.get("kind") == "batch" and "by_kind" in entry
+            else {entry.get("kind", "teacher"): entry}
+        )
+        for kind, values in parts.items():
+            bucket = spend[kind]
+            for key in bucket:
+                bucket[key] += values.get(key) or 0
+    batch = None
+    if (run_dir / "batches" / "jobs.jsonl").exists():
+        from rationale.batch_store import BatchStore
+
+        batch = BatchStore(run_dir / "batches").summary()
     return {
         "records": total,
         "counts": {state: len(records[state]) for state in STATES},
@@ -84,6 +96,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             for t in sorted(confusion)
         },
         "spend": {kind: dict(values) for kind, values in sorted(spend.items())},
+        "batch": batch,
     }
 
 
@@ -130,6 +143,12 @@ def render_text(report: dict[str, Any]) -> str:
         out.append(
             f"{kind}: {int(s['requests'])} requests, {int(s['prompt_tokens'])} prompt + "
             f"{int(s['completion_tokens'])} completion tokens, ${s['cost_usd']:.4f}"
+        )
+    if b := report.get("batch"):
+        out.append(
+            f"batch: {b['jobs']} jobs in {b['rounds']} rounds, {b['requests_submitted']} requests "
+            f"submitted, {b['answered']} answered, {b['in_flight_jobs']} jobs in flight, "
+            f"${b['cost_usd']:.4f} at the batch price"
         )
     return "\n".join(out)
 

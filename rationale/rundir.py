@@ -69,6 +69,10 @@ class SynthConfig(BaseModel):
     keep: Literal["first", "all"] = "first"
     max_attempts: int = Field(1, ge=1)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    # provider batch APIs (rationale.batch_engine)
+    batch: bool = False
+    wait: bool = False
+    poll_interval: float = Field(60.0, gt=0)
 
     def resolved(self) -> dict[str, Any]:
         """The config as run.json stores it: file paths absolute (so the run can be read from

@@ -38,6 +38,7 @@ class RunSummary:
     tally: Tally
     wall_s: float
     stopped: str | None
+    batch: dict[str, Any] | None = None  # --batch: jobs, rounds, requests submitted, in flight
 
 
 def summary_lines(command: str, result: RunSummary) -> list[str]:
@@ -60,6 +61,12 @@ def summary_lines(command: str, result: RunSummary) -> list[str]:
         lines.append(
             f"{command}: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
             "records (--max-context-tokens)"
+        )
+    if b := result.batch:
+        lines.append(
+            f"{command}: batch: {b['jobs']} jobs in {b['rounds']} rounds, "
+            f"{b['requests_submitted']} requests submitted ({b['requests_submitted_this_invocation']}"
+            f" this run), {b['in_flight_jobs']} jobs in flight"
         )
     if result.stopped:
         lines.append(f"{command}: stopped early ({result.stopped}); rerun to continue")
@@ -106,6 +113,7 @@ async def run_job(job: Any) -> RunSummary:
     """Run (or resume) ``job`` on its run folder; see the module docstring."""
     run_dir, config, engine = job.run_dir, job.config, job.engine
     job.check()
+    engine.check()
     run_dir.open(job.label)
     started, t0 = time.time(), time.monotonic()
     total, skipped = 0, None
@@ -131,7 +139,14 @@ async def run_job(job: Any) -> RunSummary:
         total = len(done) + todo
         _write_run_json(job, started, 0.0, f"running (pid {os.getpid()})", total, skipped)
         try:
-            await engine.drive(job.items(done), job.process, todo=todo, label=job.label)
+
+            def again() -> tuple[Any, int]:  # a further pass (--batch --wait)
+                now = run_dir.load(repair=False)
+                return job.items(now), sum(1 for k in keys if k not in now)
+
+            await engine.drive(
+                job.items(done), job.process, todo=todo, label=job.label, again=again
+            )
         finally:
             await close_clients()
     except BaseException as exc:
@@ -163,7 +178,8 @@ async def run_job(job: Any) -> RunSummary:
     finally:
         run_dir.close()
     pending = total - sum(counts.values())
-    summary = RunSummary(run_dir.path, counts, pending, engine.tally, wall, stopped)
+    batch = engine.summary() if hasattr(engine, "store") else None
+    summary = RunSummary(run_dir.path, counts, pending, engine.tally, wall, stopped, batch)
     if engine.error is not None or engine.fatal is not None:
         where = " (traceback in error.txt)" if engine.error is not None else ""
         raise RationaleError(
@@ -266,5 +282,7 @@ def _write_run_json(
         },
         "report": report,
     }
+    if hasattr(job.engine, "store"):  # --batch
+        data["batch"] = job.engine.summary()
     run_dir.write_run_json(data)
     return counts

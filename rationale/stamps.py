@@ -27,7 +27,7 @@ from rationale.errors import redact
 #: Settings that change how a stage runs, not what it produces.
 OPERATIONAL = {
     "synth": {"concurrency", "rpm", "tpm", "timeout", "request_attempts", "backoff", "max_cost",
-              "client", "dry_run", "retry_failed"},
+              "client", "dry_run", "retry_failed", "batch", "wait", "poll_interval"},
     "eval": {"concurrency", "rpm", "tpm", "timeout", "request_attempts", "backoff", "max_cost",
              "client", "batch_size", "engine", "threads"},
     "distill": {"resume", "allow_cpu", "logging_steps", "save_steps", "save_total_limit"},

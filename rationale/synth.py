@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rationale.engine import Engine
+from rationale.batch_engine import make_engine
 from rationale.errors import RationaleError, TeacherError
 from rationale.judging import Judge, outcome, regeneration
 from rationale.rundir import RunDir, SynthConfig
@@ -99,7 +99,7 @@ class SynthJob:
         self.verifier_template = load_template(config.verifier_template or "verifier")
         count_tokens("")  # load the tokenizer now (~0.3 s), not inside the timed loop
         self.run_dir = RunDir(config.output)
-        self.engine = Engine(config, self.run_dir, retry_policy=retry_policy)
+        self.engine = make_engine(config, self.run_dir, retry_policy=retry_policy)
         self.teacher = teacher or make_client(config.teacher, config, api_base=config.api_base)
         name = verifier_name(config)
         if name is None:
@@ -118,6 +118,7 @@ class SynthJob:
         )  # fmt: skip
         self.rationales: dict[tuple[str, int], str] = {}
         self.finished: dict[tuple[str, int], asyncio.Event] = {}
+        self.settled: set[tuple[str, int]] = set()  # of `finished`: the ones filed
 
     # -- what the runner needs ----------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class SynthJob:
 
     async def _with_history(self, item: _Prepared) -> _Prepared:
         """Wait for the earlier steps of the session, then render with their rationales."""
+        from rationale.engine import Pending
         from rationale.sessions import fill_rationales
 
         session_id = item.step.record.session_id
@@ -224,6 +226,8 @@ class SynthJob:
             event = self.finished.get((session_id, entry.step))
             if event is not None:
                 await event.wait()
+                if (session_id, entry.step) not in self.settled:
+                    raise Pending  # left pending (a stop, a batch round): so is this step
         return self.prepare(fill_rationales(item.step, self.rationales))
 
     def _teacher_key(
@@ -259,7 +263,10 @@ class SynthJob:
         try:
             if item.prompt is None:
                 item = await self._with_history(item)
-            return await self._process(item)
+            filed = await self._process(item)
+            if filed:
+                self.settled.add(key)
+            return filed
         finally:
             if key in self.finished:
                 self.finished[key].set()

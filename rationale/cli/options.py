@@ -157,6 +157,28 @@ model_call_options = _stack(
 )
 
 
+#: The provider batch API options (synth, filter, eval): one definition each.
+batch_options = _stack(
+    click.option(
+        "--batch",
+        is_flag=True,
+        help="Send the requests through the provider's batch API (openai/..., anthropic/...): "
+        "half the price, answers within 24 h. Without --wait it submits and exits; rerun the "
+        "same command to collect.",
+    ),
+    click.option(
+        "--wait", is_flag=True, help="With --batch: wait for the jobs and finish the run here."
+    ),
+    click.option(
+        "--poll-interval",
+        type=click.FloatRange(min=0.01),
+        default=60.0,
+        show_default=True,
+        help="With --batch --wait: seconds between two looks at the jobs.",
+    ),
+)
+
+
 def _job_config(
     ctx: click.Context, model: Any, flags: dict[str, Any], *, stage: str | None = None, **fixed: Any
 ) -> Any:

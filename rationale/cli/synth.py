@@ -11,6 +11,7 @@ import click
 from rationale.cli.options import (
     _job_config,
     action_space_option,
+    batch_options,
     config_option,
     input_argument,
     model_call_options,
@@ -34,6 +35,7 @@ from rationale.cli.options import (
     "[default: [synth] teacher of rationale.toml]",
 )
 @model_call_options
+@batch_options
 @click.option(
     "--template",
     help="A shipped template name (web_shopping, generic) or a .jinja "
@@ -117,6 +119,7 @@ def _print_summary(command: str, result: Any) -> None:
 @output_folder_option("A new run folder for the filtered records. Rerun to resume.")
 @verifier_options
 @model_call_options
+@batch_options
 @click.option("--template", help="The teacher template whose rules apply.  [default: the run's]")
 @click.option("--keep", type=click.Choice(["first", "all"]), default="first", show_default=True)
 @config_option

@@ -1,0 +1,322 @@
+"""Provider batch APIs: OpenAI's Batch API and Anthropic's Message Batches, one interface.
+
+- `OpenAIBatches`: ``openai/...`` models, and any OpenAI-compatible ``--api-base`` that serves
+  the files and batches endpoints (vLLM's batch runner, a LiteLLM proxy), through litellm's file
+  and batch functions: a JSONL file is uploaded, a job is made of it, its output and error files
+  are read back.
+- `AnthropicBatches`: ``anthropic/...`` models through the anthropic SDK (litellm can read an
+  Anthropic batch but not create one).
+
+A provider submits request bodies as one job tagged with the run's own id, reads a job's state,
+reads its results, cancels it, and finds a job again by its tag: a kill between the provider's
+answer to a submission and the run folder's record of it loses nothing. Nothing here retries a
+submission (the clients are built with ``max_retries=0``): a create that timed out may still
+have made a job, so the caller looks for it by tag before it sends the requests again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rationale.errors import ConfigError, TeacherError, redact
+from rationale.retry import classify
+
+__all__ = ["SUPPORTED", "AnthropicBatches", "JobState", "OpenAIBatches", "Result", "provider_for"]
+
+SUPPORTED = "openai/... (OpenAI, or an OpenAI-compatible --api-base with the batches endpoints) "
+SUPPORTED += "and anthropic/... (Message Batches)"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as the provider reports it; ``state`` is the provider's own word."""
+
+    id: str
+    state: str
+    ended: bool
+    total: int
+    answered: int
+    errored: int
+    created: float | None = None
+    expires: float | None = None
+    error: str | None = None  # why the whole job failed (OpenAI's validation errors)
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One request's outcome in a finished job: the provider's answer, or its error."""
+
+    custom_id: str
+    body: dict[str, Any] | None = None
+    category: str | None = None  # as `rationale.retry` names faults, or expired / cancelled
+    message: str | None = None
+
+
+def provider_for(model: str, api_base: str | None = None, *, timeout: float = 60.0) -> Any:
+    """The batch API that serves ``model``, or a `ConfigError` naming the ones supported."""
+    from rationale.litellm_teacher import _quiet_litellm
+
+    if model == "local" or model.startswith("local:"):
+        raise ConfigError("--batch needs an API model: a local model has no batch API")
+    litellm = _quiet_litellm()
+    try:
+        wire, provider, _, _ = litellm.get_llm_provider(model)
+    except Exception:
+        provider, wire = model.split("/", 1)[0], model.split("/", 1)[-1]
+    if provider in ("openai", "hosted_vllm", "text-completion-openai"):
+        return OpenAIBatches(wire, api_base=api_base, timeout=timeout)
+    if provider == "anthropic":
+        return AnthropicBatches(wire, api_base=api_base, timeout=timeout)
+    raise ConfigError(f"--batch: no batch API for {model!r} (provider {provider!r}); {SUPPORTED}")
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        try:
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+
+
+def _http_category(status: int | None) -> str:
+    return {401: "auth", 403: "auth", 404: "not_found", 400: "bad_request", 422: "bad_request",
+            429: "rate_limit"}.get(status or 0, "server")  # fmt: skip
+
+
+class OpenAIBatches:
+    """OpenAI's Batch API through litellm: a JSONL file of chat requests, a 24 h window."""
+
+    name = "openai"
+    max_requests = 50_000
+    max_bytes = 190 * 1024 * 1024  # OpenAI takes files up to 200 MB
+
+    def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
+        from rationale.litellm_teacher import _quiet_litellm
+
+        self.litellm = _quiet_litellm()
+        self.model = model
+        self.api_base = api_base
+        self.timeout = timeout
+
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"custom_llm_provider": "openai", "max_retries": 0,
+                                  "timeout": self.timeout}  # fmt: skip
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        return kwargs
+
+    def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                "body": body}  # fmt: skip
+
+    async def submit(self, lines: list[dict[str, Any]], tag: str) -> JobState:
+        data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+        try:
+            file = await self.litellm.acreate_file(
+                file=(f"rationale-{tag}.jsonl", data, "application/jsonl"), purpose="batch",
+                **self._kwargs(),
+            )  # fmt: skip
+            job = await self.litellm.acreate_batch(
+                completion_window="24h", endpoint="/v1/chat/completions",
+                input_file_id=file.id, metadata={"rationale_tag": tag}, **self._kwargs(),
+            )  # fmt: skip
+        except Exception as exc:
+            raise classify(exc) from None
+        return self._state(job)
+
+    def _state(self, job: Any) -> JobState:
+        counts = getattr(job, "request_counts", None)
+        errors = getattr(getattr(job, "errors", None), "data", None) or []
+        error = "; ".join(f"{getattr(e, 'code', '')}: {getattr(e, 'message', '')}" for e in errors)
+        status = str(job.status)
+        return JobState(
+            id=job.id,
+            state=status,
+            ended=status in ("completed", "expired", "cancelled", "failed"),
+            total=getattr(counts, "total", 0) or 0,
+            answered=getattr(counts, "completed", 0) or 0,
+            errored=getattr(counts, "failed", 0) or 0,
+            created=_epoch(getattr(job, "created_at", None)),
+            expires=_epoch(getattr(job, "expires_at", None)),
+            error=redact(error) or None,
+            tag=(getattr(job, "metadata", None) or {}).get("rationale_tag"),
+        )
+
+    async def retrieve(self, job_id: str) -> JobState:
+        try:
+            return self._state(await self.litellm.aretrieve_batch(job_id, **self._kwargs()))
+        except TeacherError:
+            raise
+        except Exception as exc:
+            raise classify(exc) from None
+
+    async def cancel(self, job_id: str) -> JobState:
+        try:
+            return self._state(await self.litellm.acancel_batch(job_id, **self._kwargs()))
+        except Exception as exc:
+            raise classify(exc) from None
+
+    async def results(self, job_id: str) -> list[Result]:
+        """Every line of the job's output and error files (none for a job that failed)."""
+        try:
+            job = await self.litellm.aretrieve_batch(job_id, **self._kwargs())
+            out: list[Result] = []
+            for file_id in (job.output_file_id, job.error_file_id):
+                if file_id:
+                    content = await self.litellm.afile_content(file_id, **self._kwargs())
+                    out += [self._result(json.loads(x)) for x in content.text.splitlines() if x]
+        except Exception as exc:
+            raise classify(exc) from None
+        return out
+
+    def _result(self, line: dict[str, Any]) -> Result:
+        response = line.get("response") or {}
+        error = line.get("error")
+        status = response.get("status_code")
+        if not error and status == 200:
+            return Result(line["custom_id"], body=response.get("body"))
+        if error:  # the request never ran: batch_expired, batch_cancelled, ...
+            code = str(error.get("code") or "")
+            category = {"batch_expired": "expired", "batch_cancelled": "cancelled"}.get(
+                code, "rate_limit" if "limit" in code else "server"
+            )
+            return Result(line["custom_id"], category=category, message=redact(
+                f"{code}: {error.get('message', '')}"))  # fmt: skip
+        body = response.get("body") or {}
+        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        return Result(
+            line["custom_id"], category=_http_category(status),
+            message=redact(f"HTTP {status}: {message or str(body)[:300]}"),
+        )  # fmt: skip
+
+    async def find(self, tag: str, since: float, known: set[str], size: int = 0) -> list[JobState]:
+        """The jobs sent with ``tag`` (newest first), looking back to ``since``."""
+        found: list[JobState] = []
+        after: str | None = None
+        try:
+            while True:
+                page = await self.litellm.alist_batches(after=after, limit=100, **self._kwargs())
+                data = list(getattr(page, "data", None) or page.get("data", []))
+                for job in data:
+                    state = self._state(job)
+                    if state.tag == tag and state.id not in known:
+                        found.append(state)
+                last = _epoch(getattr(data[-1], "created_at", None)) if data else None
+                if not data or not getattr(page, "has_more", False) or (last or 0) < since - 600:
+                    return found
+                after = data[-1].id
+        except Exception as exc:
+            raise classify(exc) from None
+
+
+class AnthropicBatches:
+    """Anthropic's Message Batches through the anthropic SDK (up to 100,000 requests a job)."""
+
+    name = "anthropic"
+    max_requests = 100_000
+    max_bytes = 240 * 1024 * 1024  # Anthropic takes up to 256 MB a batch
+
+    def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
+        try:
+            import anthropic
+        except ImportError:  # pragma: no cover  (a dependency; a broken install)
+            raise ConfigError("--batch with anthropic/... needs the anthropic package") from None
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            raise ConfigError("--batch with anthropic/...: set ANTHROPIC_API_KEY")
+        self.model = model
+        self.client = anthropic.AsyncAnthropic(
+            base_url=api_base or None, max_retries=0, timeout=timeout
+        )
+
+    def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"custom_id": custom_id, "params": body}
+
+    def _state(self, job: Any) -> JobState:
+        c = job.request_counts
+        total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+        return JobState(
+            id=job.id,
+            state=str(job.processing_status),
+            ended=job.processing_status == "ended",
+            total=total,
+            answered=c.succeeded,
+            errored=c.errored + c.canceled + c.expired,
+            created=_epoch(job.created_at),
+            expires=_epoch(job.expires_at),
+        )
+
+    async def submit(self, lines: list[dict[str, Any]], tag: str) -> JobState:
+        # Message Batches carry no metadata: the tag is the prefix of every custom_id.
+        try:
+            return self._state(await self.client.messages.batches.create(requests=lines))
+        except Exception as exc:
+            raise classify(exc) from None
+
+    async def retrieve(self, job_id: str) -> JobState:
+        try:
+            return self._state(await self.client.messages.batches.retrieve(job_id))
+        except Exception as exc:
+            raise classify(exc) from None
+
+    async def cancel(self, job_id: str) -> JobState:
+        try:
+            return self._state(await self.client.messages.batches.cancel(job_id))
+        except Exception as exc:
+            raise classify(exc) from None
+
+    async def results(self, job_id: str) -> list[Result]:
+        out: list[Result] = []
+        try:
+            async for item in await self.client.messages.batches.results(job_id):
+                out.append(self._result(item.custom_id, item.result))
+        except Exception as exc:
+            raise classify(exc) from None
+        return out
+
+    def _result(self, custom_id: str, result: Any) -> Result:
+        kind = result.type
+        if kind == "succeeded":
+            return Result(custom_id, body=result.message.model_dump(mode="json"))
+        if kind in ("canceled", "expired"):
+            category = "cancelled" if kind == "canceled" else "expired"
+            return Result(custom_id, category=category, message=f"the request was {kind}")
+        error = getattr(getattr(result, "error", None), "error", None)
+        etype = str(getattr(error, "type", "api_error"))
+        category = {
+            "invalid_request_error": "bad_request", "authentication_error": "auth",
+            "permission_error": "auth", "not_found_error": "not_found",
+            "rate_limit_error": "rate_limit", "request_too_large": "bad_request",
+        }.get(etype, "server")  # fmt: skip
+        return Result(custom_id, category=category,
+                      message=redact(f"{etype}: {getattr(error, 'message', '')}"))  # fmt: skip
+
+    async def find(self, tag: str, since: float, known: set[str], size: int = 0) -> list[JobState]:
+        """Jobs made since ``since`` that no part of the run knows, with ``size`` requests.
+
+        Message Batches carry no metadata, so a job is matched by time and size here, and by the
+        tag in its custom ids when its results are read (`rationale.batch_engine`)."""
+        found: list[JobState] = []
+        try:
+            async for job in self.client.messages.batches.list(limit=100):
+                state = self._state(job)
+                if (state.created or 0) < since - 600:
+                    break
+                if state.id not in known and (not size or state.total == size):
+                    found.append(state)
+        except Exception as exc:
+            raise classify(exc) from None
+        return found
+
+    async def aclose(self) -> None:
+        await self.client.close()

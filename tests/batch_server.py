@@ -1,0 +1,453 @@
+"""A local fake of the provider batch APIs, for tests: OpenAI's files + batches endpoints and
+Anthropic's Message Batches, on the `ScriptedServer` (which still answers chat requests online).
+
+A job walks through its provider's states, one state per time a client reads it
+(OpenAI: validating, in_progress, finalizing, completed; Anthropic: in_progress, ended), unless
+``hold`` is set (it stays in progress until ``finish_all()``). When it ends, each request gets
+the reply the chat server would give the same body (scripts, faults, the responder), so a
+fault injected with ``server.fault(...)`` is a per-request error in the job's results.
+
+``plan(...)`` sets what the next jobs do: ``"ok"``, ``"expire_half"`` (the job expires with the
+first half of its requests answered), ``"fail"`` (OpenAI: validation fails, nothing answered).
+A cancelled job also keeps the first half of its answers. ``on_create(job)`` runs when a job is
+made, before the client hears of it (a test kills the client there).
+
+What it counts: ``creates`` (jobs made), ``submitted`` (how many times each distinct request body
+was submitted, over every job), ``answered`` (how many times each was answered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from openai_server import ScriptedServer, _completion, error_body, ok
+
+__all__ = ["BatchServer", "anthropic_as_chat", "fingerprint"]
+
+OPENAI_STATES = ("validating", "in_progress", "finalizing", "completed")
+ANTHROPIC_STATES = ("in_progress", "in_progress", "ended")
+
+
+def fingerprint(body: dict) -> str:
+    """One distinct request: the hash of its body."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def anthropic_as_chat(params: dict) -> dict:
+    """An Anthropic Messages body as the chat body the responder reads (system first)."""
+    messages = (
+        [{"role": "system", "content": _text(params.get("system"))}] if params.get("system") else []
+    )
+    messages += [{"role": m["role"], "content": _text(m["content"])} for m in params["messages"]]
+    return {**params, "messages": messages}
+
+
+@dataclass
+class Job:
+    id: str
+    provider: str
+    requests: list[tuple[str, dict]]
+    metadata: dict
+    created: float
+    plan: str = "ok"
+    step: int = 0
+    cancelled: bool = False
+    results: list[dict] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return OPENAI_STATES if self.provider == "openai" else ANTHROPIC_STATES
+
+
+class BatchServer(ScriptedServer):
+    """`ScriptedServer` plus the OpenAI and Anthropic batch endpoints (see the module doc)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.jobs: dict[str, Job] = {}
+        self.files: dict[str, bytes] = {}
+        self.hold = False
+        self.creates = 0
+        self.submitted: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        self.on_create: Callable[[Job], None] | None = None
+        self._plans: deque[str] = deque()
+        self._ids = 0
+        self._batch_lock = threading.RLock()
+
+    @property
+    def root(self) -> str:
+        """The base URL for Anthropic's SDK (it adds /v1/...)."""
+        return self.url.removesuffix("/v1")
+
+    def plan(self, *plans: str) -> BatchServer:
+        self._plans.extend(plans)
+        return self
+
+    def finish_all(self) -> None:
+        """End every job now (held or not)."""
+        with self._batch_lock:
+            for job in self.jobs.values():
+                job.step = len(job.states) - 1
+                self._end(job)
+
+    def _id(self, prefix: str) -> str:
+        with self._batch_lock:
+            self._ids += 1
+            return f"{prefix}_{self._ids:04d}"
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _make(self, provider: str, requests: list[tuple[str, dict]], metadata: dict) -> Job:
+        with self._batch_lock:
+            job = Job(
+                self._id("batch" if provider == "openai" else "msgbatch"),
+                provider,
+                requests,
+                metadata,
+                time.time(),
+                self._plans.popleft() if self._plans else "ok",
+            )
+            self.jobs[job.id] = job
+            self.creates += 1
+            for _, body in requests:
+                self.submitted[fingerprint(body)] += 1
+        if self.on_create is not None:
+            self.on_create(job)
+        return job
+
+    def _read(self, job: Job) -> None:
+        """A client read the job: it moves one state on (unless held)."""
+        with self._batch_lock:
+            if job.results is not None:
+                return
+            if job.plan == "fail" and job.provider == "openai" and job.step == 0:
+                job.step = -1
+                job.results = []
+                return
+            if not self.hold and not job.cancelled:
+                job.step = min(job.step + 1, len(job.states) - 1)
+            if job.step == len(job.states) - 1 or job.cancelled:
+                self._end(job)
+
+    def _end(self, job: Job) -> None:
+        if job.results is not None:
+            return
+        n = len(job.requests)
+        cut = (n + 1) // 2 if job.plan == "expire_half" or job.cancelled else n
+        job.results = []
+        for i, (custom_id, body) in enumerate(job.requests):
+            if i >= cut:
+                job.results.append(
+                    {"custom_id": custom_id, "kind": "cancelled" if job.cancelled else "expired"}
+                )
+                continue
+            chat = body if job.provider == "openai" else anthropic_as_chat(body)
+            with self._lock:
+                index = self._count
+                self._count += 1
+            reply = self._choose(chat, index) or ok()
+            if reply.kind != "ok":
+                code = reply.code if reply.kind == "status" else 500
+                job.results.append({"custom_id": custom_id, "kind": "error", "code": code})
+                continue
+            self.answered[fingerprint(body)] += 1
+            completion = self._bill(_completion(reply, chat, index))
+            job.results.append({"custom_id": custom_id, "kind": "ok", "completion": completion})
+
+    def _openai_state(self, job: Job) -> str:
+        if job.step < 0:
+            return "failed"
+        if job.results is not None:
+            if job.cancelled:
+                return "cancelled"
+            return "expired" if job.plan == "expire_half" else "completed"
+        return "cancelling" if job.cancelled else job.states[job.step]
+
+    # -- OpenAI --------------------------------------------------------------------------------
+
+    def _openai_batch(self, job: Job) -> dict:
+        results = job.results or []
+        done = sum(r["kind"] == "ok" for r in results)
+        failed = len(results) - done if job.results is not None else 0
+        state = self._openai_state(job)
+        ended = job.results is not None and state != "failed"
+        return {
+            "id": job.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "errors": {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "invalid_request",
+                        "message": "Scripted validation failure.",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            }
+            if state == "failed"
+            else None,
+            "input_file_id": job.extra.get("file"),
+            "completion_window": "24h",
+            "status": state,
+            "output_file_id": f"file-out-{job.id}" if ended and done else None,
+            "error_file_id": f"file-err-{job.id}" if ended and failed else None,
+            "created_at": int(job.created),
+            "expires_at": int(job.created) + 86400,
+            "request_counts": {"total": len(job.requests), "completed": done, "failed": failed},
+            "metadata": job.metadata or None,
+        }
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        data = upload.file.read() if hasattr(upload, "file") else bytes(upload)
+        file_id = self._id("file")
+        self.files[file_id] = data
+        return web.json_response(
+            {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(data),
+                "created_at": int(time.time()),
+                "filename": getattr(upload, "filename", "batch.jsonl"),
+                "purpose": form["purpose"],
+                "status": "processed",
+            }
+        )
+
+    async def _create(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        data = self.files[spec["input_file_id"]].decode()
+        lines = [json.loads(x) for x in data.splitlines() if x.strip()]
+        job = self._make(
+            "openai", [(x["custom_id"], x["body"]) for x in lines], spec.get("metadata") or {}
+        )
+        job.extra["file"] = spec["input_file_id"]
+        return web.json_response(self._openai_batch(job))
+
+    async def _get(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["id"])
+        if job is None:
+            return web.json_response(error_body(404), status=404)
+        self._read(job)
+        return web.json_response(self._openai_batch(job))
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        job = self.jobs[request.match_info["id"]]
+        job.cancelled = True
+        return web.json_response(self._openai_batch(job))
+
+    async def _list(self, request: web.Request) -> web.Response:
+        jobs = sorted(
+            (j for j in self.jobs.values() if j.provider == "openai"),
+            key=lambda j: j.id,
+            reverse=True,
+        )
+        data = [self._openai_batch(j) for j in jobs]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    async def _content(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["id"]
+        if file_id in self.files:
+            return web.Response(body=self.files[file_id])
+        kind, _, job_id = file_id.removeprefix("file-").partition("-")
+        job = self.jobs[job_id]
+        lines = []
+        for r in job.results or []:
+            if kind == "out" and r["kind"] == "ok":
+                lines.append(
+                    {
+                        "id": f"req-{r['custom_id']}",
+                        "custom_id": r["custom_id"],
+                        "response": {
+                            "status_code": 200,
+                            "request_id": "r",
+                            "body": r["completion"],
+                        },
+                        "error": None,
+                    }
+                )
+            elif kind == "err" and r["kind"] == "error":
+                lines.append(
+                    {
+                        "id": f"req-{r['custom_id']}",
+                        "custom_id": r["custom_id"],
+                        "response": {
+                            "status_code": r["code"],
+                            "request_id": "r",
+                            "body": error_body(r["code"]),
+                        },
+                        "error": None,
+                    }
+                )
+            elif kind == "err" and r["kind"] in ("expired", "cancelled"):
+                code = "batch_expired" if r["kind"] == "expired" else "batch_cancelled"
+                lines.append(
+                    {
+                        "id": f"req-{r['custom_id']}",
+                        "custom_id": r["custom_id"],
+                        "response": None,
+                        "error": {
+                            "code": code,
+                            "message": f"This request could not be executed ({code}).",
+                        },
+                    }
+                )
+        return web.Response(body="".join(json.dumps(x) + "\n" for x in lines).encode())
+
+    # -- Anthropic ------------------------------------------------------------------------------
+
+    def _anthropic_batch(self, job: Job) -> dict:
+        results = job.results
+        counts = {
+            "processing": len(job.requests) if results is None else 0,
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        }
+        for r in results or []:
+            counts[
+                {
+                    "ok": "succeeded",
+                    "error": "errored",
+                    "cancelled": "canceled",
+                    "expired": "expired",
+                }[r["kind"]]
+            ] += 1
+        ended = results is not None
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created))
+        return {
+            "id": job.id,
+            "type": "message_batch",
+            "processing_status": "ended"
+            if ended
+            else ("canceling" if job.cancelled else "in_progress"),
+            "request_counts": counts,
+            "created_at": iso,
+            "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created + 86400)),
+            "ended_at": iso if ended else None,
+            "archived_at": None,
+            "cancel_initiated_at": iso if job.cancelled else None,
+            "results_url": f"{self.root}/v1/messages/batches/{job.id}/results" if ended else None,
+        }
+
+    async def _a_create(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        job = self._make("anthropic", [(r["custom_id"], r["params"]) for r in spec["requests"]], {})
+        return web.json_response(self._anthropic_batch(job))
+
+    async def _a_get(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["id"])
+        if job is None:
+            return web.json_response(
+                {"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}},
+                status=404,
+            )
+        self._read(job)
+        return web.json_response(self._anthropic_batch(job))
+
+    async def _a_cancel(self, request: web.Request) -> web.Response:
+        job = self.jobs[request.match_info["id"]]
+        job.cancelled = True
+        return web.json_response(self._anthropic_batch(job))
+
+    async def _a_list(self, request: web.Request) -> web.Response:
+        jobs = sorted(
+            (j for j in self.jobs.values() if j.provider == "anthropic"),
+            key=lambda j: j.id,
+            reverse=True,
+        )
+        data = [self._anthropic_batch(j) for j in jobs]
+        return web.json_response(
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    async def _a_results(self, request: web.Request) -> web.Response:
+        job = self.jobs[request.match_info["id"]]
+        lines = []
+        for r in job.results or []:
+            if r["kind"] == "ok":
+                c = r["completion"]
+                result = {
+                    "type": "succeeded",
+                    "message": {
+                        "id": f"msg_{c['id']}",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": c["model"],
+                        "stop_reason": "end_turn",
+                        "stop_sequence": None,
+                        "content": [
+                            {"type": "text", "text": c["choices"][0]["message"]["content"]}
+                        ],
+                        "usage": {
+                            "input_tokens": c["usage"]["prompt_tokens"],
+                            "output_tokens": c["usage"]["completion_tokens"],
+                        },
+                    },
+                }
+            elif r["kind"] == "error":
+                kind = {
+                    400: "invalid_request_error",
+                    401: "authentication_error",
+                    429: "rate_limit_error",
+                }.get(r["code"], "api_error")
+                result = {
+                    "type": "errored",
+                    "error": {
+                        "type": "error",
+                        "error": {"type": kind, "message": f"Scripted error {r['code']}."},
+                    },
+                }
+            else:
+                result = {"type": "canceled" if r["kind"] == "cancelled" else "expired"}
+            lines.append({"custom_id": r["custom_id"], "result": result})
+        return web.Response(body="".join(json.dumps(x) + "\n" for x in lines).encode())
+
+    def _app(self) -> web.Application:
+        app = super()._app()
+        r = app.router
+        r.add_post("/v1/files", self._upload)
+        r.add_get("/v1/files/{id}/content", self._content)
+        r.add_post("/v1/batches", self._create)
+        r.add_get("/v1/batches", self._list)
+        r.add_get("/v1/batches/{id}", self._get)
+        r.add_post("/v1/batches/{id}/cancel", self._cancel)
+        r.add_post("/v1/messages/batches", self._a_create)
+        r.add_get("/v1/messages/batches", self._a_list)
+        r.add_get("/v1/messages/batches/{id}", self._a_get)
+        r.add_get("/v1/messages/batches/{id}/results", self._a_results)
+        r.add_post("/v1/messages/batches/{id}/cancel", self._a_cancel)
+        return app
