@@ -185,6 +185,8 @@ class BatchEngine(Engine):
         else:
             cls = FatalTeacherError if category in FATAL else TeacherError
             error = cls(message or f"the provider's job {part.job} failed it", category=category)
+        if part.epoch != self.store.epoch:  # failed before --retry-failed: a fresh start
+            return self._defer(client, messages, key, kwargs)
         if isinstance(error, FatalTeacherError):
             self.fatal = self.fatal or error
             raise Pending

@@ -207,7 +207,8 @@ class OpenAIBatches:
         try:
             while True:
                 page = await self.litellm.alist_batches(after=after, limit=100, **self._kwargs())
-                data = list(getattr(page, "data", None) or page.get("data", []))
+                data = getattr(page, "data", None)
+                data = list(page.get("data", []) if data is None else data)
                 for job in data:
                     state = self._state(job)
                     if state.tag == tag and state.id not in known:

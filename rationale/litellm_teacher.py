@@ -168,7 +168,7 @@ class LiteLLMTeacher(PriceMap):
             model=model, custom_llm_provider="anthropic", drop_params=True, messages=messages,
             **kwargs,
         )  # fmt: skip
-        return dict(
+        body = dict(
             AnthropicConfig().transform_request(
                 model=model,
                 messages=messages,
@@ -177,6 +177,8 @@ class LiteLLMTeacher(PriceMap):
                 headers={},
             )
         )
+        body.pop("json_mode", None)  # litellm's own flag, taken out before it sends a request
+        return body
 
     def parse(self, data: Any, response_model: type[BaseModel] | None = None) -> Completion:
         """A provider's answer (a chat completion, or an Anthropic message) as the `Completion`

@@ -388,7 +388,16 @@ class SynthJob:
                 out["max_completion_tokens"] += self.config.max_tokens
         finally:
             cache.close()
+        from rationale.pricing import batch_price
+
         price = self.teacher.price(out["prompt_tokens"], out["max_completion_tokens"])
         out["max_cost_usd"] = None if price is None else round(price, 6)
+        per_token = batch_price(self.teacher.model_id)  # through the provider's batch API
+        out["max_cost_usd_batch"] = (
+            None
+            if per_token is None or self.teacher.model_id.startswith("local")
+            else round(out["prompt_tokens"] * per_token[0]
+                       + out["max_completion_tokens"] * per_token[1], 6)
+        )  # fmt: skip
         out["teacher"] = self.teacher.model_id
         return out

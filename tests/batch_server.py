@@ -86,6 +86,7 @@ class BatchServer(ScriptedServer):
         self.submitted: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.on_create: Callable[[Job], None] | None = None
+        self.before_create: Callable[[], None] | None = None
         self._plans: deque[str] = deque()
         self._ids = 0
         self._batch_lock = threading.RLock()
@@ -114,6 +115,8 @@ class BatchServer(ScriptedServer):
     # -- jobs ----------------------------------------------------------------------------------
 
     def _make(self, provider: str, requests: list[tuple[str, dict]], metadata: dict) -> Job:
+        if self.before_create is not None:
+            self.before_create()
         with self._batch_lock:
             job = Job(
                 self._id("batch" if provider == "openai" else "msgbatch"),
@@ -436,6 +439,49 @@ class BatchServer(ScriptedServer):
             lines.append({"custom_id": r["custom_id"], "result": result})
         return web.Response(body="".join(json.dumps(x) + "\n" for x in lines).encode())
 
+    async def _a_message(self, request: web.Request) -> web.Response:
+        """Anthropic's Messages API online (what litellm calls for anthropic/... models)."""
+        body = await request.json()
+        chat = anthropic_as_chat(body)
+        with self._lock:
+            index = self._count
+            self._count += 1
+            if self.record:
+                self._records.append(
+                    {
+                        "index": index,
+                        "time": time.time(),
+                        "body": body,
+                        "raw": json.dumps(body),
+                        "path": request.path,
+                    }
+                )
+        reply = self._choose(chat, index) or ok()
+        if reply.kind != "ok":
+            return web.json_response(
+                {
+                    "type": "error",
+                    "error": {"type": "api_error", "message": f"Scripted error {reply.code}."},
+                },
+                status=reply.code if reply.kind == "status" else 500,
+            )
+        c = self._bill(_completion(reply, chat, index))
+        return web.json_response(
+            {
+                "id": f"msg_{index}",
+                "type": "message",
+                "role": "assistant",
+                "model": c["model"],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "content": [{"type": "text", "text": c["choices"][0]["message"]["content"]}],
+                "usage": {
+                    "input_tokens": c["usage"]["prompt_tokens"],
+                    "output_tokens": c["usage"]["completion_tokens"],
+                },
+            }
+        )
+
     def _app(self) -> web.Application:
         app = super()._app()
         r = app.router
@@ -445,6 +491,7 @@ class BatchServer(ScriptedServer):
         r.add_get("/v1/batches", self._list)
         r.add_get("/v1/batches/{id}", self._get)
         r.add_post("/v1/batches/{id}/cancel", self._cancel)
+        r.add_post("/v1/messages", self._a_message)
         r.add_post("/v1/messages/batches", self._a_create)
         r.add_get("/v1/messages/batches", self._a_list)
         r.add_get("/v1/messages/batches/{id}", self._a_get)

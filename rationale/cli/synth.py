@@ -99,6 +99,11 @@ def synth(ctx: click.Context, input_file: str | None, **flags: Any) -> None:
                 f"${cost:.4f}"
                 if cost is not None
                 else "an unknown cost (model not in the price map)"
+            )
+            + (
+                f" online, at most ${result['max_cost_usd_batch']:.4f} with --batch"
+                if result.get("max_cost_usd_batch") is not None
+                else ""
             ),
             err=True,
         )

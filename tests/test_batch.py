@@ -1,0 +1,344 @@
+"""``--batch``: synth and filter through the provider batch APIs, against the fake batch server
+(tests/batch_server.py), for OpenAI's Batch API and Anthropic's Message Batches.
+
+Every test checks the records (each input record in exactly one file, once) and the server's
+counts: how many jobs were made, how many times each distinct request body was submitted and
+answered (an answered request is never sent again; nothing is paid twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from batch_server import BatchServer, fingerprint
+from openai_server import last_user_text, status
+from test_cli_runs import RATIONALE
+from test_filter import records_file, responder
+
+from rationale import RationaleError
+from rationale.filter import run_filter
+from rationale.rundir import STATES, read_run_json
+from rationale.synth import SynthConfig, run_synth
+from rationale.teacher import RetryPolicy
+
+FAST = RetryPolicy(max_attempts=3, backoff=0.01, max_backoff=0.05)
+OPENAI = "openai/gpt-4o-mini"
+ANTHROPIC = "anthropic/claude-haiku-4-5"
+#: (teacher, client): the fast OpenAI client, litellm + instructor for OpenAI, and Anthropic
+PROVIDERS = [(OPENAI, "auto"), (OPENAI, "litellm"), (ANTHROPIC, "auto")]
+IDS = ["openai-fast", "openai-litellm", "anthropic"]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-batch")
+    with BatchServer(responder=responder) as s:
+        yield s
+
+
+def config(tmp_path: Path, server: BatchServer, teacher: str = OPENAI, *, out: str = "run",
+           client: str = "auto", **overrides) -> SynthConfig:  # fmt: skip
+    base = server.url if teacher.startswith("openai") else server.root
+    values = {
+        "input": str(records_file(tmp_path)), "output": str(tmp_path / out), "teacher": teacher,
+        "api_base": base, "client": client, "concurrency": 4, "timeout": 10.0,
+        "max_attempts": 2, "poll_interval": 0.01, **overrides,
+    }  # fmt: skip
+    return SynthConfig(**values)
+
+
+def batch(tmp_path: Path, server: BatchServer, teacher: str = OPENAI, **overrides):
+    return run_synth(config(tmp_path, server, teacher, batch=True, **overrides), retry_policy=FAST)
+
+
+def records(run: Path) -> dict[tuple[str, int], dict]:
+    """Every record of a run folder by key, without what differs between two paths (tokens,
+    cost, attempts, cache): its state, rationale, reasons, prediction, candidates and errors.
+    A record in two files, or twice in one, fails the test."""
+    out: dict[tuple[str, int], dict] = {}
+    for state in STATES:
+        file = run / f"{state}.jsonl"
+        for line in file.read_text().splitlines() if file.exists() else []:
+            rec = json.loads(line)
+            key = (rec["record"]["session_id"], rec["record"]["step"])
+            assert key not in out, f"{key} twice"
+            out[key] = {
+                "state": state, "rationale": rec["rationale"], "reasons": rec["reasons"],
+                "prediction": rec["prediction"],
+                "error": rec["error"] and rec["error"]["category"],
+                "candidates": [(c["sample"], c["round"], c["state"], c["rationale"], c["reasons"],
+                                c["verification"] and c["verification"]["prediction"])
+                               for c in rec["candidates"]],
+            }  # fmt: skip
+    return out
+
+
+def ledger_cost(run: Path) -> float:
+    lines = (run / "ledger.jsonl").read_text().splitlines()
+    return sum(json.loads(x).get("cost_usd") or 0.0 for x in lines)
+
+
+def teacher_for(name: str):
+    """A predicate: the teacher's request (not the verifier's) for the record acting on ``name``."""
+
+    def match(body: dict) -> bool:
+        text = last_user_text(body)
+        done = text.split("## What they did next", 1)[-1].strip()
+        return "## What they did next" in text and done.startswith(f"click({name})")
+
+    return match
+
+
+# -- the same records, the same requests, half the price ------------------------------------------
+
+
+@pytest.mark.parametrize(("teacher", "client"), PROVIDERS, ids=IDS)
+def test_batch_files_the_records_online_would_at_half_the_price(
+    tmp_path: Path, server: BatchServer, monkeypatch: pytest.MonkeyPatch, teacher: str, client: str
+) -> None:
+    """Rounds of jobs (teacher, verifier, regeneration) reach exactly the online records, with
+    the same request bodies, each submitted once, at the batch price (half, for these models)."""
+    online = run_synth(config(tmp_path, server, teacher, out="online", client=client),
+                       retry_policy=FAST)  # fmt: skip
+    sent = Counter(fingerprint(r["body"]) for r in server.requests)
+    monkeypatch.setenv("RATIONALE_HOME", str(tmp_path / "home2"))  # no cache: a fresh teacher
+    result = batch(tmp_path, server, teacher, client=client, wait=True)
+    assert records(tmp_path / "run") == records(tmp_path / "online")
+    assert sum(result.counts.values()) == 11 and result.pending == 0 and result.stopped is None
+    assert server.submitted == sent  # the very bodies online sent, each once
+    assert set(server.answered.values()) == {1}
+    batch_cost, online_cost = ledger_cost(tmp_path / "run"), ledger_cost(tmp_path / "online")
+    assert batch_cost == pytest.approx(online_cost / 2, rel=1e-9) and batch_cost > 0
+    run = read_run_json(tmp_path / "run")
+    assert run["batch"]["rounds"] == result.batch["rounds"] >= 3  # teacher, verifier, regen...
+    assert run["cost_usd"]["total"] == pytest.approx(batch_cost, abs=1e-7)
+    assert run["requests"]["total"] == sum(sent.values()) == online.tally.requests
+    assert run["report"]["batch"]["rounds"] == run["batch"]["rounds"]
+    spend = run["report"]["spend"]
+    assert spend["verifier (batch)"]["requests"] == online.tally.verify_requests
+
+
+def test_history_rationales_wait_for_the_earlier_steps(tmp_path, server, monkeypatch) -> None:
+    """With --history-rationales a step's prompt holds the earlier steps' accepted rationales:
+    in batch mode a step goes out only once the steps before it are filed."""
+    run_synth(config(tmp_path, server, out="online", history_rationales=True), retry_policy=FAST)
+    sent = Counter(fingerprint(r["body"]) for r in server.requests)
+    monkeypatch.setenv("RATIONALE_HOME", str(tmp_path / "home2"))
+    batch(tmp_path, server, history_rationales=True, wait=True)
+    assert records(tmp_path / "run") == records(tmp_path / "online")
+    assert server.submitted == sent
+
+
+def test_batch_and_online_share_the_cache(tmp_path: Path, server: BatchServer) -> None:
+    batch(tmp_path, server, wait=True)
+    online_before = len(server.requests)
+    run_synth(config(tmp_path, server, out="online"), retry_policy=FAST)
+    assert len(server.requests) == online_before == 0  # every answer came from the cache
+    assert records(tmp_path / "online") == records(tmp_path / "run")
+    creates = server.creates
+    again = batch(tmp_path, server, out="again", wait=True)
+    assert server.creates == creates and again.batch["jobs"] == 0  # nothing sent
+    assert records(tmp_path / "again") == records(tmp_path / "run")
+
+
+# -- submit, exit, collect ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("teacher", [OPENAI, ANTHROPIC])
+def test_submit_exit_and_collect_over_reruns(tmp_path, server, teacher) -> None:
+    server.hold = True
+    first = batch(tmp_path, server, teacher)
+    assert first.pending == 11 and first.stopped.startswith("batch: 1 jobs in flight")
+    assert server.creates == 1 and records(tmp_path / "run") == {}
+    assert batch(tmp_path, server, teacher).pending == 11 and server.creates == 1  # still out
+    server.finish_all()
+    second = batch(tmp_path, server, teacher)  # collects round 1, sends round 2
+    assert second.batch["rounds"] == 2 and server.creates == 2
+    assert second.pending == 11  # every record needs a second request: verifier or regeneration
+    server.finish_all()
+    third = batch(tmp_path, server, teacher)  # files what round 2 settled, sends round 3
+    assert 0 < third.pending < 11 and len(records(tmp_path / "run")) == 11 - third.pending
+    server.hold = False
+    last = batch(tmp_path, server, teacher, wait=True)
+    assert last.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert set(server.submitted.values()) == {1} and set(server.answered.values()) == {1}
+    assert batch(tmp_path, server, teacher).batch["requests_submitted_this_invocation"] == 0
+
+
+@pytest.mark.parametrize("teacher", [OPENAI, ANTHROPIC])
+def test_an_expired_job_keeps_its_answers_and_resends_the_rest(tmp_path, server, teacher) -> None:
+    server.plan("expire_half")
+    result = batch(tmp_path, server, teacher, wait=True)
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert set(server.answered.values()) == {1}  # nothing answered twice
+    resent = [fp for fp, n in server.submitted.items() if n == 2]
+    assert len(resent) == 5 and max(server.submitted.values()) == 2  # the unanswered half
+    events = [json.loads(x) for x in (tmp_path / "run/batches/jobs.jsonl").read_text().splitlines()]
+    states = [e["state"] for e in events if e["event"] == "collected"]
+    assert states[0] == ("expired" if teacher == OPENAI else "ended")
+
+
+def test_per_request_errors_follow_the_online_categories(tmp_path, server) -> None:
+    server.fault(teacher_for("item.good_1"), status(400), times=None)  # fails the record
+    server.fault(teacher_for("item.short_1"), status(500), times=1)  # sent again, then answered
+    server.fault(teacher_for("item.long_1"), status(500), times=None)  # out of attempts
+    result = batch(tmp_path, server, wait=True, request_attempts=2)
+    recs = {k[1]: r for k, r in records(tmp_path / "run").items() if k[0] == "s1"}
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert recs[0]["state"] == "failed" and recs[0]["error"] == "bad_request"
+    assert recs[2]["state"] == "rejected"  # the 500 was retried: its answer is too short
+    assert recs[3]["state"] == "failed" and recs[3]["error"] == "server"
+    failed = [json.loads(x) for x in (tmp_path / "run/failed.jsonl").read_text().splitlines()]
+    long_ = next(f for f in failed if f["record"]["step"] == 3)
+    assert long_["provenance"]["attempts"] == 2 and "HTTP 500" in long_["error"]["message"]
+    assert sorted(server.submitted.values()).count(2) == 2  # short and long went twice
+
+
+def test_a_per_request_auth_error_stops_the_run(tmp_path, server) -> None:
+    server.fault(teacher_for("item.good_1"), status(401), times=None)
+    with pytest.raises(RationaleError, match="stopped .*fatal.*rerun"):
+        batch(tmp_path, server, wait=True)
+    run = read_run_json(tmp_path / "run")
+    assert run["pending"] + sum(run["counts"].values()) == 11
+
+
+# -- kills between submit and record --------------------------------------------------------------
+
+
+def _cli_until_killed(tmp_path: Path, server: BatchServer, teacher: str, *, before: bool) -> None:
+    """`rationale synth --batch` in a subprocess, SIGKILLed by the server when it makes the job
+    (``before``: before making it), so the client never hears the job's id."""
+    base = server.url if teacher == OPENAI else server.root
+    cmd = [RATIONALE, "synth", str(records_file(tmp_path)), "-o",
+           str(tmp_path / "run"), "--teacher", teacher, "--api-base", base, "--batch",
+           "--max-attempts", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed: list[bool] = []
+
+    def kill(*_: object) -> None:
+        if not killed:
+            killed.append(True)
+            os.kill(proc.pid, signal.SIGKILL)
+            if before:  # the request dies with its client: no job is made
+                raise ConnectionAbortedError
+
+    if before:
+        server.before_create = kill
+    else:
+        server.on_create = kill
+    _, err = proc.communicate(timeout=120)
+    server.before_create = server.on_create = None
+    assert proc.returncode == -signal.SIGKILL and killed, err
+
+
+@pytest.mark.parametrize("teacher", [OPENAI, ANTHROPIC])
+def test_a_kill_between_submit_and_record_loses_nothing(tmp_path, server, teacher) -> None:
+    _cli_until_killed(tmp_path, server, teacher, before=False)
+    assert server.creates == 1
+    events = (tmp_path / "run/batches/jobs.jsonl").read_text()
+    assert '"prepared"' in events and '"submitted"' not in events  # the id never reached disk
+    result = batch(tmp_path, server, teacher, wait=True)
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert '"recovered": true' in (tmp_path / "run/batches/jobs.jsonl").read_text()
+    assert set(server.submitted.values()) == {1} and set(server.answered.values()) == {1}
+    assert server.creates == result.batch["jobs"] == result.batch["rounds"]
+
+
+def test_a_kill_before_the_job_was_made_sends_it_once(tmp_path, server) -> None:
+    _cli_until_killed(tmp_path, server, OPENAI, before=True)
+    assert server.creates == 0
+    result = batch(tmp_path, server, wait=True)
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert '"abandoned"' in (tmp_path / "run/batches/jobs.jsonl").read_text()
+    assert set(server.submitted.values()) == {1}
+
+
+# -- money, limits, refusals ----------------------------------------------------------------------
+
+
+def test_max_cost_caps_what_is_submitted(tmp_path, server) -> None:
+    result = batch(tmp_path, server, max_cost=0.0005)
+    assert result.stopped.startswith("budget")
+    sent = result.batch["requests_submitted_this_invocation"]
+    assert 0 < sent < 11 and sum(server.submitted.values()) == sent
+    server.finish_all()
+    collected = batch(tmp_path, server, max_cost=0.0005)  # collects, then sends what fits
+    run = read_run_json(tmp_path / "run")
+    assert run["cost_usd"]["total"] <= 0.0005 * 2
+    assert collected.tally.cost_usd <= 0.0005
+
+
+def test_requests_are_split_to_the_provider_limits(tmp_path, server, monkeypatch) -> None:
+    from rationale.batch_providers import OpenAIBatches
+
+    monkeypatch.setattr(OpenAIBatches, "max_requests", 4)
+    result = batch(tmp_path, server, wait=True, max_attempts=1, verifier="none")
+    assert [len(j.requests) for j in server.jobs.values()] == [4, 4, 3]
+    assert result.batch["rounds"] == 1 and len(records(tmp_path / "run")) == 11
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [("ollama/llama3", "no batch API for 'ollama/llama3'.*openai/.*anthropic/"),
+     ("local", "needs an API model")],
+)  # fmt: skip
+def test_a_model_without_a_batch_api_is_refused_before_anything(
+    tmp_path, server, teacher, message
+) -> None:
+    with pytest.raises(RationaleError, match=message):
+        batch(tmp_path, server, teacher, api_base=None, verifier="none")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_submission_is_one_line_and_loses_nothing(tmp_path, server) -> None:
+    def refuse() -> None:
+        raise PermissionError  # the handler fails: the client sees a 500
+
+    server.before_create = refuse
+    with pytest.raises(RationaleError, match="submitting batch part p00001 .* rerun"):
+        batch(tmp_path, server, wait=True)
+    server.before_create = None
+    result = batch(tmp_path, server, wait=True)  # looked up first (not there), then sent
+    assert result.pending == 0 and set(server.submitted.values()) == {1}
+
+
+# -- filter, --retry-failed, dry run ---------------------------------------------------------------
+
+
+def test_filter_in_batch_mode_judges_as_online(tmp_path, server, monkeypatch) -> None:
+    run_synth(config(tmp_path, server, out="source", verifier="none"), retry_policy=FAST)
+    filter_ = {"input": str(tmp_path / "source"), "verifier": OPENAI, "api_base": server.url,
+               "poll_interval": 0.01}  # fmt: skip
+    run_filter(SynthConfig(output=str(tmp_path / "online"), **filter_), retry_policy=FAST)
+    monkeypatch.setenv("RATIONALE_HOME", str(tmp_path / "home2"))
+    result = run_filter(
+        SynthConfig(output=str(tmp_path / "run"), batch=True, wait=True, **filter_),
+        retry_policy=FAST,
+    )
+    assert records(tmp_path / "run") == records(tmp_path / "online")
+    assert result.batch["rounds"] == 1 and result.pending == 0
+
+
+def test_retry_failed_with_limit_sends_the_failed_again(tmp_path, server) -> None:
+    server.fault(teacher_for("item.good_1"), status(400), times=1)
+    batch(tmp_path, server, wait=True)
+    assert records(tmp_path / "run")[("s1", 0)]["state"] == "failed"
+    result = batch(tmp_path, server, wait=True, retry_failed=True, limit=3)
+    rec = records(tmp_path / "run")
+    assert rec[("s1", 0)]["state"] == "accepted" and len(rec) == 11
+    assert result.batch["requests_submitted_this_invocation"] == 2  # its teacher, its verifier
+
+
+def test_dry_run_shows_the_batch_estimate_beside_the_online_one(tmp_path, server) -> None:
+    estimate = run_synth(config(tmp_path, server, batch=True, dry_run=True))
+    assert estimate["to_call"] == 11
+    assert estimate["max_cost_usd_batch"] == pytest.approx(estimate["max_cost_usd"] / 2, abs=1e-6)
+    assert server.creates == 0 and not (tmp_path / "run").exists()
