@@ -210,6 +210,31 @@ def test_a_per_request_auth_error_stops_the_run(tmp_path, server) -> None:
     assert run["pending"] + sum(run["counts"].values()) == 11
 
 
+def test_batches_shows_and_cancels_the_jobs_of_a_run(tmp_path, server) -> None:
+    """`rationale batches` reads the provider's state of each job; --cancel cancels the ones
+    out; the next run keeps the cancelled job's answers and sends only the rest again."""
+    server.hold = True
+    batch(tmp_path, server, max_attempts=1)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-batch"}
+    shown = subprocess.run([RATIONALE, "batches", str(tmp_path / "run"), "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    (job,) = json.loads(shown.stdout)
+    assert job["state"] == "validating" and job["requests"] == 11 and job["job"] in server.jobs
+    table = subprocess.run([RATIONALE, "batches", str(tmp_path / "run"), "--cancel"],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert table.returncode == 0 and job["job"] in table.stdout and "cancelled" in table.stderr
+    assert server.jobs[job["job"]].cancelled
+    server.hold = False
+    result = batch(tmp_path, server, max_attempts=1, wait=True)
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert set(server.answered.values()) == {1}
+    assert sorted(server.submitted.values()).count(2) == 5  # the half the cancel left unanswered
+    text = subprocess.run([RATIONALE, "batches", str(tmp_path / "run")], capture_output=True,
+                          text=True, env=env, timeout=120).stdout  # fmt: skip
+    assert "cancelled" in text and "not collected yet" in text
+
+
 # -- kills between submit and record --------------------------------------------------------------
 
 

@@ -245,6 +245,7 @@ RUN_BY = {
     "synth": "tests/test_cli_runs.py::test_synth_then_filter",
     "filter": "tests/test_cli_runs.py::test_synth_then_filter",
     "report": "tests/test_cli_runs.py::test_report_text_and_json",
+    "batches": "tests/test_batch.py::test_batches_shows_and_cancels_the_jobs_of_a_run",
     "export-sft": "tests/test_cli_runs.py::test_export_sft",
     "distill": "tests/test_distill_data.py::test_distill_command_end_to_end",
     "init": "tests/test_workspace.py::test_init_writes_a_starter_that_loads_and_refuses_to_overwrite",  # noqa: E501

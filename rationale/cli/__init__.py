@@ -7,7 +7,7 @@ The flag vocabulary shared by all commands is in the README ("Flags").
 
 This module holds the group and its error handling and registers the commands, which live one
 module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth,
-filter, report), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval``
+filter, report, batches), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval``
 and ``compare`` (evaluation), ``workspace`` (init, run); their shared options are in
 ``options``.
 """
@@ -72,5 +72,6 @@ main.add_command(eval_.eval_)
 main.add_command(compare_.compare)
 main.add_command(synth.filter_)
 main.add_command(synth.report)
+main.add_command(synth.batches)
 main.add_command(distill.distill)
 main.add_command(distill.export_sft)

@@ -164,3 +164,22 @@ def report(run_dir: str, as_json: bool, chart: str | None) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
     if chart:
         click.echo(f"chart: {write_chart(data, chart)}", err=True)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--cancel", is_flag=True, help="Cancel every job not collected yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as one JSON list.")
+@click.option("--api-base", help="The endpoint, where the run's --api-base held credentials.")
+def batches(run_dir: str, cancel: bool, as_json: bool, api_base: str | None) -> None:
+    """The provider batch jobs of a --batch run: id, state, counts, created/expires, cost."""
+    from rationale.batch_jobs import batch_jobs, render_jobs
+
+    rows = batch_jobs(run_dir, cancel=cancel, api_base=api_base)
+    click.echo(json.dumps(rows, indent=2) if as_json else render_jobs(rows))
+    if cancel:
+        click.echo(
+            "cancelled the jobs still out: their answered requests are kept; rerun the command "
+            "that made them to collect those (and send the rest again)",
+            err=True,
+        )
