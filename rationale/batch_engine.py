@@ -20,16 +20,16 @@ requests an expired or cancelled job never ran go out again in the next round, u
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from rationale.accounting import worst_case_cost
+from rationale.batch_providers import batch_target
 from rationale.batch_store import BatchStore, Part
+from rationale.batch_submit import submit_round
 from rationale.engine import Engine, Limited, Pending
-from rationale.errors import ConfigError, FatalTeacherError, RationaleError, TeacherError, redact
+from rationale.errors import FatalTeacherError, RationaleError, TeacherError, redact
 from rationale.pricing import batch_price
 from rationale.retry import FATAL, RETRYABLE
 
@@ -46,43 +46,12 @@ def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engin
     return Engine(config, run_dir, retry_policy=retry_policy)
 
 
-def _target(client: Any) -> tuple[str, str | None]:
-    """(model, api_base) of a client that can go into a batch, or a `ConfigError`."""
-    if not hasattr(client, "request_body"):
-        raise ConfigError(f"--batch needs an API model; {client.model_id!r} has no batch API")
-    from urllib.parse import urlsplit
-
-    headers = getattr(client, "_headers", None) or {}
-    api_base = getattr(client, "api_base", None)
-    url = urlsplit(api_base or "")
-    if str(headers.get("Authorization", "")).startswith("Basic ") or url.username or url.password:
-        raise ConfigError(
-            "--batch cannot send credentials written in --api-base; put the key in the "
-            "provider's environment variable (OPENAI_API_KEY, ANTHROPIC_API_KEY)"
-        )
-    return client.model_id, api_base
-
-
 def _usage(body: dict[str, Any]) -> tuple[int, int]:
     """Billed (prompt, completion) tokens of an answer (chat completion or Anthropic message)."""
     usage = body.get("usage") or {}
     p = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
     c = usage.get("completion_tokens", usage.get("output_tokens")) or 0
     return int(p), int(c)
-
-
-def _body_tokens(body: dict[str, Any]) -> int:
-    """Our estimate of a request body's prompt tokens (messages and system, with framing)."""
-    from rationale.prompts import count_tokens
-
-    def text(content: Any) -> str:
-        if isinstance(content, list):
-            return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return str(content or "")
-
-    parts = [text(m.get("content")) for m in body.get("messages", [])]
-    parts.append(text(body.get("system")))
-    return sum(count_tokens(p) + 4 for p in parts if p)
 
 
 class BatchEngine(Engine):
@@ -108,7 +77,7 @@ class BatchEngine(Engine):
     def check(self) -> None:
         """Before the run folder is touched: every model of the run has a batch API."""
         for client in self.clients:
-            model, api_base = _target(client)
+            model, api_base = batch_target(client)
             self._provider(model, api_base)
 
     def _provider(self, model: str, api_base: str | None) -> Any:
@@ -123,7 +92,7 @@ class BatchEngine(Engine):
         """The provider of a part an earlier invocation made (its api_base is stored
         redacted: the real one comes from this run's clients or config)."""
         for client in self.clients:
-            model, api_base = _target(client)
+            model, api_base = batch_target(client)
             if model == part.model and (redact(api_base) if api_base else None) == part.api_base:
                 return self._provider(model, api_base)
         api_base = self.config.api_base
@@ -224,7 +193,8 @@ class BatchEngine(Engine):
         try:
             self._charged = {e["batch"] for e in ledger_entries(self.run_dir.ledger)
                              if e.get("kind") == "batch"}  # fmt: skip
-            if self.config.retry_failed:
+            # --retry-failed (an eval always asks its failed cases again): fresh attempts
+            if getattr(self.config, "retry_failed", True) and self.store.parts:
                 self.store.retry_failed()
             await self._settle()
             await self._collect(wait=False)
@@ -276,78 +246,8 @@ class BatchEngine(Engine):
                 self.store.abandon(part, "not at the provider: it was never made")
 
     async def _submit(self) -> None:
-        """The deferred requests as new jobs: one round, split by model and provider limits."""
-        round_ = self.store.rounds() + 1
-        groups: dict[tuple[str, str | None], list[tuple[str, str, dict[str, Any], int]]] = {}
-        for key, (client, messages, kwargs) in self.deferred.items():
-            body = client.client.request_body(messages, **kwargs)
-            groups.setdefault(_target(client.client), []).append(
-                (key, client.kind, body, int(kwargs.get("max_tokens") or 0))
-            )
-        self.rounds_now += 1
-        for (model, api_base), requests in groups.items():
-            provider = self._provider(model, api_base)
-            price = batch_price(model)
-            chunk: list[tuple[str, str, dict[str, Any]]] = []
-            size, reserved = 0, 0.0
-            for key, kind, body, max_tokens in requests:
-                worst = 0.0
-                if self.budget.limit is not None and price is not None:
-                    worst = worst_case_cost(
-                        lambda p, c, price=price: p * price[0] + c * price[1],
-                        _body_tokens(body), max_tokens,
-                    ) or 0.0  # fmt: skip
-                    if not self.budget.reserve(worst):
-                        break  # what fits under --max-cost goes out; the rest waits
-                line = len(json.dumps(provider.line("x" * 32, body))) + 1
-                if chunk and (
-                    len(chunk) >= provider.max_requests or size + line > provider.max_bytes
-                ):
-                    await self._send(provider, model, api_base, round_, chunk, reserved)
-                    chunk, size, reserved = [], 0, 0.0
-                    if self.fatal or self.error:
-                        return
-                chunk.append((key, kind, body))
-                size, reserved = size + line, reserved + worst
-            if chunk:
-                await self._send(provider, model, api_base, round_, chunk, reserved)
-            if self.fatal or self.error:
-                return
-
-    async def _send(
-        self, provider: Any, model: str, api_base: str | None, round_: int,
-        chunk: list[tuple[str, str, dict[str, Any]]], reserved: float,
-    ) -> None:  # fmt: skip
-        part = self.store.prepare(
-            provider=provider.name, model=model, api_base=api_base, round_=round_,
-            requests=[(str(i), key, kind) for i, (key, kind, _) in enumerate(chunk)],
-        )  # fmt: skip
-        ids = self.store.custom_ids(part.part)
-        lines = [
-            provider.line(cid, body) for (cid, _, _), (_, _, body) in zip(ids, chunk, strict=True)
-        ]
-        try:
-            job = await provider.submit(lines, part.tag)
-        except TeacherError as exc:
-            self.budget.settle(reserved, 0.0)
-            if exc.category in ("timeout", "connection", "server", "other"):
-                # it may have been made: the next run looks for it by its tag first
-                self.fail(RationaleError(
-                    f"submitting batch part {part.part} to {provider.name} failed ({exc}); rerun "
-                    "to continue (the part is looked up at the provider before it is sent again)"
-                ))  # fmt: skip
-                return
-            self.store.abandon(part, str(exc))
-            if isinstance(exc, FatalTeacherError):
-                self.fatal = self.fatal or exc
-            else:
-                self.fail(RationaleError(f"{provider.name} refused batch part {part.part}: {exc}"))
-            return
-        self.store.submitted(part, job)
-        self._reserved[part.part] = reserved
-        self.submitted_now += len(chunk)
-        print(f"batch: round {round_}: sent {len(chunk)} requests to {provider.name} as job "
-              f"{job.id}", file=sys.stderr)  # fmt: skip
+        """The deferred requests as new jobs (`rationale.batch_submit`)."""
+        await submit_round(self)
 
     async def _collect(self, *, wait: bool) -> None:
         """Read every job in flight; store the results of the ones that ended. With ``wait``,

@@ -25,7 +25,15 @@ from typing import Any
 from rationale.errors import ConfigError, TeacherError, redact
 from rationale.retry import classify
 
-__all__ = ["SUPPORTED", "AnthropicBatches", "JobState", "OpenAIBatches", "Result", "provider_for"]
+__all__ = [
+    "SUPPORTED",
+    "AnthropicBatches",
+    "JobState",
+    "OpenAIBatches",
+    "Result",
+    "batch_target",
+    "provider_for",
+]
 
 SUPPORTED = "openai/... (OpenAI, or an OpenAI-compatible --api-base with the batches endpoints) "
 SUPPORTED += "and anthropic/... (Message Batches)"
@@ -73,6 +81,23 @@ def provider_for(model: str, api_base: str | None = None, *, timeout: float = 60
     if provider == "anthropic":
         return AnthropicBatches(wire, api_base=api_base, timeout=timeout)
     raise ConfigError(f"--batch: no batch API for {model!r} (provider {provider!r}); {SUPPORTED}")
+
+
+def batch_target(client: Any) -> tuple[str, str | None]:
+    """(model, api_base) of a client that can go into a batch, or a `ConfigError`."""
+    if not hasattr(client, "request_body"):
+        raise ConfigError(f"--batch needs an API model; {client.model_id!r} has no batch API")
+    from urllib.parse import urlsplit
+
+    headers = getattr(client, "_headers", None) or {}
+    api_base = getattr(client, "api_base", None)
+    url = urlsplit(api_base or "")
+    if str(headers.get("Authorization", "")).startswith("Basic ") or url.username or url.password:
+        raise ConfigError(
+            "--batch cannot send credentials written in --api-base; put the key in the "
+            "provider's environment variable (OPENAI_API_KEY, ANTHROPIC_API_KEY)"
+        )
+    return client.model_id, api_base
 
 
 def _epoch(value: Any) -> float | None:

@@ -65,6 +65,10 @@ class EvalConfig(BaseModel):
     request_attempts: int = Field(6, ge=1)
     backoff: float = Field(1.0, ge=0)
     max_cost: float | None = Field(None, ge=0)
+    # provider batch APIs (rationale.batch_engine)
+    batch: bool = False
+    wait: bool = False
+    poll_interval: float = Field(60.0, gt=0)
     # scoring
     bootstrap: int = Field(1000, ge=1)
 
@@ -125,6 +129,10 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
     space = ActionSpace.from_file(config.action_space) if config.action_space else None
     records = RecordFile(config.data, space=space, on_error=config.on_error)
     predictor = predictor or _load(config)  # a bad --model fails here, before -o is touched
+    if config.batch and predictor.spec.kind != "api":
+        raise RationaleError(
+            f"--batch is for API models (a provider's batch API); {config.model!r} runs here"
+        )
     # a student trained with history rationales sees the log's own where it has them
     chained = config.history_rationales or predictor.prompt.history_rationales
     with records:
@@ -262,7 +270,7 @@ async def _api(
     config: EvalConfig, folder: EvalDir, todo: list[Any], predictor: Any,
     done: dict[tuple[str, int], dict[str, Any]], state: dict[str, Any],
 ) -> None:  # fmt: skip
-    from rationale.engine import Engine
+    from rationale.batch_engine import make_engine
     from rationale.runner import cancel_on_sigterm
 
     client = predictor.client
@@ -270,8 +278,9 @@ async def _api(
         raise RationaleError(f"the price of {client.model_id!r} is not in litellm's price map, "
                              "so --max-cost cannot be enforced; drop --max-cost or use a priced "
                              "model")  # fmt: skip
-    engine = Engine(config, folder)
+    engine = make_engine(config, folder)
     limited = engine.limited(client, "predict")
+    engine.check()  # --batch: a model without a batch API stops here
     answered = failed = 0
     # in the event loop SIGTERM cancels this task (as in synth) instead of raising wherever the
     # loop happens to be: requests in flight are dropped, every finished case is on disk
@@ -293,10 +302,18 @@ async def _api(
         return True
 
     try:
-        await engine.drive(iter(todo), process, todo=len(todo), label="eval", unit="cases")
+
+        def again() -> tuple[Any, int]:  # a further pass (--batch --wait)
+            left = [c for c in todo if c.key not in done]
+            return iter(left), len(left)
+
+        await engine.drive(
+            iter(todo), process, todo=len(todo), label="eval", unit="cases", again=again
+        )
     finally:
         await client.aclose()
         state["stopped"] = engine.stopped_reason()
+        state["batch"] = engine.summary() if hasattr(engine, "store") else None
         state["requests"] = engine.tally.requests
         state["cache_hits"] = engine.tally.cache_hits
     if engine.error is not None:
@@ -366,6 +383,7 @@ def _finish(
             },
         },
         "stopped": redact(state["stopped"]) if state["stopped"] else None,
+        "batch": state.get("batch"),
         "cases": records,
     }
     folder.write_json(data)

@@ -65,8 +65,9 @@ def summary_lines(command: str, result: RunSummary) -> list[str]:
     if b := result.batch:
         lines.append(
             f"{command}: batch: {b['jobs']} jobs in {b['rounds']} rounds, "
-            f"{b['requests_submitted']} requests submitted ({b['requests_submitted_this_invocation']}"
-            f" this run), {b['in_flight_jobs']} jobs in flight"
+            f"{b['requests_submitted']} requests submitted "
+            f"({b['requests_submitted_this_invocation']} this run), "
+            f"{b['in_flight_jobs']} jobs in flight"
         )
     if result.stopped:
         lines.append(f"{command}: stopped early ({result.stopped}); rerun to continue")

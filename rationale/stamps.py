@@ -29,7 +29,7 @@ OPERATIONAL = {
     "synth": {"concurrency", "rpm", "tpm", "timeout", "request_attempts", "backoff", "max_cost",
               "client", "dry_run", "retry_failed", "batch", "wait", "poll_interval"},
     "eval": {"concurrency", "rpm", "tpm", "timeout", "request_attempts", "backoff", "max_cost",
-             "client", "batch_size", "engine", "threads"},
+             "client", "batch_size", "engine", "threads", "batch", "wait", "poll_interval"},
     "distill": {"resume", "allow_cpu", "logging_steps", "save_steps", "save_total_limit"},
 }  # fmt: skip
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -204,7 +203,7 @@ def test_per_request_errors_follow_the_online_categories(tmp_path, server) -> No
 
 def test_a_per_request_auth_error_stops_the_run(tmp_path, server) -> None:
     server.fault(teacher_for("item.good_1"), status(401), times=None)
-    with pytest.raises(RationaleError, match="stopped .*fatal.*rerun"):
+    with pytest.raises(RationaleError, match=r"stopped .*fatal.*rerun"):
         batch(tmp_path, server, wait=True)
     run = read_run_json(tmp_path / "run")
     assert run["pending"] + sum(run["counts"].values()) == 11
@@ -328,7 +327,7 @@ def test_a_refused_submission_is_one_line_and_loses_nothing(tmp_path, server) ->
         raise PermissionError  # the handler fails: the client sees a 500
 
     server.before_create = refuse
-    with pytest.raises(RationaleError, match="submitting batch part p00001 .* rerun"):
+    with pytest.raises(RationaleError, match=r"submitting batch part p00001 .* rerun"):
         batch(tmp_path, server, wait=True)
     server.before_create = None
     result = batch(tmp_path, server, wait=True)  # looked up first (not there), then sent
@@ -367,3 +366,51 @@ def test_dry_run_shows_the_batch_estimate_beside_the_online_one(tmp_path, server
     assert estimate["to_call"] == 11
     assert estimate["max_cost_usd_batch"] == pytest.approx(estimate["max_cost_usd"] / 2, abs=1e-6)
     assert server.creates == 0 and not (tmp_path / "run").exists()
+
+
+# -- eval -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("teacher", [OPENAI, ANTHROPIC])
+def test_eval_in_batch_mode_scores_as_online(tmp_path, server, monkeypatch, teacher) -> None:
+    """An API baseline evaluated through a batch job: the same cases and metrics as online,
+    submitted once; without --wait the cases stay pending until a rerun collects them."""
+    from test_eval_api import first_element, make_test_file
+
+    from rationale.evaluate import EvalConfig, run_eval
+
+    server.responder = first_element
+    data = make_test_file(tmp_path)
+    base = server.url if teacher == OPENAI else server.root
+
+    def ev(out: str, **kw):
+        config = EvalConfig(model=teacher, data=str(data), output=str(tmp_path / out),
+                            api_base=base, bootstrap=200, poll_interval=0.01, **kw)  # fmt: skip
+        return run_eval(config)
+
+    online = ev("online").data
+    monkeypatch.setenv("RATIONALE_HOME", str(tmp_path / "home2"))
+    server.hold = True
+    pending = ev("batch", batch=True).data
+    assert pending["pending"] == 12 and pending["batch"]["in_flight_jobs"] == 1
+    server.hold = False
+    done = ev("batch", batch=True, wait=True).data
+    assert done["pending"] == 0 and done["metrics"] == online["metrics"]
+    strip = ("cost_usd", "cached", "latency_s")
+    assert [{k: v for k, v in c.items() if k not in strip} for c in done["cases"]] == [
+        {k: v for k, v in c.items() if k not in strip} for c in online["cases"]
+    ]
+    assert set(server.submitted.values()) == {1} and server.creates == 1
+    assert done["usage"]["cost_usd"] == pytest.approx(online["usage"]["cost_usd"] / 2, abs=1e-7)
+
+
+def test_eval_batch_of_a_local_model_is_refused(tmp_path) -> None:
+    from test_eval_api import make_test_file
+
+    from rationale.evaluate import EvalConfig, run_eval
+
+    config = EvalConfig(model="smollm2-135m", data=str(make_test_file(tmp_path)),
+                        output=str(tmp_path / "ev"), batch=True)  # fmt: skip
+    with pytest.raises(RationaleError, match="--batch is for API models"):
+        run_eval(config)
+    assert not (tmp_path / "ev").exists()

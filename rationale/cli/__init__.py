@@ -7,8 +7,8 @@ The flag vocabulary shared by all commands is in the README ("Flags").
 
 This module holds the group and its error handling and registers the commands, which live one
 module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth,
-filter, report, batches), ``distill`` (distill, export-sft), ``split`` (the train/test split), ``eval``
-and ``compare`` (evaluation), ``workspace`` (init, run); their shared options are in
+filter, report, batches), ``distill`` (distill, export-sft), ``split`` (the train/test split),
+``eval`` and ``compare`` (evaluation), ``workspace`` (init, run); their shared options are in
 ``options``.
 """
 

@@ -9,6 +9,7 @@ import click
 from rationale.cli.options import (
     _job_config,
     action_space_option,
+    batch_options,
     config_option,
     model_call_options,
     on_error_option,
@@ -35,6 +36,7 @@ from rationale.cli.options import (
     required=False,
 )
 @model_call_options
+@batch_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N cases (session order).")
 @click.option(
     "--cases",

@@ -1,0 +1,108 @@
+"""One round of ``--batch``: the requests a pass deferred, sent as provider jobs.
+
+The bodies are the online client's own (`request_body`); they are grouped by model and
+endpoint, reserved against ``--max-cost`` at the batch price (what does not fit waits), split to
+the provider's limits (requests and bytes per job), and each job is recorded in the run folder:
+its requests indexed and ``prepared`` before it is sent, ``submitted`` once the provider has
+made it (`rationale.batch_store`). A send that failed without an answer may still have made the
+job: it stays ``prepared`` and the next run looks for it by its tag before sending anything again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rationale.accounting import worst_case_cost
+from rationale.batch_providers import batch_target
+from rationale.errors import FatalTeacherError, RationaleError, TeacherError
+from rationale.pricing import batch_price
+
+__all__ = ["submit_round"]
+
+
+def _body_tokens(body: dict[str, Any]) -> int:
+    """Our estimate of a request body's prompt tokens (messages and system, with framing)."""
+    from rationale.prompts import count_tokens
+
+    def text(content: Any) -> str:
+        if isinstance(content, list):
+            return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return str(content or "")
+
+    parts = [text(m.get("content")) for m in body.get("messages", [])]
+    parts.append(text(body.get("system")))
+    return sum(count_tokens(p) + 4 for p in parts if p)
+
+
+async def submit_round(engine: Any) -> None:
+    """The deferred requests as new jobs: one round, split by model and provider limits."""
+    round_ = engine.store.rounds() + 1
+    groups: dict[tuple[str, str | None], list[tuple[str, str, dict[str, Any], int]]] = {}
+    for key, (client, messages, kwargs) in engine.deferred.items():
+        body = client.client.request_body(messages, **kwargs)
+        groups.setdefault(batch_target(client.client), []).append(
+            (key, client.kind, body, int(kwargs.get("max_tokens") or 0))
+        )
+    engine.rounds_now += 1
+    for (model, api_base), requests in groups.items():
+        provider = engine._provider(model, api_base)
+        price = batch_price(model)
+        chunk: list[tuple[str, str, dict[str, Any]]] = []
+        size, reserved = 0, 0.0
+        for key, kind, body, max_tokens in requests:
+            worst = 0.0
+            if engine.budget.limit is not None and price is not None:
+                worst = worst_case_cost(
+                    lambda p, c, price=price: p * price[0] + c * price[1],
+                    _body_tokens(body), max_tokens,
+                ) or 0.0  # fmt: skip
+                if not engine.budget.reserve(worst):
+                    break  # what fits under --max-cost goes out; the rest waits
+            line = len(json.dumps(provider.line("x" * 32, body))) + 1
+            if chunk and (len(chunk) >= provider.max_requests or size + line > provider.max_bytes):
+                await _send(engine, provider, model, api_base, round_, chunk, reserved)
+                chunk, size, reserved = [], 0, 0.0
+                if engine.fatal or engine.error:
+                    return
+            chunk.append((key, kind, body))
+            size, reserved = size + line, reserved + worst
+        if chunk:
+            await _send(engine, provider, model, api_base, round_, chunk, reserved)
+        if engine.fatal or engine.error:
+            return
+
+
+async def _send(
+    engine: Any, provider: Any, model: str, api_base: str | None, round_: int,
+    chunk: list[tuple[str, str, dict[str, Any]]], reserved: float,
+) -> None:  # fmt: skip
+    part = engine.store.prepare(
+        provider=provider.name, model=model, api_base=api_base, round_=round_,
+        requests=[(str(i), key, kind) for i, (key, kind, _) in enumerate(chunk)],
+    )  # fmt: skip
+    ids = engine.store.custom_ids(part.part)
+    lines = [provider.line(cid, body) for (cid, _, _), (_, _, body) in zip(ids, chunk, strict=True)]
+    try:
+        job = await provider.submit(lines, part.tag)
+    except TeacherError as exc:
+        engine.budget.settle(reserved, 0.0)
+        if exc.category in ("timeout", "connection", "server", "other"):
+            # it may have been made: the next run looks for it by its tag first
+            engine.fail(RationaleError(
+                f"submitting batch part {part.part} to {provider.name} failed ({exc}); rerun "
+                "to continue (the part is looked up at the provider before it is sent again)"
+            ))  # fmt: skip
+            return
+        engine.store.abandon(part, str(exc))
+        if isinstance(exc, FatalTeacherError):
+            engine.fatal = engine.fatal or exc
+        else:
+            engine.fail(RationaleError(f"{provider.name} refused batch part {part.part}: {exc}"))
+        return
+    engine.store.submitted(part, job)
+    engine._reserved[part.part] = reserved
+    engine.submitted_now += len(chunk)
+    print(f"batch: round {round_}: sent {len(chunk)} requests to {provider.name} as job "
+          f"{job.id}", file=sys.stderr)  # fmt: skip
