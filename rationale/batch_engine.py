@@ -43,6 +43,15 @@ def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engin
     """The engine a job runs on: `BatchEngine` with ``--batch``, else the online `Engine`."""
     if getattr(config, "batch", False):
         return BatchEngine(config, run_dir, retry_policy=retry_policy)
+    if (run_dir.path / "batches" / "jobs.jsonl").exists():
+        store = BatchStore(run_dir.path / "batches")
+        out = store.in_flight() + store.unsettled()
+        if out:  # online, their requests would be sent (and paid for) a second time
+            raise RationaleError(
+                f"{run_dir.path} has {len(out)} batch jobs not collected yet; continue it with "
+                f"--batch (--wait to finish here), or cancel them first with `rationale batches "
+                f"{run_dir.path} --cancel` and collect what they answered with --batch"
+            )
     return Engine(config, run_dir, retry_policy=retry_policy)
 
 

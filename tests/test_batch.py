@@ -172,6 +172,19 @@ def test_submit_exit_and_collect_over_reruns(tmp_path, server, teacher) -> None:
     assert batch(tmp_path, server, teacher).batch["requests_submitted_this_invocation"] == 0
 
 
+def test_an_online_rerun_is_refused_while_jobs_are_out(tmp_path, server) -> None:
+    """Online, the requests already in a job would be paid for a second time."""
+    server.hold = True
+    batch(tmp_path, server)
+    with pytest.raises(RationaleError, match="1 batch jobs not collected yet; continue it with"):
+        run_synth(config(tmp_path, server), retry_policy=FAST)
+    server.hold = False
+    batch(tmp_path, server, wait=True)
+    creates = server.creates
+    online = run_synth(config(tmp_path, server, max_attempts=3), retry_policy=FAST)
+    assert online.pending == 0 and server.creates == creates  # all collected: online may go on
+
+
 @pytest.mark.parametrize("teacher", [OPENAI, ANTHROPIC])
 def test_an_expired_job_keeps_its_answers_and_resends_the_rest(tmp_path, server, teacher) -> None:
     server.plan("expire_half")
