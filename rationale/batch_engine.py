@@ -36,7 +36,7 @@ from rationale.retry import FATAL, RETRYABLE
 __all__ = ["BatchEngine", "make_engine"]
 
 #: What goes out again in the next round (besides the online path's retryable faults).
-RESUBMIT = RETRYABLE | {"expired", "cancelled"}
+RESUBMIT = RETRYABLE | {"expired", "cancelled", "job_failed"}
 
 
 def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engine:
@@ -325,6 +325,7 @@ class BatchEngine(Engine):
             "answered": answered, "errored": part.requests - answered,
             "prompt_tokens": total["prompt_tokens"],
             "completion_tokens": total["completion_tokens"], "cost_usd": cost_usd,
+            "error": state.error,
         })  # fmt: skip
 
     def _tally(

@@ -217,13 +217,16 @@ class BatchStore:
 
     def result(self, part: Part, custom_id: str) -> tuple[Any, str | None, str | None]:
         """(answer body or None, error category, error message) of a collected request; a
-        request its job returned nothing for is ``expired`` (its job ended without it)."""
+        request its job returned nothing for is ``expired``, or ``job_failed`` when the whole
+        job failed (OpenAI's validation)."""
         row = self.db.execute(
             "SELECT body, category, message FROM results WHERE part=? AND custom_id=?",
             (part.part, custom_id),
         ).fetchone()
         if row is None:
-            return None, "expired", f"job {part.job} ended ({part.state}) without an answer"
+            why = f": {part.counts['error']}" if part.counts.get("error") else ""
+            category = "job_failed" if part.state == "failed" else "expired"
+            return None, category, f"job {part.job} ended ({part.state}) without an answer{why}"
         body, category, message = row
         return (json.loads(body) if body is not None else None), category, message
 

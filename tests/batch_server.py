@@ -498,3 +498,54 @@ class BatchServer(ScriptedServer):
         r.add_get("/v1/messages/batches/{id}/results", self._a_results)
         r.add_post("/v1/messages/batches/{id}/cancel", self._a_cancel)
         return app
+
+
+# -- program mode: a fake provider for trying --batch by hand ------------------------------------
+
+
+def demo_responder(body: dict, index: int) -> Any:
+    """A plausible teacher and a blind verifier that follows a rationale naming the element, for
+    any record file: the teacher names the acted-on element; the verifier clicks what the
+    rationale names (or types what it says it searches for)."""
+    import re
+
+    text = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    if system.startswith("You predict the next action"):
+        thought = text.split("## Their thought right before acting", 1)[-1]
+        if m := re.search(r"search for '(.*)' in ([\w.]+)", thought):
+            action = {"type": "type_and_submit", "name": m.group(2), "text": m.group(1)}
+        elif names := re.findall(r"\b[a-z_]+\.[\w.]*\w", thought):
+            action = {"type": "click", "name": names[0]}
+        else:
+            action = {"type": "terminate"}
+        return ok(json.dumps({"action": action}))
+    done = text.split("## What they did next", 1)[-1].strip().splitlines()[0]
+    if m := re.match(r'type_and_submit\(([^,]+), "(.*)"\)', done):
+        rationale = f"I want to search for '{m.group(2)}' in {m.group(1)} to find it."
+    elif m := re.match(r"click\((.+)\)", done):
+        rationale = f"I want to open {m.group(1)} because it looks like exactly what I need."
+    else:
+        rationale = "I have found what I was looking for, so I am done here."
+    return ok(json.dumps({"rationale": rationale}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import asyncio
+    import contextlib
+
+    parser = argparse.ArgumentParser(description="A local fake of the provider batch APIs.")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    parser.add_argument("--plan", nargs="*", default=[], help="what the first jobs do: ok, "
+                        "expire_half, fail")  # fmt: skip
+    args = parser.parse_args(argv)
+    server = BatchServer(responder=demo_responder, port=args.port)
+    server.plan(*args.plan)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve_forever())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -198,6 +198,22 @@ def test_an_expired_job_keeps_its_answers_and_resends_the_rest(tmp_path, server,
     assert states[0] == ("expired" if teacher == OPENAI else "ended")
 
 
+def test_a_job_that_failed_validation_is_sent_again_then_fails_with_its_error(
+    tmp_path, server
+) -> None:
+    server.plan("fail")  # the first job fails validation: nothing answered, nothing billed
+    result = batch(tmp_path, server, wait=True, max_attempts=1, verifier="none")
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+    assert server.creates == 2 and set(server.answered.values()) == {1}
+    server.plan(*["fail"] * 2)
+    result = batch(tmp_path, server, out="again", wait=True, max_attempts=1, verifier="none",
+                   seed=5, request_attempts=2)  # fmt: skip
+    failed = [json.loads(x) for x in (tmp_path / "again/failed.jsonl").read_text().splitlines()]
+    assert len(failed) == 11 and result.counts["failed"] == 11
+    assert "Scripted validation failure" in failed[0]["error"]["message"]
+    assert failed[0]["error"]["category"] == "job_failed"
+
+
 def test_per_request_errors_follow_the_online_categories(tmp_path, server) -> None:
     server.fault(teacher_for("item.good_1"), status(400), times=None)  # fails the record
     server.fault(teacher_for("item.short_1"), status(500), times=1)  # sent again, then answered
