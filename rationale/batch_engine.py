@@ -19,12 +19,12 @@ requests an expired or cancelled job never ran go out again in the next round, u
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from rationale.batch_collect import collect
 from rationale.batch_providers import batch_target
 from rationale.batch_store import BatchStore, Part
 from rationale.batch_submit import submit_round
@@ -52,15 +52,56 @@ def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engin
                 f"--batch (--wait to finish here), or cancel them first with `rationale batches "
                 f"{run_dir.path} --cancel` and collect what they answered with --batch"
             )
+        return CollectedFirst(config, run_dir, store, retry_policy=retry_policy)
     return Engine(config, run_dir, retry_policy=retry_policy)
 
 
-def _usage(body: dict[str, Any]) -> tuple[int, int]:
-    """Billed (prompt, completion) tokens of an answer (chat completion or Anthropic message)."""
-    usage = body.get("usage") or {}
-    p = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
-    c = usage.get("completion_tokens", usage.get("output_tokens")) or 0
-    return int(p), int(c)
+def stored_answer(
+    store: BatchStore, key: str, found: tuple[Part, str], client: Any, kwargs: dict[str, Any]
+) -> tuple[Any, TeacherError | None]:
+    """(completion, None) from a collected job's answer, parsed by the online client's own code
+    and priced at the batch price; or (None, the error the job gave or the parser raised)."""
+    part, custom_id = found
+    body, category, message = store.result(part, custom_id)
+    if body is None:
+        cls = FatalTeacherError if category in FATAL else TeacherError
+        return None, cls(message or f"job {part.job} failed it", category=category)
+    try:
+        completion = client.parse(body, kwargs.get("response_model"))
+    except TeacherError as exc:
+        return None, exc
+    p, c = completion.prompt_tokens or 0, completion.completion_tokens or 0
+    price = batch_price(part.model)
+    cost = None if price is None else p * price[0] + c * price[1]
+    attempts = max(store.attempts(key), 1)
+    return replace(completion, cost_usd=cost, attempts=attempts), None
+
+
+class CollectedFirst(Engine):
+    """The online engine on a run folder with batch history: an answer a collected job holds
+    is used (and cached) before anything is sent, so going back online never pays for it twice
+    (a batch pass that stopped early leaves answers its records never took)."""
+
+    def __init__(self, config: Any, run_dir: Any, batches: BatchStore, **kwargs: Any) -> None:
+        super().__init__(config, run_dir, **kwargs)
+        self.batches = batches
+
+    async def call(
+        self, client: Limited, messages: list[dict[str, str]], *, key: str, **kwargs: Any
+    ) -> tuple[Any, bool]:
+        found = self.batches.latest(key)
+        if found is not None and found[0].collected and self.cache.get(key) is None:
+            completion, _ = stored_answer(self.batches, key, found, client.client, kwargs)
+            if completion is not None:
+                self.cache.put(key, completion.to_cache())
+                return completion, False
+        return await super().call(client, messages, key=key, **kwargs)
+
+    async def drive(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().drive(*args, **kwargs)
+        finally:
+            self.batches.close()
 
 
 class BatchEngine(Engine):
@@ -74,6 +115,7 @@ class BatchEngine(Engine):
         self._providers: dict[tuple[str, str | None], Any] = {}
         self._reserved: dict[str, float] = {}  # parts this invocation submitted -> worst case
         self._invalid: set[str] = set()
+        self._collected_now: set[str] = set()  # parts collected by this invocation
         self._charged: set[str] = set()
         self.submitted_now = 0
         self.rounds_now = 0
@@ -109,14 +151,19 @@ class BatchEngine(Engine):
             api_base = part.api_base
         return self._provider(part.model, api_base if part.api_base else None)
 
+    def stopping(self) -> bool:
+        """Only a fatal fault or an error stop a pass: ``--max-cost`` stops what is submitted
+        (`rationale.batch_submit`), never the filing of answers already paid for."""
+        return self.fatal is not None or self.error is not None
+
     def summary(self) -> dict[str, Any]:
         return {**self.store.summary(), "requests_submitted_this_invocation": self.submitted_now,
                 "rounds_this_invocation": self.rounds_now}  # fmt: skip
 
     def stopped_reason(self) -> str | None:
         reason = super().stopped_reason()
-        if reason is None and (out := self.store.in_flight()):
-            jobs = ", ".join(f"{p.job} {p.state}" for p in out[:4])
+        if reason is None and (out := self.store.in_flight() + self.store.unsettled()):
+            jobs = ", ".join(f"{p.job or p.part} {p.state}" for p in out[:4])
             more = f" and {len(out) - 4} more" if len(out) > 4 else ""
             reason = f"batch: {len(out)} jobs in flight ({jobs}{more}); rerun to collect"
         return reason
@@ -139,36 +186,26 @@ class BatchEngine(Engine):
             return Completion(**cached, attempts=max(attempts, 1) if mine else 0), not mine
         if latest is None:
             return self._defer(client, messages, key, kwargs)
-        part, custom_id = latest
+        part = latest[0]
         if not part.collected:
             raise Pending  # in flight, or its job is being looked for
-        body, category, message = self.store.result(part, custom_id)
+        completion, error = stored_answer(self.store, key, latest, client.client, kwargs)
+        if completion is not None:
+            self.cache.put(key, completion.to_cache())
+            return completion, False
+        assert error is not None
+        if error.category == "invalid_output" and key not in self._invalid:
+            self._invalid.add(key)  # billed (charged when its job was collected), not valid
+            self.tally.invalid_paid += 1
         attempts = self.store.attempts(key)
-        error: TeacherError
-        if body is not None:
-            try:
-                completion = client.client.parse(body, kwargs.get("response_model"))
-            except TeacherError as exc:
-                if key not in self._invalid:  # billed (charged when collected), not valid
-                    self._invalid.add(key)
-                    self.tally.invalid_paid += 1
-                error = exc
-            else:
-                p, c = completion.prompt_tokens or 0, completion.completion_tokens or 0
-                completion = replace(
-                    completion, cost_usd=self._cost(part.model, p, c), attempts=max(attempts, 1)
-                )
-                self.cache.put(key, completion.to_cache())
-                return completion, False
-        else:
-            cls = FatalTeacherError if category in FATAL else TeacherError
-            error = cls(message or f"the provider's job {part.job} failed it", category=category)
-        if part.epoch != self.store.epoch:  # failed before --retry-failed: a fresh start
+        if part.epoch != self.store.epoch:  # seen before --retry-failed (an eval's rerun)
             return self._defer(client, messages, key, kwargs)
-        if isinstance(error, FatalTeacherError):
-            self.fatal = self.fatal or error
+        fatal = isinstance(error, FatalTeacherError)
+        if fatal and part.part in self._collected_now:
+            self.fatal = self.fatal or error  # stop: every other request would fail alike
             raise Pending
-        if error.category in RESUBMIT and attempts < self.config.request_attempts:
+        # a fatal fault an earlier invocation stopped on may be fixed now: sent again
+        if (fatal or error.category in RESUBMIT) and attempts < self.config.request_attempts:
             return self._defer(client, messages, key, kwargs)
         error.attempts = attempts
         raise error
@@ -177,10 +214,6 @@ class BatchEngine(Engine):
         if not self.stopping():
             self.deferred.setdefault(key, (client, messages, kwargs))
         raise Pending
-
-    def _cost(self, model: str, p: int, c: int) -> float | None:
-        price = batch_price(model)
-        return None if price is None else p * price[0] + c * price[1]
 
     # -- passes and rounds ---------------------------------------------------------------------
 
@@ -213,9 +246,10 @@ class BatchEngine(Engine):
                                     progress=progress)  # fmt: skip
                 if self.deferred and not self.stopping():
                     await self._submit()
-                if self.stopping() or not self.config.wait or not self.store.in_flight():
+                out = self.store.in_flight() or self.store.unsettled()
+                if self.stopping() or not self.config.wait or not out:
                     break
-                await self._collect(wait=True)
+                await self._wait()
                 if self.stopping() or again is None:
                     break
                 items, todo = again()
@@ -224,7 +258,7 @@ class BatchEngine(Engine):
                 if hasattr(provider, "aclose"):
                     await provider.aclose()
             self.store.close()
-        if out := self.store.in_flight():
+        if out := self.store.in_flight() + self.store.unsettled():
             print(
                 f"{label}: {len(out)} batch jobs in flight; they end within 24 h: rerun the same "
                 "command to collect them (--wait waits here; `rationale batches RUN_DIR` shows "
@@ -232,115 +266,69 @@ class BatchEngine(Engine):
                 file=sys.stderr,
             )
 
+    async def _wait(self) -> None:
+        """--wait: until no job is out and every part is known to be made or not."""
+        while not self.stopping():
+            if self.store.unsettled():
+                await self._settle()
+            await self._collect(wait=True)
+            if not self.store.unsettled() or self.stopping():
+                return
+            await asyncio.sleep(self.config.poll_interval)
+
     async def _settle(self) -> None:
         """Parts prepared but never recorded as submitted (a kill in between): found again at
-        the provider by their tag, or marked abandoned when the provider never made them."""
+        the provider, or marked abandoned when the provider never made them. An OpenAI job is
+        known by the tag in its metadata; an Anthropic job (no metadata) only by the tag that
+        prefixes its custom ids, which its results show once it ended: until every job made
+        since then has ended and been read, the part waits and nothing is sent again."""
         known = {p.job for p in self.store.parts.values() if p.job}
         for part in self.store.unsettled():
             provider = self._provider_of(part)
             try:
                 found = await provider.find(part.tag, part.prepared_at, known, size=part.requests)
+                job, waiting = await self._ours(provider, part, found)
             except TeacherError as exc:
                 raise RationaleError(
                     f"cannot look up batch part {part.part} at {provider.name} ({exc}); it may "
                     "exist, so nothing is sent again until it is found: rerun when the provider "
                     "answers"
                 ) from None
-            if found:
-                self.store.submitted(part, found[0], recovered=True)
-                known.add(found[0].id)
-                print(f"batch: found job {found[0].id} of part {part.part} again (a stop came "
+            if job is not None:
+                self.store.submitted(part, job, recovered=True)
+                known.add(job.id)
+                print(f"batch: found job {job.id} of part {part.part} again (a stop came "
                       "between its submission and its record)", file=sys.stderr)  # fmt: skip
+            elif waiting:
+                print(f"batch: part {part.part}: {waiting} jobs made since it was prepared may be "
+                      "it; it waits until they end to tell (its requests are not sent again "
+                      "meanwhile)", file=sys.stderr)  # fmt: skip
             else:
                 self.store.abandon(part, "not at the provider: it was never made")
+
+    async def _ours(self, provider: Any, part: Part, found: list[Any]) -> tuple[Any, int]:
+        """The job of ``part`` among ``found`` (or None), and how many could still be it."""
+        for job in found:
+            if job.tag == part.tag:
+                return job, 0
+        waiting = 0
+        for job in found:
+            if job.tag is not None:
+                continue  # another run's (its own tag)
+            if not job.ended:
+                job = await provider.retrieve(job.id)  # a list's states may be behind
+            if not job.ended:
+                waiting += 1
+                continue
+            results = await provider.results(job.id)
+            if results and all(r.custom_id.startswith(f"{part.tag}-") for r in results):
+                return job, 0
+        return None, waiting
 
     async def _submit(self) -> None:
         """The deferred requests as new jobs (`rationale.batch_submit`)."""
         await submit_round(self)
 
     async def _collect(self, *, wait: bool) -> None:
-        """Read every job in flight; store the results of the ones that ended. With ``wait``,
-        poll every ``--poll-interval`` seconds until none is left in flight."""
-        while parts := self.store.in_flight():
-            line = []
-            for part in parts:
-                provider = self._provider_of(part)
-                try:
-                    state = await provider.retrieve(part.job)
-                    self.store.note_state(part, state.state)
-                    if state.ended:
-                        await self._take(part, provider, state)
-                except FatalTeacherError as exc:
-                    self.fatal = self.fatal or exc
-                    return
-                except TeacherError as exc:  # the provider is unreachable: try again later
-                    line.append(f"{part.job} unreachable ({exc.category})")
-                    continue
-                line.append(f"{part.job} {state.state} {state.answered + state.errored}/"
-                            f"{state.total}")  # fmt: skip
-            print(f"batch: round {self.store.rounds()}: {', '.join(line)}", file=sys.stderr)
-            if not wait or self.stopping() or not self.store.in_flight():
-                return
-            await asyncio.sleep(self.config.poll_interval)
-
-    async def _take(self, part: Part, provider: Any, state: Any) -> None:
-        """Store an ended job's results, charge them to the ledger once, mark it collected."""
-        results = await provider.results(part.job)
-        ids = {cid: kind for cid, _, kind in self.store.custom_ids(part.part)}
-        if any(r.custom_id not in ids for r in results):
-            self.store.abandon(part, f"job {part.job} holds requests this run never sent")
-            return
-        self.store.store_results(part, results)
-        by_kind: dict[str, dict[str, Any]] = {}
-        answered = 0
-        for r in results:
-            if r.body is None:
-                continue
-            answered += 1
-            p, c = _usage(r.body)
-            k = by_kind.setdefault(
-                ids[r.custom_id],
-                {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
-            )
-            cost = self._cost(part.model, p, c)
-            k["requests"] += 1
-            k["prompt_tokens"] += p
-            k["completion_tokens"] += c
-            k["cost_usd"] = None if cost is None or k["cost_usd"] is None else k["cost_usd"] + cost
-        total = {
-            f: sum(k[f] for k in by_kind.values()) for f in ("prompt_tokens", "completion_tokens")
-        }
-        costs = [k["cost_usd"] for k in by_kind.values()]
-        cost_usd = None if None in costs else sum(costs)
-        if part.job not in self._charged:
-            self.run_dir.charge({
-                "kind": "batch", "batch": part.job, "part": part.part, "requests": part.requests,
-                "ok": answered, **total, "cost_usd": cost_usd, "by_kind": by_kind,
-            })  # fmt: skip
-            self._charged.add(part.job)
-            self._tally(part, answered, total, cost_usd, by_kind)
-        if part.part in self._reserved:
-            self.budget.settle(self._reserved.pop(part.part), cost_usd or 0.0)
-        self.store.collected(part, state.state, {
-            "answered": answered, "errored": part.requests - answered,
-            "prompt_tokens": total["prompt_tokens"],
-            "completion_tokens": total["completion_tokens"], "cost_usd": cost_usd,
-            "error": state.error,
-        })  # fmt: skip
-
-    def _tally(
-        self, part: Part, answered: int, total: dict[str, int], cost: Any, by_kind: Any
-    ) -> None:
-        t = self.tally
-        t.requests += part.requests
-        t.failed_requests += part.requests - answered
-        t.prompt_tokens += total["prompt_tokens"]
-        t.completion_tokens += total["completion_tokens"]
-        t.cost_usd += cost or 0.0
-        t.cost_unknown += answered if cost is None else 0
-        v = by_kind.get("verifier")
-        if v:
-            t.verify_requests += v["requests"]
-            t.verify_prompt_tokens += v["prompt_tokens"]
-            t.verify_completion_tokens += v["completion_tokens"]
-            t.verify_cost_usd += v["cost_usd"] or 0.0
+        """Read the jobs in flight, collect the ended (`rationale.batch_collect`)."""
+        await collect(self, wait=wait)

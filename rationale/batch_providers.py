@@ -35,6 +35,9 @@ __all__ = [
     "provider_for",
 ]
 
+#: Seconds an upload (a job's requests, up to ~200 MB) may take, at least.
+UPLOAD_TIMEOUT = 600.0
+
 SUPPORTED = "openai/... (OpenAI, or an OpenAI-compatible --api-base with the batches endpoints) "
 SUPPORTED += "and anthropic/... (Message Batches)"
 
@@ -77,7 +80,9 @@ def provider_for(model: str, api_base: str | None = None, *, timeout: float = 60
     except Exception:
         provider, wire = model.split("/", 1)[0], model.split("/", 1)[-1]
     if provider in ("openai", "hosted_vllm", "text-completion-openai"):
-        return OpenAIBatches(wire, api_base=api_base, timeout=timeout)
+        # the key the online client reads for this prefix (rationale.fast_teacher)
+        key = os.environ.get("HOSTED_VLLM_API_KEY") if provider == "hosted_vllm" else None
+        return OpenAIBatches(wire, api_base=api_base, timeout=timeout, api_key=key)
     if provider == "anthropic":
         return AnthropicBatches(wire, api_base=api_base, timeout=timeout)
     raise ConfigError(f"--batch: no batch API for {model!r} (provider {provider!r}); {SUPPORTED}")
@@ -115,8 +120,11 @@ def _epoch(value: Any) -> float | None:
 
 
 def _http_category(status: int | None) -> str:
+    """As `rationale.retry.http_error` sorts an online answer's status."""
+    status = status or 0
+    fallback = "server" if status >= 500 or status == 408 else "other"
     return {401: "auth", 403: "auth", 404: "not_found", 400: "bad_request", 422: "bad_request",
-            429: "rate_limit"}.get(status or 0, "server")  # fmt: skip
+            429: "rate_limit"}.get(status, fallback)  # fmt: skip
 
 
 class OpenAIBatches:
@@ -126,19 +134,27 @@ class OpenAIBatches:
     max_requests = 50_000
     max_bytes = 190 * 1024 * 1024  # OpenAI takes files up to 200 MB
 
-    def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self, model: str, *, api_base: str | None = None, timeout: float = 60.0,
+        api_key: str | None = None,
+    ) -> None:  # fmt: skip
         from rationale.litellm_teacher import _quiet_litellm
 
         self.litellm = _quiet_litellm()
         self.model = model
         self.api_base = api_base
         self.timeout = timeout
+        self._api_key = api_key
 
-    def _kwargs(self) -> dict[str, Any]:
+    def _kwargs(self, *, upload: bool = False) -> dict[str, Any]:
+        # an upload of up to 190 MB gets at least 10 minutes, whatever --timeout says
+        timeout = max(self.timeout, UPLOAD_TIMEOUT) if upload else self.timeout
         kwargs: dict[str, Any] = {"custom_llm_provider": "openai", "max_retries": 0,
-                                  "timeout": self.timeout}  # fmt: skip
+                                  "timeout": timeout}  # fmt: skip
         if self.api_base:
             kwargs["api_base"] = self.api_base
+        if self._api_key:
+            kwargs["api_key"] = self._api_key
         return kwargs
 
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +166,7 @@ class OpenAIBatches:
         try:
             file = await self.litellm.acreate_file(
                 file=(f"rationale-{tag}.jsonl", data, "application/jsonl"), purpose="batch",
-                **self._kwargs(),
+                **self._kwargs(upload=True),
             )  # fmt: skip
             job = await self.litellm.acreate_batch(
                 completion_window="24h", endpoint="/v1/chat/completions",
@@ -261,6 +277,7 @@ class AnthropicBatches:
         if not os.environ.get("ANTHROPIC_API_KEY"):
             raise ConfigError("--batch with anthropic/...: set ANTHROPIC_API_KEY")
         self.model = model
+        self.timeout = timeout
         self.client = anthropic.AsyncAnthropic(
             base_url=api_base or None, max_retries=0, timeout=timeout
         )
@@ -285,7 +302,10 @@ class AnthropicBatches:
     async def submit(self, lines: list[dict[str, Any]], tag: str) -> JobState:
         # Message Batches carry no metadata: the tag is the prefix of every custom_id.
         try:
-            return self._state(await self.client.messages.batches.create(requests=lines))
+            created = await self.client.messages.batches.create(
+                requests=lines, timeout=max(self.timeout, UPLOAD_TIMEOUT)
+            )
+            return self._state(created)
         except Exception as exc:
             raise classify(exc) from None
 
@@ -323,20 +343,21 @@ class AnthropicBatches:
             "invalid_request_error": "bad_request", "authentication_error": "auth",
             "permission_error": "auth", "not_found_error": "not_found",
             "rate_limit_error": "rate_limit", "request_too_large": "bad_request",
-        }.get(etype, "server")  # fmt: skip
+            "api_error": "server", "overloaded_error": "server", "timeout_error": "timeout",
+        }.get(etype, "other")  # fmt: skip
         return Result(custom_id, category=category,
                       message=redact(f"{etype}: {getattr(error, 'message', '')}"))  # fmt: skip
 
     async def find(self, tag: str, since: float, known: set[str], size: int = 0) -> list[JobState]:
-        """Jobs made since ``since`` that no part of the run knows, with ``size`` requests.
-
-        Message Batches carry no metadata, so a job is matched by time and size here, and by the
-        tag in its custom ids when its results are read (`rationale.batch_engine`)."""
+        """Jobs made since ``since`` that no part of the run knows, with ``size`` requests: the
+        candidates. Message Batches carry no metadata, so which one (if any) is the part's own
+        is told by the tag in its custom ids once its results can be read
+        (`rationale.batch_engine`); until then none is taken for it."""
         found: list[JobState] = []
         try:
             async for job in self.client.messages.batches.list(limit=100):
                 state = self._state(job)
-                if (state.created or 0) < since - 600:
+                if (state.created or 0) < since - 3600:  # an hour of clock skew
                     break
                 if state.id not in known and (not size or state.total == size):
                     found.append(state)

@@ -49,7 +49,7 @@ class Part:
     collected: bool = False
     abandoned: bool = False
     counts: dict[str, Any] = field(default_factory=dict)  # answered, errored, cost_usd, ...
-    epoch: int = 0  # how many retry_failed events came before it
+    epoch: int = -1  # collected: how many retry_failed events came before its collection
 
     @property
     def in_flight(self) -> bool:
@@ -111,7 +111,7 @@ class BatchStore:
             self.parts[e["part"]] = Part(
                 part=e["part"], tag=e["tag"], round=e["round"], provider=e["provider"],
                 model=e["model"], api_base=e.get("api_base"), requests=e["requests"],
-                prepared_at=e["at"], epoch=self.epoch,
+                prepared_at=e["at"],
             )  # fmt: skip
             return
         part = self.parts[e["part"]]
@@ -124,6 +124,7 @@ class BatchStore:
             part.abandoned, part.state = True, "abandoned"
         elif kind == "collected":
             part.collected, part.state, part.counts = True, e["state"], e.get("counts", {})
+            part.epoch = self.epoch
         else:
             raise KeyError(kind)
 
@@ -151,6 +152,9 @@ class BatchStore:
         tag = f"{os.urandom(4).hex()}{part}"  # unique over runs: found again by it after a kill
         with self.db:
             self.db.execute("BEGIN")
+            # rows a kill left before the part's `prepared` line reached the history
+            self.db.execute("DELETE FROM requests WHERE part=?", (part,))
+            self.db.execute("DELETE FROM results WHERE part=?", (part,))
             self.db.executemany(
                 "INSERT OR REPLACE INTO requests VALUES (?,?,?,?)",
                 [(part, f"{tag}-{cid}", key, kind) for cid, key, kind in requests],
@@ -207,12 +211,13 @@ class BatchStore:
         return None
 
     def attempts(self, key: str) -> int:
-        """How many parts since the last ``--retry-failed`` carried ``key``."""
+        """How many parts carried ``key``: the ones out, and the ones collected since the last
+        ``retry_failed`` (``--retry-failed``; an eval's every invocation)."""
         return sum(
             1
             for (part_id,) in self.db.execute("SELECT part FROM requests WHERE key=?", (key,))
             if (p := self.parts.get(part_id)) is not None and not p.abandoned
-            and p.epoch == self.epoch
+            and (not p.collected or p.epoch == self.epoch)
         )  # fmt: skip
 
     def result(self, part: Part, custom_id: str) -> tuple[Any, str | None, str | None]:
@@ -247,7 +252,7 @@ class BatchStore:
             "jobs": len(live),
             "rounds": self.rounds(),
             "requests_submitted": sum(p.requests for p in live),
-            "in_flight_jobs": sum(p.in_flight for p in live),
+            "in_flight_jobs": sum(p.in_flight or p.job is None for p in live),
             "answered": sum(p.counts.get("answered", 0) for p in live),
             "errored": sum(p.counts.get("errored", 0) for p in live),
             "cost_usd": round(sum(p.counts.get("cost_usd") or 0.0 for p in live), 8),

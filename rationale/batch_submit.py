@@ -37,7 +37,10 @@ def _body_tokens(body: dict[str, Any]) -> int:
 
 
 async def submit_round(engine: Any) -> None:
-    """The deferred requests as new jobs: one round, split by model and provider limits."""
+    """The deferred requests as new jobs: one round, split by model and provider limits.
+    Nothing goes out once ``--max-cost`` was reached in this invocation."""
+    if engine.budget.exhausted:
+        return
     round_ = engine.store.rounds() + 1
     groups: dict[tuple[str, str | None], list[tuple[str, str, dict[str, Any], int]]] = {}
     for key, (client, messages, kwargs) in engine.deferred.items():

@@ -159,15 +159,31 @@ class LiteLLMTeacher(PriceMap):
             _, kwargs = handle_response_model(
                 response_model or self._default_model, mode=Mode.JSON, **kwargs
             )
-        if provider != "anthropic":
-            return {"model": model, **kwargs}
+        messages = kwargs.pop("messages")
+        # litellm's own mapping of the parameters, as online: max_tokens becomes
+        # max_completion_tokens and temperature goes for OpenAI's reasoning models; Anthropic's
+        # Messages API has its own names
+        optional = litellm.get_optional_params(
+            model=model, drop_params=True, messages=messages,
+            custom_llm_provider="anthropic" if provider == "anthropic" else "openai", **kwargs,
+        )  # fmt: skip
+        if provider != "anthropic":  # OpenAI's chat body (o-series: no system role either)
+            from litellm.types.utils import LlmProviders
+            from litellm.utils import ProviderConfigManager
+
+            config = ProviderConfigManager.get_provider_chat_config(
+                model=model, provider=LlmProviders.OPENAI
+            )
+            body = dict(config.transform_request(  # type: ignore[union-attr]
+                model=model, messages=messages, optional_params=optional, litellm_params={},
+                headers={},
+            ))  # fmt: skip
+            body.update(body.pop("extra_body", None) or {})
+            if body.get("stream") is False:  # the SDK does not send it
+                del body["stream"]
+            return body
         from litellm.llms.anthropic.chat.transformation import AnthropicConfig
 
-        messages = kwargs.pop("messages")
-        optional = litellm.get_optional_params(
-            model=model, custom_llm_provider="anthropic", drop_params=True, messages=messages,
-            **kwargs,
-        )  # fmt: skip
         body = dict(
             AnthropicConfig().transform_request(
                 model=model,

@@ -8,6 +8,7 @@ answered (an answered request is never sent again; nothing is paid twice).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from test_cli_runs import RATIONALE
 from test_filter import records_file, responder
 
 from rationale import RationaleError
+from rationale.errors import TeacherError
 from rationale.filter import run_filter
 from rationale.rundir import STATES, read_run_json
 from rationale.synth import SynthConfig, run_synth
@@ -125,6 +127,27 @@ def test_batch_files_the_records_online_would_at_half_the_price(
     assert spend["verifier (batch)"]["requests"] == online.tally.verify_requests
 
 
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/o3-mini", ANTHROPIC])
+@pytest.mark.parametrize("answer", ["rationale", "action", "text"])
+def test_a_batch_body_is_the_body_litellm_sends_online(server, model, answer) -> None:
+    """For each response model (teacher, verifier, eval's raw text) and provider, including
+    OpenAI's reasoning models (max_completion_tokens, no temperature, no system role)."""
+    import asyncio
+
+    from rationale.completion import RawText
+    from rationale.litellm_teacher import LiteLLMTeacher
+    from rationale.schema import ActionSpace
+
+    response_model = {"rationale": None, "action": ActionSpace.default().action_only_model,
+                      "text": RawText}[answer]  # fmt: skip
+    teacher = LiteLLMTeacher(model, api_base=server.url if "openai" in model else server.root)
+    messages = [{"role": "system", "content": "You explain."}, {"role": "user", "content": "Why?"}]
+    kwargs = {"temperature": 0.0, "max_tokens": 99, "seed": 4, "response_model": response_model}
+    with contextlib.suppress(TeacherError):  # the default answer is no action: only the body
+        asyncio.run(teacher.attempt(messages, assistant_prefix=None, **kwargs))
+    assert server.requests[-1]["body"] == teacher.request_body(messages, **kwargs)
+
+
 def test_history_rationales_wait_for_the_earlier_steps(tmp_path, server, monkeypatch) -> None:
     """With --history-rationales a step's prompt holds the earlier steps' accepted rationales:
     in batch mode a step goes out only once the steps before it are filed."""
@@ -218,24 +241,44 @@ def test_per_request_errors_follow_the_online_categories(tmp_path, server) -> No
     server.fault(teacher_for("item.good_1"), status(400), times=None)  # fails the record
     server.fault(teacher_for("item.short_1"), status(500), times=1)  # sent again, then answered
     server.fault(teacher_for("item.long_1"), status(500), times=None)  # out of attempts
+    server.fault(teacher_for("item.third_1"), status(402), times=None)  # as online: fails
     result = batch(tmp_path, server, wait=True, request_attempts=2)
     recs = {k[1]: r for k, r in records(tmp_path / "run").items() if k[0] == "s1"}
     assert result.pending == 0 and len(records(tmp_path / "run")) == 11
     assert recs[0]["state"] == "failed" and recs[0]["error"] == "bad_request"
     assert recs[2]["state"] == "rejected"  # the 500 was retried: its answer is too short
     assert recs[3]["state"] == "failed" and recs[3]["error"] == "server"
+    assert recs[4]["state"] == "failed" and recs[4]["error"] == "other"
     failed = [json.loads(x) for x in (tmp_path / "run/failed.jsonl").read_text().splitlines()]
     long_ = next(f for f in failed if f["record"]["step"] == 3)
     assert long_["provenance"]["attempts"] == 2 and "HTTP 500" in long_["error"]["message"]
     assert sorted(server.submitted.values()).count(2) == 2  # short and long went twice
 
 
-def test_a_per_request_auth_error_stops_the_run(tmp_path, server) -> None:
-    server.fault(teacher_for("item.good_1"), status(401), times=None)
+def test_a_per_request_auth_error_stops_the_run_and_a_rerun_sends_it_again(
+    tmp_path, server
+) -> None:
+    server.fault(teacher_for("item.good_1"), status(401), times=1)  # a key fixed in between
     with pytest.raises(RationaleError, match=r"stopped .*fatal.*rerun"):
         batch(tmp_path, server, wait=True)
     run = read_run_json(tmp_path / "run")
-    assert run["pending"] + sum(run["counts"].values()) == 11
+    assert run["pending"] + sum(run["counts"].values()) == 11 and run["pending"] > 0
+    result = batch(tmp_path, server, wait=True)
+    assert result.pending == 0 and records(tmp_path / "run")[("s1", 0)]["state"] == "accepted"
+    assert set(server.answered.values()) == {1}
+
+
+def test_going_back_online_uses_what_the_jobs_answered(tmp_path, server) -> None:
+    """A batch pass that stopped early left answers its records never took: an online rerun
+    on the folder takes them from the stored results instead of paying for them again."""
+    server.fault(teacher_for("item.good_1"), status(401), times=1)
+    with pytest.raises(RationaleError, match="fatal"):
+        batch(tmp_path, server, wait=True)
+    assert sum(server.answered.values()) == 10
+    run_synth(config(tmp_path, server), retry_policy=FAST)
+    assert len(records(tmp_path / "run")) == 11
+    online = [fingerprint(r["body"]) for r in server.requests]
+    assert online and not [fp for fp in online if server.answered[fp]]  # none paid twice
 
 
 def test_batches_shows_and_cancels_the_jobs_of_a_run(tmp_path, server) -> None:
@@ -305,6 +348,45 @@ def test_a_kill_between_submit_and_record_loses_nothing(tmp_path, server, teache
     assert server.creates == result.batch["jobs"] == result.batch["rounds"]
 
 
+def test_another_runs_job_of_the_same_size_is_never_taken_for_ours(
+    tmp_path, server, monkeypatch
+) -> None:
+    """Message Batches carry no metadata: after a kill, a job another run made in the meantime
+    with as many requests looks the same until its results show their custom ids."""
+    _cli_until_killed(tmp_path, server, ANTHROPIC, before=False)
+    (ours,) = server.jobs
+    server.hold = True
+    monkeypatch.setenv("RATIONALE_HOME", str(tmp_path / "other_home"))
+    batch(tmp_path, server, ANTHROPIC, out="other", temperature=0.3)  # 11 requests too
+    waiting = batch(tmp_path, server, ANTHROPIC)
+    assert waiting.pending == 11 and server.creates == 2  # it waits: nothing sent again
+    server.finish_all()
+    server.hold = False
+    result = batch(tmp_path, server, ANTHROPIC, wait=True)
+    events = (tmp_path / "run/batches/jobs.jsonl").read_text()
+    assert f'"job": "{ours}"' in events and '"recovered": true' in events
+    assert result.pending == 0 and set(server.submitted.values()) == {1}
+
+
+def test_a_kill_after_indexing_a_part_before_recording_it(tmp_path, server, monkeypatch) -> None:
+    from rationale.batch_store import BatchStore
+
+    real = BatchStore._event
+
+    def killed(self, **event):
+        if event["event"] == "prepared":
+            raise KeyboardInterrupt  # the requests are indexed, the history says nothing
+        return real(self, **event)
+
+    monkeypatch.setattr(BatchStore, "_event", killed)
+    with pytest.raises(KeyboardInterrupt):
+        batch(tmp_path, server)
+    monkeypatch.setattr(BatchStore, "_event", real)
+    result = batch(tmp_path, server, wait=True)
+    assert result.pending == 0 and server.creates == result.batch["jobs"]
+    assert set(server.submitted.values()) == {1}
+
+
 def test_a_kill_before_the_job_was_made_sends_it_once(tmp_path, server) -> None:
     _cli_until_killed(tmp_path, server, OPENAI, before=True)
     assert server.creates == 0
@@ -327,6 +409,15 @@ def test_max_cost_caps_what_is_submitted(tmp_path, server) -> None:
     run = read_run_json(tmp_path / "run")
     assert run["cost_usd"]["total"] <= 0.0005 * 2
     assert collected.tally.cost_usd <= 0.0005
+
+
+def test_max_cost_with_wait_files_what_was_paid_for(tmp_path, server) -> None:
+    """With --wait a budget stop still waits for the jobs it sent and files their records."""
+    result = batch(tmp_path, server, max_cost=0.0005, wait=True, max_attempts=1, verifier="none")
+    sent = result.batch["requests_submitted_this_invocation"]
+    assert result.stopped.startswith("budget") and result.batch["in_flight_jobs"] == 0
+    assert len(records(tmp_path / "run")) == sent == 11 - result.pending and 0 < sent < 11
+    assert result.tally.cost_usd <= 0.0005
 
 
 def test_requests_are_split_to_the_provider_limits(tmp_path, server, monkeypatch) -> None:
@@ -431,6 +522,25 @@ def test_eval_in_batch_mode_scores_as_online(tmp_path, server, monkeypatch, teac
     ]
     assert set(server.submitted.values()) == {1} and server.creates == 1
     assert done["usage"]["cost_usd"] == pytest.approx(online["usage"]["cost_usd"] / 2, abs=1e-7)
+
+
+def test_eval_files_a_bad_request_once_and_asks_it_again_on_the_next_run(
+    tmp_path, server, monkeypatch
+) -> None:
+    from test_eval_api import first_element, make_test_file
+
+    from rationale.evaluate import EvalConfig, run_eval
+
+    server.responder = first_element
+    server.fault(lambda body: "a1" in last_user_text(body), status(400), times=None)
+    config = EvalConfig(model=OPENAI, data=str(make_test_file(tmp_path)), bootstrap=200,
+                        output=str(tmp_path / "ev"), api_base=server.url, batch=True)  # fmt: skip
+    assert run_eval(config).data["pending"] == 12  # submitted
+    with pytest.raises(RationaleError, match="1 of 12 cases failed"):
+        run_eval(config)  # collected: the bad request is filed failed, not sent again
+    out = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert out["pending"] == 0 and out["failed"] == 1 and server.creates == 1
+    assert run_eval(config).data["pending"] == 1 and server.creates == 2  # asked again
 
 
 def test_eval_batch_of_a_local_model_is_refused(tmp_path) -> None:

@@ -156,7 +156,10 @@ def report(run_dir: str, as_json: bool, chart: str | None) -> None:
 
     if chart and Path(chart).resolve().parent == Path(run_dir).resolve():
         raise click.UsageError("--chart must be outside the run folder (report only reads it)")
-    if not any((Path(run_dir) / f"{s}.jsonl").exists() for s in ("accepted", "rejected", "failed")):
+    files = ("accepted", "rejected", "failed")
+    if not (Path(run_dir) / "run.json").exists() and not any(
+        (Path(run_dir) / f"{s}.jsonl").exists() for s in files
+    ):
         raise click.ClickException(
             f"{run_dir}: not a run folder (no accepted/rejected/failed.jsonl)"
         )

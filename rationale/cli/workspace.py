@@ -53,7 +53,12 @@ def run(config: str | None, start: str | None, until: str | None, dry_run: bool)
             f"synth estimate: {est['to_call']} calls ({est['cached']} cached, "
             f"{est['already_done']} done), {est['prompt_tokens']} prompt tokens, at most "
             f"{est['max_completion_tokens']} completion tokens, at most "
-            + (f"${cost:.4f}" if cost is not None else "an unknown cost (not in the price map)"),
+            + (f"${cost:.4f}" if cost is not None else "an unknown cost (not in the price map)")
+            + (
+                f" online, at most ${est['max_cost_usd_batch']:.4f} with batch = true"
+                if est.get("max_cost_usd_batch") is not None
+                else ""
+            ),
             err=True,
         )
         click.echo(json.dumps(est, indent=2))
