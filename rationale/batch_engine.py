@@ -19,6 +19,7 @@ requests an expired or cancelled job never ran go out again in the next round, u
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
