@@ -56,6 +56,17 @@ def anthropic_as_chat(params: dict) -> dict:
     return {**params, "messages": messages}
 
 
+def as_message(c: dict) -> dict:
+    """A chat completion the responder made, as an Anthropic Messages answer."""
+    return {
+        "id": f"msg_{c['id']}", "type": "message", "role": "assistant", "model": c["model"],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "content": [{"type": "text", "text": c["choices"][0]["message"]["content"]}],
+        "usage": {"input_tokens": c["usage"]["prompt_tokens"],
+                  "output_tokens": c["usage"]["completion_tokens"]},
+    }  # fmt: skip
+
+
 @dataclass
 class Job:
     id: str
@@ -256,24 +267,19 @@ class BatchServer(ScriptedServer):
     async def _cancel(self, request: web.Request) -> web.Response:
         job = self.jobs[request.match_info["id"]]
         job.cancelled = True
-        return web.json_response(self._openai_batch(job))
+        render = self._openai_batch if job.provider == "openai" else self._anthropic_batch
+        return web.json_response(render(job))
 
     async def _list(self, request: web.Request) -> web.Response:
-        jobs = sorted(
-            (j for j in self.jobs.values() if j.provider == "openai"),
-            key=lambda j: j.id,
-            reverse=True,
-        )
-        data = [self._openai_batch(j) for j in jobs]
-        return web.json_response(
-            {
-                "object": "list",
-                "data": data,
-                "has_more": False,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            }
-        )
+        """Newest first, as both providers list; the path tells which provider's jobs."""
+        provider = "anthropic" if "/messages/" in request.path else "openai"
+        render = self._openai_batch if provider == "openai" else self._anthropic_batch
+        jobs = sorted((j for j in self.jobs.values() if j.provider == provider),
+                      key=lambda j: j.id, reverse=True)  # fmt: skip
+        data = [render(j) for j in jobs]
+        page = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}  # fmt: skip
+        return web.json_response({"object": "list", **page} if provider == "openai" else page)
 
     async def _content(self, request: web.Request) -> web.Response:
         file_id = request.match_info["id"]
@@ -376,51 +382,12 @@ class BatchServer(ScriptedServer):
         self._read(job)
         return web.json_response(self._anthropic_batch(job))
 
-    async def _a_cancel(self, request: web.Request) -> web.Response:
-        job = self.jobs[request.match_info["id"]]
-        job.cancelled = True
-        return web.json_response(self._anthropic_batch(job))
-
-    async def _a_list(self, request: web.Request) -> web.Response:
-        jobs = sorted(
-            (j for j in self.jobs.values() if j.provider == "anthropic"),
-            key=lambda j: j.id,
-            reverse=True,
-        )
-        data = [self._anthropic_batch(j) for j in jobs]
-        return web.json_response(
-            {
-                "data": data,
-                "has_more": False,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            }
-        )
-
     async def _a_results(self, request: web.Request) -> web.Response:
         job = self.jobs[request.match_info["id"]]
         lines = []
         for r in job.results or []:
             if r["kind"] == "ok":
-                c = r["completion"]
-                result = {
-                    "type": "succeeded",
-                    "message": {
-                        "id": f"msg_{c['id']}",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": c["model"],
-                        "stop_reason": "end_turn",
-                        "stop_sequence": None,
-                        "content": [
-                            {"type": "text", "text": c["choices"][0]["message"]["content"]}
-                        ],
-                        "usage": {
-                            "input_tokens": c["usage"]["prompt_tokens"],
-                            "output_tokens": c["usage"]["completion_tokens"],
-                        },
-                    },
-                }
+                result = {"type": "succeeded", "message": as_message(r["completion"])}
             elif r["kind"] == "error":
                 kind = {
                     400: "invalid_request_error",
@@ -443,19 +410,7 @@ class BatchServer(ScriptedServer):
         """Anthropic's Messages API online (what litellm calls for anthropic/... models)."""
         body = await request.json()
         chat = anthropic_as_chat(body)
-        with self._lock:
-            index = self._count
-            self._count += 1
-            if self.record:
-                self._records.append(
-                    {
-                        "index": index,
-                        "time": time.time(),
-                        "body": body,
-                        "raw": json.dumps(body),
-                        "path": request.path,
-                    }
-                )
+        index = self._arrive(request, body, json.dumps(body))
         reply = self._choose(chat, index) or ok()
         if reply.kind != "ok":
             return web.json_response(
@@ -466,21 +421,7 @@ class BatchServer(ScriptedServer):
                 status=reply.code if reply.kind == "status" else 500,
             )
         c = self._bill(_completion(reply, chat, index))
-        return web.json_response(
-            {
-                "id": f"msg_{index}",
-                "type": "message",
-                "role": "assistant",
-                "model": c["model"],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "content": [{"type": "text", "text": c["choices"][0]["message"]["content"]}],
-                "usage": {
-                    "input_tokens": c["usage"]["prompt_tokens"],
-                    "output_tokens": c["usage"]["completion_tokens"],
-                },
-            }
-        )
+        return web.json_response(as_message(c))
 
     def _app(self) -> web.Application:
         app = super()._app()
@@ -493,10 +434,10 @@ class BatchServer(ScriptedServer):
         r.add_post("/v1/batches/{id}/cancel", self._cancel)
         r.add_post("/v1/messages", self._a_message)
         r.add_post("/v1/messages/batches", self._a_create)
-        r.add_get("/v1/messages/batches", self._a_list)
+        r.add_get("/v1/messages/batches", self._list)
         r.add_get("/v1/messages/batches/{id}", self._a_get)
         r.add_get("/v1/messages/batches/{id}/results", self._a_results)
-        r.add_post("/v1/messages/batches/{id}/cancel", self._a_cancel)
+        r.add_post("/v1/messages/batches/{id}/cancel", self._cancel)
         return app
 
 

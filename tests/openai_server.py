@@ -382,20 +382,7 @@ class ScriptedServer:
                 body = {}
         except ValueError:
             body = {}
-        with self._lock:
-            index = self._count
-            self._count += 1
-            if self.record:
-                self._records.append(
-                    {
-                        "index": index,
-                        "time": time.time(),
-                        "body": body,
-                        "raw": raw,
-                        "headers": Headers((k.lower(), v) for k, v in request.headers.items()),
-                        "path": request.path,
-                    }
-                )
+        index = self._arrive(request, body, raw)
         reply = self._choose(body, index)  # on arrival: scripted replies go in arrival order
         if self.latency > 0:
             await asyncio.sleep(self.latency)
@@ -410,6 +397,24 @@ class ScriptedServer:
         if reply is None:
             reply = ok()
         return await self._send(request, reply, body, index)
+
+    def _arrive(self, request: web.Request, body: dict, raw: str) -> int:
+        """Count (and record) a request that arrived; returns its index."""
+        with self._lock:
+            index = self._count
+            self._count += 1
+            if self.record:
+                self._records.append(
+                    {
+                        "index": index,
+                        "time": time.time(),
+                        "body": body,
+                        "raw": raw,
+                        "headers": Headers((k.lower(), v) for k, v in request.headers.items()),
+                        "path": request.path,
+                    }
+                )
+        return index
 
     async def _send(
         self, request: web.Request, reply: Reply, body: dict, index: int
