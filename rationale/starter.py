@@ -30,6 +30,8 @@ teacher = "local"              # EDIT: e.g. "openai/gpt-4o-mini" (OPENAI_API_KEY
                                # "local" is a 135M model on CPU: no key, weak rationales
 # verifier = "auto"            # the blind consistency check: the teacher (off for local)
 # max-cost = 5.0               # USD cap of one invocation
+# batch = true                 # the provider's batch API (openai/, anthropic/): half the price,
+                               # answers within 24 h; `rationale run` again collects them
 # template = "web_shopping"    # or "generic", or your own .jinja
 
 [distill]
