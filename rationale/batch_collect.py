@@ -46,6 +46,13 @@ async def collect(engine: Any, *, wait: bool) -> None:
                 if state.ended:
                     await _take(engine, part, provider, state)
             except FatalTeacherError as exc:
+                if exc.category == "not_found":  # gone (deleted, past retention) or elsewhere
+                    exc = FatalTeacherError(
+                        f"{provider.name} does not know job {part.job} of part {part.part} "
+                        f"({exc}); if the key or --api-base changed, restore it; if the job is "
+                        f"gone for good, `rationale batches RUN_DIR --forget {part.part}` sends "
+                        "its requests again in the next round", category="not_found",
+                    )  # fmt: skip
                 engine.fatal = engine.fatal or exc
                 return
             except TeacherError as exc:  # the provider is unreachable: try again later
@@ -68,18 +75,19 @@ async def _take(engine: Any, part: Part, provider: Any, state: Any) -> None:
         return
     engine.store.store_results(part, results)
     by_kind: dict[str, dict[str, Any]] = {}
+    for kind in ids.values():  # requests: every one submitted, as the ledger counts them
+        k = by_kind.setdefault(kind, {"requests": 0, "answered": 0, "prompt_tokens": 0,
+                                      "completion_tokens": 0, "cost_usd": 0.0})  # fmt: skip
+        k["requests"] += 1
     answered = 0
     for r in results:
         if r.body is None:
             continue
         answered += 1
         p, c = _usage(r.body)
-        k = by_kind.setdefault(
-            ids[r.custom_id],
-            {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
-        )
+        k = by_kind[ids[r.custom_id]]
         cost = _cost(part.model, p, c)
-        k["requests"] += 1
+        k["answered"] += 1
         k["prompt_tokens"] += p
         k["completion_tokens"] += c
         k["cost_usd"] = None if cost is None or k["cost_usd"] is None else k["cost_usd"] + cost

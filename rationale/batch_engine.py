@@ -47,7 +47,7 @@ def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engin
     if (run_dir.path / "batches" / "jobs.jsonl").exists():
         store = BatchStore(run_dir.path / "batches")
         out = store.in_flight() + store.unsettled()
-        if out:  # online, their requests would be sent (and paid for) a second time
+        if out and not getattr(config, "dry_run", False):  # online, their requests would be sent (and paid for) a second time
             raise RationaleError(
                 f"{run_dir.path} has {len(out)} batch jobs not collected yet; continue it with "
                 f"--batch (--wait to finish here), or cancel them first with `rationale batches "
@@ -198,9 +198,9 @@ class BatchEngine(Engine):
         if error.category == "invalid_output" and key not in self._invalid:
             self._invalid.add(key)  # billed (charged when its job was collected), not valid
             self.tally.invalid_paid += 1
-        attempts = self.store.attempts(key)
-        if part.epoch != self.store.epoch:  # seen before --retry-failed (an eval's rerun)
+        if self.store.failed_before(key, part):  # --retry-failed (an eval's rerun): anew
             return self._defer(client, messages, key, kwargs)
+        attempts = self.store.attempts(key)
         fatal = isinstance(error, FatalTeacherError)
         if fatal and part.part in self._collected_now:
             self.fatal = self.fatal or error  # stop: every other request would fail alike
@@ -209,6 +209,7 @@ class BatchEngine(Engine):
         if (fatal or error.category in RESUBMIT) and attempts < self.config.request_attempts:
             return self._defer(client, messages, key, kwargs)
         error.attempts = attempts
+        self.store.mark_failed(key, part)
         raise error
 
     def _defer(self, client: Limited, messages: Any, key: str, kwargs: dict[str, Any]) -> Any:
@@ -240,8 +241,9 @@ class BatchEngine(Engine):
             if getattr(self.config, "retry_failed", True) and self.store.parts:
                 self.store.retry_failed()
             await self._settle()
-            await self._collect(wait=False)
-            while True:
+            if not self.stopping():
+                await self._collect(wait=False)
+            while not self.stopping():
                 self.deferred = {}
                 await super().drive(items, process, todo=todo, label=label, unit=unit,
                                     progress=progress)  # fmt: skip
@@ -290,11 +292,13 @@ class BatchEngine(Engine):
                 found = await provider.find(part.tag, part.prepared_at, known, size=part.requests)
                 job, waiting = await self._ours(provider, part, found)
             except TeacherError as exc:
-                raise RationaleError(
+                self.fail(RationaleError(
                     f"cannot look up batch part {part.part} at {provider.name} ({exc}); it may "
                     "exist, so nothing is sent again until it is found: rerun when the provider "
-                    "answers"
-                ) from None
+                    f"answers (or, if it never made it, `rationale batches RUN_DIR --forget "
+                    f"{part.part}`)"
+                ))  # fmt: skip
+                return
             if job is not None:
                 self.store.submitted(part, job, recovered=True)
                 known.add(job.id)

@@ -16,7 +16,7 @@ from typing import Any
 from rationale.batch_store import BatchStore
 from rationale.errors import RationaleError, TeacherError
 
-__all__ = ["batch_jobs", "render_jobs"]
+__all__ = ["batch_jobs", "forget", "render_jobs"]
 
 
 def batch_jobs(
@@ -64,6 +64,32 @@ async def _rows(store: BatchStore, cancel: bool, api_base: str | None) -> list[d
             if hasattr(provider, "aclose"):
                 await provider.aclose()
     return rows
+
+
+def forget(run_dir: str | Path, which: str) -> str:
+    """Mark a part (by part or job id) that is not collected as abandoned, so the next run
+    sends its requests again: for a job the provider lost or never made. Takes the run's lock.
+    Returns what was done, in a line."""
+    from rationale.rundir import take_lock
+
+    run_dir = Path(run_dir)
+    lock = take_lock(run_dir, "batches --forget")
+    try:
+        store = BatchStore(run_dir / "batches")
+        part = next((p for p in store.parts.values() if which in (p.part, p.job)), None)
+        if part is None:
+            raise RationaleError(f"{run_dir}: no batch part or job {which!r}")
+        if part.collected or part.abandoned:
+            raise RationaleError(f"part {part.part} is {part.state}: nothing to forget")
+        store.abandon(part, "forgotten with `rationale batches --forget`")
+        store.close()
+    finally:
+        lock.close()
+    billed = f"; job {part.job} is billed if it still runs: cancel it first" if part.job else ""
+    return (
+        f"forgot part {part.part} ({part.requests} requests): the next run sends them again"
+        + billed
+    )
 
 
 def _endpoint(stored: str | None, given: str | None) -> str | None:

@@ -42,6 +42,7 @@ class Part:
     api_base: str | None
     requests: int
     prepared_at: float
+    estimate: int = 0  # our count of its prompt tokens (the budget's margin learns from it)
     job: str | None = None
     state: str = "prepared"  # the provider's last word, or prepared / abandoned
     created: float | None = None
@@ -49,7 +50,6 @@ class Part:
     collected: bool = False
     abandoned: bool = False
     counts: dict[str, Any] = field(default_factory=dict)  # answered, errored, cost_usd, ...
-    epoch: int = -1  # collected: how many retry_failed events came before its collection
 
     @property
     def in_flight(self) -> bool:
@@ -81,6 +81,9 @@ class BatchStore:
                 "CREATE INDEX IF NOT EXISTS requests_key ON requests (key);"
                 "CREATE TABLE IF NOT EXISTS results (part TEXT, custom_id TEXT, body TEXT, "
                 "category TEXT, message TEXT, PRIMARY KEY (part, custom_id));"
+                # a request whose error failed its record, and the retry_failed count then
+                "CREATE TABLE IF NOT EXISTS failed (key TEXT, part TEXT, epoch INTEGER, "
+                "PRIMARY KEY (key, part));"
             )
         return self._db
 
@@ -111,7 +114,7 @@ class BatchStore:
             self.parts[e["part"]] = Part(
                 part=e["part"], tag=e["tag"], round=e["round"], provider=e["provider"],
                 model=e["model"], api_base=e.get("api_base"), requests=e["requests"],
-                prepared_at=e["at"],
+                prepared_at=e["at"], estimate=e.get("estimate", 0),
             )  # fmt: skip
             return
         part = self.parts[e["part"]]
@@ -124,7 +127,6 @@ class BatchStore:
             part.abandoned, part.state = True, "abandoned"
         elif kind == "collected":
             part.collected, part.state, part.counts = True, e["state"], e.get("counts", {})
-            part.epoch = self.epoch
         else:
             raise KeyError(kind)
 
@@ -144,7 +146,7 @@ class BatchStore:
 
     def prepare(
         self, *, provider: str, model: str, api_base: str | None, round_: int,
-        requests: list[tuple[str, str, str]],
+        requests: list[tuple[str, str, str]], estimate: int = 0,
     ) -> Part:  # fmt: skip
         """Index a part's requests ((custom_id, key, kind) each) and record it as prepared."""
         n = len(self.parts) + 1
@@ -162,6 +164,7 @@ class BatchStore:
         self._event(
             event="prepared", part=part, tag=tag, round=round_, provider=provider, model=model,
             api_base=redact(api_base) if api_base else None, requests=len(requests),
+            estimate=estimate,
         )  # fmt: skip
         return self.parts[part]
 
@@ -210,15 +213,32 @@ class BatchStore:
                 return part, custom_id
         return None
 
+    def mark_failed(self, key: str, part: Part) -> None:
+        """``key``'s answer in ``part`` failed its record (it goes out again only once a
+        ``retry_failed`` came since: ``--retry-failed``, an eval's next invocation)."""
+        self.db.execute("INSERT OR IGNORE INTO failed VALUES (?,?,?)", (key, part.part, self.epoch))
+
+    def failed_before(self, key: str, part: Part) -> bool:
+        """Whether ``key`` failed its record in ``part`` before the last ``retry_failed``."""
+        row = self.db.execute(
+            "SELECT 1 FROM failed WHERE key=? AND part=? AND epoch<?", (key, part.part, self.epoch)
+        ).fetchone()
+        return row is not None
+
     def attempts(self, key: str) -> int:
-        """How many parts carried ``key``: the ones out, and the ones collected since the last
-        ``retry_failed`` (``--retry-failed``; an eval's every invocation)."""
+        """How many parts carried ``key`` since it last failed its record before a
+        ``retry_failed`` (a fresh start): its submissions toward ``--request-attempts``."""
+        anchor = self.db.execute(
+            "SELECT MAX(r.rowid) FROM requests r JOIN failed f ON f.part=r.part AND f.key=r.key "
+            "WHERE r.key=? AND f.epoch<?", (key, self.epoch),
+        ).fetchone()[0] or 0  # fmt: skip
         return sum(
             1
-            for (part_id,) in self.db.execute("SELECT part FROM requests WHERE key=?", (key,))
+            for (part_id,) in self.db.execute(
+                "SELECT part FROM requests WHERE key=? AND rowid>?", (key, anchor)
+            )
             if (p := self.parts.get(part_id)) is not None and not p.abandoned
-            and (not p.collected or p.epoch == self.epoch)
-        )  # fmt: skip
+        )
 
     def result(self, part: Part, custom_id: str) -> tuple[Any, str | None, str | None]:
         """(answer body or None, error category, error message) of a collected request; a
@@ -241,6 +261,19 @@ class BatchStore:
     def unsettled(self) -> list[Part]:
         """Parts prepared but with no job recorded: a kill between submit and record."""
         return [p for p in self.parts.values() if p.job is None and not p.abandoned]
+
+    def margin(self) -> float:
+        """How much larger than our estimate the provider's prompt counts were, over the jobs
+        whose every request was answered (`PROMPT_MARGIN` until one was): ``--max-cost``
+        reserves each request's prompt times this."""
+        from rationale.accounting import PROMPT_MARGIN
+
+        ratios = [
+            p.counts.get("prompt_tokens", 0) / p.estimate * 1.02
+            for p in self.parts.values()
+            if p.collected and p.estimate and p.counts.get("answered") == p.requests
+        ]
+        return max([PROMPT_MARGIN, *ratios])
 
     def rounds(self) -> int:
         return max((p.round for p in self.parts.values() if not p.abandoned), default=0)

@@ -21,6 +21,10 @@ from rationale.pricing import batch_price
 
 __all__ = ["submit_round"]
 
+#: Answers to a submission that prove no job was made (HTTP 400, 401/403, 404, 429): the part
+#: is abandoned at once. Anything else leaves it prepared, to be looked up by its tag.
+REFUSED = frozenset({"bad_request", "auth", "not_found", "rate_limit"})
+
 
 def _body_tokens(body: dict[str, Any]) -> int:
     """Our estimate of a request body's prompt tokens (messages and system, with framing)."""
@@ -53,37 +57,39 @@ async def submit_round(engine: Any) -> None:
         provider = engine._provider(model, api_base)
         price = batch_price(model)
         chunk: list[tuple[str, str, dict[str, Any]]] = []
-        size, reserved = 0, 0.0
+        size, reserved, estimate = 0, 0.0, 0
         for key, kind, body, max_tokens in requests:
-            worst = 0.0
+            worst, tokens = 0.0, _body_tokens(body)
             if engine.budget.limit is not None and price is not None:
                 worst = worst_case_cost(
                     lambda p, c, price=price: p * price[0] + c * price[1],
-                    _body_tokens(body), max_tokens,
+                    tokens, max_tokens, engine.store.margin(),
                 ) or 0.0  # fmt: skip
                 if not engine.budget.reserve(worst):
                     break  # what fits under --max-cost goes out; the rest waits
             line = len(json.dumps(provider.line("x" * 32, body))) + 1
             if chunk and (len(chunk) >= provider.max_requests or size + line > provider.max_bytes):
-                await _send(engine, provider, model, api_base, round_, chunk, reserved)
-                chunk, size, reserved = [], 0, 0.0
+                await _send(engine, provider, (model, api_base, round_), chunk, reserved, estimate)
+                chunk, size, reserved, estimate = [], 0, 0.0, 0
                 if engine.fatal or engine.error:
                     return
             chunk.append((key, kind, body))
-            size, reserved = size + line, reserved + worst
+            size, reserved, estimate = size + line, reserved + worst, estimate + tokens
         if chunk:
-            await _send(engine, provider, model, api_base, round_, chunk, reserved)
+            await _send(engine, provider, (model, api_base, round_), chunk, reserved, estimate)
         if engine.fatal or engine.error:
             return
 
 
 async def _send(
-    engine: Any, provider: Any, model: str, api_base: str | None, round_: int,
-    chunk: list[tuple[str, str, dict[str, Any]]], reserved: float,
+    engine: Any, provider: Any, where: tuple[str, str | None, int],
+    chunk: list[tuple[str, str, dict[str, Any]]], reserved: float, estimate: int,
 ) -> None:  # fmt: skip
+    model, api_base, round_ = where
     part = engine.store.prepare(
         provider=provider.name, model=model, api_base=api_base, round_=round_,
         requests=[(str(i), key, kind) for i, (key, kind, _) in enumerate(chunk)],
+        estimate=estimate,
     )  # fmt: skip
     ids = engine.store.custom_ids(part.part)
     lines = [provider.line(cid, body) for (cid, _, _), (_, _, body) in zip(ids, chunk, strict=True)]
@@ -91,8 +97,9 @@ async def _send(
         job = await provider.submit(lines, part.tag)
     except TeacherError as exc:
         engine.budget.settle(reserved, 0.0)
-        if exc.category in ("timeout", "connection", "server", "other"):
-            # it may have been made: the next run looks for it by its tag first
+        if exc.category not in REFUSED:
+            # it may have been made (a timeout, a dropped answer, an answer litellm could not
+            # read): the next run looks for it by its tag before anything is sent again
             engine.fail(RationaleError(
                 f"submitting batch part {part.part} to {provider.name} failed ({exc}); rerun "
                 "to continue (the part is looked up at the provider before it is sent again)"

@@ -133,6 +133,10 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
         raise RationaleError(
             f"--batch is for API models (a provider's batch API); {config.model!r} runs here"
         )
+    if config.batch:  # a model without a batch API is refused before -o is touched
+        from rationale.batch_providers import batch_target, provider_for
+
+        provider_for(*batch_target(predictor.client), timeout=config.timeout)
     # a student trained with history rationales sees the log's own where it has them
     chained = config.history_rationales or predictor.prompt.history_rationales
     with records:

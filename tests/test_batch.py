@@ -390,6 +390,61 @@ def test_a_kill_after_indexing_a_part_before_recording_it(tmp_path, server, monk
     assert set(server.submitted.values()) == {1}
 
 
+def test_a_submission_whose_answer_could_not_be_read_is_looked_up_not_resent(
+    tmp_path, server, monkeypatch
+) -> None:
+    """The provider made the job but its answer did not parse (litellm reads a status it does
+    not know): the part may exist, so the next run finds it by its tag."""
+    from rationale.batch_providers import OpenAIBatches
+
+    real = OpenAIBatches.submit
+
+    async def unreadable(self, lines, tag):
+        await real(self, lines, tag)
+        raise TeacherError("ValidationError: status 'queued'", category="invalid_output")
+
+    monkeypatch.setattr(OpenAIBatches, "submit", unreadable)
+    with pytest.raises(RationaleError, match=r"submitting batch part p00001 .*looked up"):
+        batch(tmp_path, server)
+    monkeypatch.setattr(OpenAIBatches, "submit", real)
+    result = batch(tmp_path, server, wait=True)
+    assert result.pending == 0 and set(server.submitted.values()) == {1}
+    assert '"recovered": true' in (tmp_path / "run/batches/jobs.jsonl").read_text()
+
+
+def test_a_job_the_provider_lost_stops_the_run_until_it_is_forgotten(tmp_path, server) -> None:
+    from click.testing import CliRunner
+
+    from rationale.cli import main
+
+    server.hold = True
+    batch(tmp_path, server, max_attempts=1)
+    (lost,) = server.jobs
+    del server.jobs[lost]  # past its retention, or deleted
+    with pytest.raises(RationaleError, match=rf"does not know job {lost}.*--forget p00001"):
+        batch(tmp_path, server, max_attempts=1)
+    assert read_run_json(tmp_path / "run")["stopped"].startswith("fatal")
+    out = CliRunner().invoke(main, ["batches", str(tmp_path / "run"), "--forget", lost])
+    assert out.exit_code == 0 and "forgot part p00001 (11 requests)" in out.output
+    server.hold = False
+    result = batch(tmp_path, server, max_attempts=1, wait=True)
+    assert result.pending == 0 and len(records(tmp_path / "run")) == 11
+
+
+def test_a_lookup_that_fails_finalises_the_run(tmp_path, server, monkeypatch) -> None:
+    from rationale.batch_providers import OpenAIBatches
+
+    _cli_until_killed(tmp_path, server, OPENAI, before=False)
+
+    async def down(self, *args, **kwargs):
+        raise TeacherError("connection refused", category="connection")
+
+    monkeypatch.setattr(OpenAIBatches, "find", down)
+    with pytest.raises(RationaleError, match="cannot look up batch part p00001"):
+        batch(tmp_path, server)
+    assert not read_run_json(tmp_path / "run")["stopped"].startswith("running")
+
+
 def test_a_kill_before_the_job_was_made_sends_it_once(tmp_path, server) -> None:
     _cli_until_killed(tmp_path, server, OPENAI, before=True)
     assert server.creates == 0
@@ -545,6 +600,37 @@ def test_eval_files_a_bad_request_once_and_asks_it_again_on_the_next_run(
     out = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert out["pending"] == 0 and out["failed"] == 3 and server.creates == 1
     assert run_eval(config).data["pending"] == 3 and server.creates == 2  # asked again
+
+
+def test_eval_without_wait_still_gives_up_after_the_request_attempts(tmp_path, server) -> None:
+    from test_eval_api import first_element, make_test_file
+
+    from rationale.evaluate import EvalConfig, run_eval
+
+    server.responder = first_element
+    server.fault(lambda body: "Task 0" in last_user_text(body), status(500), times=None)
+    config = EvalConfig(model=OPENAI, data=str(make_test_file(tmp_path)), bootstrap=200,
+                        output=str(tmp_path / "ev"), api_base=server.url, batch=True,
+                        request_attempts=2)  # fmt: skip
+    for _ in range(3):  # submit; collect and send again; collect and give up
+        server.finish_all()
+        with contextlib.suppress(RationaleError):
+            run_eval(config)
+    out = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert out["pending"] == 0 and out["failed"] == 3
+    assert max(server.submitted.values()) == 2
+
+
+def test_eval_batch_of_a_model_without_a_batch_api_is_refused_before_writing(tmp_path) -> None:
+    from test_eval_api import make_test_file
+
+    from rationale.evaluate import EvalConfig, run_eval
+
+    config = EvalConfig(model="ollama/llama3", data=str(make_test_file(tmp_path)),
+                        output=str(tmp_path / "ev"), batch=True)  # fmt: skip
+    with pytest.raises(RationaleError, match="no batch API"):
+        run_eval(config)
+    assert not (tmp_path / "ev").exists()
 
 
 def test_eval_batch_of_a_local_model_is_refused(tmp_path) -> None:

@@ -174,15 +174,32 @@ def report(run_dir: str, as_json: bool, chart: str | None) -> None:
 @click.option("--cancel", is_flag=True, help="Cancel every job not collected yet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as one JSON list.")
 @click.option("--api-base", help="The endpoint, where the run's --api-base held credentials.")
-def batches(run_dir: str, cancel: bool, as_json: bool, api_base: str | None) -> None:
+@click.option(
+    "--forget",
+    metavar="PART|JOB",
+    help="Mark a job the provider lost (or never made) as abandoned: the next run sends its "
+    "requests again.",
+)
+def batches(
+    run_dir: str, cancel: bool, as_json: bool, api_base: str | None, forget: str | None
+) -> None:
     """The provider batch jobs of a --batch run: id, state, counts, created/expires, cost."""
     from rationale.batch_jobs import batch_jobs, render_jobs
+    from rationale.batch_jobs import forget as forget_part
 
+    if forget:
+        click.echo(forget_part(run_dir, forget), err=True)
+        return
     rows = batch_jobs(run_dir, cancel=cancel, api_base=api_base)
     click.echo(json.dumps(rows, indent=2) if as_json else render_jobs(rows))
     if cancel:
+        done = [r["job"] for r in rows if r["state"] in ("cancelling", "canceling", "cancelled",
+                                                          "canceled", "ended")]  # fmt: skip
+        out = [r for r in rows if r["job"] and not r["collected"] and r["job"] not in done]
         click.echo(
-            "cancelled the jobs still out: their answered requests are kept; rerun the command "
-            "that made them to collect those (and send the rest again)",
+            f"cancel: {len(done)} jobs cancelled or ended"
+            + (f", {len(out)} could not be ({', '.join(r['job'] for r in out)})" if out else "")
+            + "; their answered requests are kept: rerun the command that made them to collect "
+            "those (and send the rest again)",
             err=True,
         )
