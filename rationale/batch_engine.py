@@ -47,7 +47,9 @@ def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engin
     if (run_dir.path / "batches" / "jobs.jsonl").exists():
         store = BatchStore(run_dir.path / "batches")
         out = store.in_flight() + store.unsettled()
-        if out and not getattr(config, "dry_run", False):  # online, their requests would be sent (and paid for) a second time
+        if out and not getattr(
+            config, "dry_run", False
+        ):  # online, their requests would be sent (and paid for) a second time
             raise RationaleError(
                 f"{run_dir.path} has {len(out)} batch jobs not collected yet; continue it with "
                 f"--batch (--wait to finish here), or cancel them first with `rationale batches "

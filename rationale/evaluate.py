@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from rationale.errors import FatalTeacherError, RationaleError, redact
 from rationale.eval_dir import EvalDir, case_record
@@ -69,6 +69,16 @@ class EvalConfig(BaseModel):
     batch: bool = False
     wait: bool = False
     poll_interval: float = Field(60.0, gt=0)
+    shard: str | None = None  # "K/N": one shard of the sessions (rationale.shards)
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str | None) -> str | None:
+        from rationale.shards import parse_shard
+
+        parsed = parse_shard(value)
+        return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
+
     # scoring
     bootstrap: int = Field(1000, ge=1)
 
@@ -86,7 +96,8 @@ class EvalConfig(BaseModel):
         and concurrency may change)."""
         data = self.resolved()
         data["max_new_tokens"] = data.pop("max_tokens")  # the key eval folders already hold
-        keys = ("model", "data", "cases", "history_rationales", "template", "max_context_tokens",
+        keys = ("model", "data", "cases", "shard", "history_rationales", "template",
+                "max_context_tokens",
                 "action_space", "max_new_tokens", "temperature", "seed")  # fmt: skip
         return {k: data[k] for k in keys}
 
@@ -127,7 +138,10 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
     from rationale.schema import ActionSpace
 
     space = ActionSpace.from_file(config.action_space) if config.action_space else None
-    records = RecordFile(config.data, space=space, on_error=config.on_error)
+    from rationale.shards import parse_shard
+
+    records = RecordFile(config.data, space=space, on_error=config.on_error,
+                         shard=parse_shard(config.shard))  # fmt: skip
     predictor = predictor or _load(config)  # a bad --model fails here, before -o is touched
     if config.batch and predictor.spec.kind != "api":
         raise RationaleError(

@@ -21,6 +21,7 @@ from rationale.judging import Judge, outcome
 from rationale.rundir import STATES, RunDir, SynthConfig, read_run_json, read_synth_records
 from rationale.runner import RunSummary, run_job
 from rationale.schema import Candidate, SynthRecord
+from rationale.shards import parse_shard, shard_of
 
 
 def run_filter(config: SynthConfig, *, retry_policy: Any = None) -> RunSummary:
@@ -88,7 +89,13 @@ class FilterJob:
         self.records_file = self._history_source(before_run, files)
         # a source run made with --on-error skip left its input's bad sessions out: so do we
         self.input_on_error = "skip" if before.get("on_error") == "skip" else config.on_error
-        self.records = RecordFile(self.records_file, space=self.space, on_error=self.input_on_error)
+        shard = parse_shard(config.shard)
+        if shard is not None:  # the source's records of this shard only
+            self.source = {
+                k: r for k, r in self.source.items() if shard_of(k[0], shard[1]) == shard[0]
+            }
+        self.records = RecordFile(self.records_file, space=self.space, on_error=self.input_on_error,
+                                  shard=shard)  # fmt: skip
         self.template = load_template(config.template)
         self.verifier_template = load_template(config.verifier_template or "verifier")
         self.source_path = str(source.resolve())
@@ -153,6 +160,7 @@ class FilterJob:
             "verifier_template_version": self.verifier_template.version,
             "seed": self.config.seed,
             "history_rationales": self.config.history_rationales,
+            "shard": self.config.shard,
             **self.judge.identity(),
         }
 

@@ -56,6 +56,7 @@ class RecordFile:
         *,
         space: ActionSpace | None = None,
         on_error: OnError = "fail",
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
@@ -63,6 +64,7 @@ class RecordFile:
         self.name = os.fspath(path)  # as the user gave it: this is what error messages show
         self.space = space or ActionSpace.default()
         self.on_error = on_error
+        self.shard = shard  # (K, N): only the sessions of shard K of N (rationale.shards)
         if not self.path.is_file():
             raise RationaleError(f"{self.name}: no such file")
         self._db = self._open_index()
@@ -211,12 +213,17 @@ class RecordFile:
     _KEPT = "session_id NOT IN (SELECT session_id FROM errors WHERE session_id IS NOT NULL)"
 
     def session_ids(self) -> list[str]:
-        """Kept sessions in order of their first line."""
+        """Kept sessions (of the shard, if one is set) in order of their first line."""
         rows = self._db.execute(
             f"SELECT session_id FROM steps WHERE {self._KEPT} "
             "GROUP BY session_id ORDER BY MIN(line)"
         )
-        return [s for (s,) in rows]
+        if self.shard is None:
+            return [s for (s,) in rows]
+        from rationale.shards import shard_of
+
+        k, n = self.shard
+        return [s for (s,) in rows if shard_of(s, n) == k]
 
     def step_keys(self) -> Iterator[tuple[str, int]]:
         """(session_id, step) of every kept step, in the order of `steps` (no record is read)."""

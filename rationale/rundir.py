@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rationale.errors import RationaleError, redact
 from rationale.rules import RulesConfig
@@ -73,6 +73,16 @@ class SynthConfig(BaseModel):
     batch: bool = False
     wait: bool = False
     poll_interval: float = Field(60.0, gt=0)
+    # one shard of the sessions (rationale.shards): "K/N"
+    shard: str | None = None
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str | None) -> str | None:
+        from rationale.shards import parse_shard
+
+        parsed = parse_shard(value)
+        return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
 
     def resolved(self) -> dict[str, Any]:
         """The config as run.json stores it: file paths absolute (so the run can be read from

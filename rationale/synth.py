@@ -28,6 +28,7 @@ from rationale.judging import Judge, outcome, regeneration
 from rationale.rundir import RunDir, SynthConfig
 from rationale.runner import RunSummary, run_job
 from rationale.schema import Candidate, Provenance, SynthError
+from rationale.shards import parse_shard
 
 __all__ = ["SynthConfig", "SynthSummary", "run_synth"]
 
@@ -94,7 +95,8 @@ class SynthJob:
         )
         self.records_file = config.input
         self.input_on_error = config.on_error
-        self.records = RecordFile(config.input, space=self.space, on_error=config.on_error)
+        self.records = RecordFile(config.input, space=self.space, on_error=config.on_error,
+                                  shard=parse_shard(config.shard))  # fmt: skip
         self.template = load_template(config.template)
         self.verifier_template = load_template(config.verifier_template or "verifier")
         count_tokens("")  # load the tokenizer now (~0.3 s), not inside the timed loop
@@ -131,6 +133,7 @@ class SynthJob:
             "template_version": self.template.version,
             "seed": self.config.seed,
             "history_rationales": self.config.history_rationales,
+            "shard": self.config.shard,
             **self.judge.identity(),
             "verifier": self.verifier_client.model_id if self.verifier_client else None,
             "verifier_template_version": (

@@ -246,6 +246,7 @@ RUN_BY = {
     "filter": "tests/test_cli_runs.py::test_synth_then_filter",
     "report": "tests/test_cli_runs.py::test_report_text_and_json",
     "batches": "tests/test_batch.py::test_batches_shows_and_cancels_the_jobs_of_a_run",
+    "merge": "tests/test_shards.py::test_merged_shard_runs_are_the_unsharded_run",
     "export-sft": "tests/test_cli_runs.py::test_export_sft",
     "distill": "tests/test_distill_data.py::test_distill_command_end_to_end",
     "init": "tests/test_workspace.py::test_init_writes_a_starter_that_loads_and_refuses_to_overwrite",  # noqa: E501

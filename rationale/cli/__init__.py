@@ -7,9 +7,9 @@ The flag vocabulary shared by all commands is in the README ("Flags").
 
 This module holds the group and its error handling and registers the commands, which live one
 module per command group: ``data`` (import, validate, steps, render), ``synth`` (synth,
-filter, report, batches), ``distill`` (distill, export-sft), ``split`` (the train/test split),
-``eval`` and ``compare`` (evaluation), ``workspace`` (init, run); their shared options are in
-``options``.
+filter, report, batches, merge), ``distill`` (distill, export-sft), ``split`` (the train/test
+split), ``eval`` and ``compare`` (evaluation), ``workspace`` (init, run); their shared options are
+in ``options``.
 """
 
 from __future__ import annotations
@@ -73,5 +73,6 @@ main.add_command(compare_.compare)
 main.add_command(synth.filter_)
 main.add_command(synth.report)
 main.add_command(synth.batches)
+main.add_command(synth.merge)
 main.add_command(distill.distill)
 main.add_command(distill.export_sft)

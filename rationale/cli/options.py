@@ -154,6 +154,12 @@ model_call_options = _stack(
         is_flag=True,
         help="Add earlier steps' rationales to the history (the paper's setting).",
     ),
+    click.option(
+        "--shard",
+        metavar="K/N",
+        help="Only shard K of N of the sessions (by a hash of session_id): N runs, one per "
+        "shard, cover the input once; `rationale merge` joins them.",
+    ),
 )
 
 

@@ -203,3 +203,18 @@ def batches(
             "those (and send the rest again)",
             err=True,
         )
+
+
+@click.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@output_folder_option("The merged folder (new).")
+def merge(folders: tuple[str, ...], output: str) -> None:
+    """Join the shard folders (--shard K/N) of one synth, filter or eval job into one."""
+    from rationale.merge import merge as merge_folders
+
+    result = merge_folders(list(folders), output)
+    click.echo(
+        f"merge: {result.shards} shards, {result.records} "
+        f"{'records' if result.kind == 'run' else 'cases'} -> {result.output}",
+        err=True,
+    )
