@@ -14,6 +14,7 @@ from rationale.cli.options import (
     model_call_options,
     on_error_option,
     output_folder_option,
+    scale_options,
 )
 
 
@@ -37,6 +38,7 @@ from rationale.cli.options import (
 )
 @model_call_options
 @batch_options
+@scale_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N cases (session order).")
 @click.option(
     "--cases",
@@ -89,4 +91,10 @@ def eval_(ctx: click.Context, **flags: Any) -> None:
     """Predict every test case with one model and score it (the paper's metrics)."""
     from rationale.evaluate import EvalConfig, run_eval
 
-    run_eval(_job_config(ctx, EvalConfig, flags, stage="eval"))
+    ray_address, shards = flags.pop("ray_address"), flags.pop("shards")
+    config = _job_config(ctx, EvalConfig, flags, stage="eval")
+    if ray_address:
+        from rationale.cli.synth import _on_ray
+
+        return _on_ray("eval", config, ray_address, shards)
+    run_eval(config)

@@ -185,6 +185,27 @@ batch_options = _stack(
 )
 
 
+#: Running the shards of a job on a Ray cluster (synth, filter, eval).
+scale_options = _stack(
+    click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="auto",
+        default=None,
+        metavar="[ADDRESS]",
+        help="Run --shards N shards as Ray tasks (auto: the running cluster, else a local one; "
+        "or an address, or local), then merge them into -o, which every node must reach.",
+    ),
+    click.option(
+        "--shards",
+        type=click.IntRange(min=1),
+        default=None,
+        help="With --ray: how many shards (default: the cluster's CPUs).",
+    ),
+)
+
+
 def _job_config(
     ctx: click.Context, model: Any, flags: dict[str, Any], *, stage: str | None = None, **fixed: Any
 ) -> Any:

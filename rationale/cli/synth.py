@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rationale.cli.options import (
     model_call_options,
     on_error_option,
     output_folder_option,
+    scale_options,
     verifier_options,
 )
 
@@ -36,6 +38,7 @@ from rationale.cli.options import (
 )
 @model_call_options
 @batch_options
+@scale_options
 @click.option(
     "--template",
     help="A shipped template name (web_shopping, generic) or a .jinja "
@@ -86,7 +89,10 @@ def synth(ctx: click.Context, input_file: str | None, **flags: Any) -> None:
     """Ask a teacher why each recorded action was taken; results stream to a run folder."""
     from rationale.synth import SynthConfig, run_synth
 
+    ray_address, shards = flags.pop("ray_address"), flags.pop("shards")
     config = _job_config(ctx, SynthConfig, flags, stage="synth", input=input_file)
+    if ray_address:
+        return _on_ray("synth", config, ray_address, shards)
     result = run_synth(config)
     if config.dry_run:
         click.echo(json.dumps(result, indent=2))
@@ -111,6 +117,18 @@ def synth(ctx: click.Context, input_file: str | None, **flags: Any) -> None:
     _print_summary("synth", result)
 
 
+def _on_ray(kind: str, config: Any, address: str, shards: int | None) -> None:
+    """The job's shards on a Ray cluster, merged into -o (`rationale.scale`)."""
+    from rationale.scale import run_on_ray
+
+    result = run_on_ray(kind, config, shards=shards or os.cpu_count() or 2, address=address)
+    click.echo(
+        f"{kind}: {result.shards} shards on Ray, {result.records} "
+        f"{'records' if result.kind == 'run' else 'cases'} merged -> {result.output}",
+        err=True,
+    )
+
+
 def _print_summary(command: str, result: Any) -> None:
     """The end-of-run summary on stderr."""
     from rationale.runner import summary_lines
@@ -125,6 +143,7 @@ def _print_summary(command: str, result: Any) -> None:
 @verifier_options
 @model_call_options
 @batch_options
+@scale_options
 @click.option("--template", help="The teacher template whose rules apply.  [default: the run's]")
 @click.option("--keep", type=click.Choice(["first", "all"]), default="first", show_default=True)
 @config_option
@@ -136,7 +155,10 @@ def filter_(ctx: click.Context, source: str, **flags: Any) -> None:
     from rationale.filter import run_filter
     from rationale.synth import SynthConfig
 
+    ray_address, shards = flags.pop("ray_address"), flags.pop("shards")
     config = _job_config(ctx, SynthConfig, flags, stage="filter", input=source)
+    if ray_address:
+        return _on_ray("filter", config, ray_address, shards)
     result = run_filter(config)
     _print_summary("filter", result)
 

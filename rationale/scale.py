@@ -1,0 +1,139 @@
+"""`--ray [ADDRESS] --shards N`: the N shards of one job as Ray tasks, then merged.
+
+Each task runs one shard (`rationale.shards`) of the synth, filter or eval job, exactly as
+``--shard K/N`` would, into ``OUTPUT/shards/K-of-N`` (OUTPUT must be a path every node of the
+cluster reaches: a shared file system). A task that fails or whose worker is killed is retried by
+Ray and resumes from its shard folder through the job's own resume, so no record is redone and
+no answer already cached is paid again. When every shard has finished, they are merged
+(`rationale.merge`) into OUTPUT itself, which then reads as the unsharded run's folder.
+
+Ray is imported only here, only with ``--ray``: ``auto`` joins the running cluster (``ray start``,
+``RAY_ADDRESS``) and starts a local one when none runs; ``local`` always starts a local one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from rationale.errors import ConfigError, RationaleError
+
+__all__ = ["run_on_ray"]
+
+RETRIES = 3  # a shard task is retried this many times (a worker killed, a node lost)
+
+
+def _run_shard(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """One shard, in a Ray worker: the job's own run (and resume) on its shard folder."""
+    if kind == "eval":
+        from rationale.evaluate import EvalConfig, run_eval
+
+        try:
+            data = run_eval(EvalConfig(**config)).data
+        except RationaleError as exc:  # cases failed: they are in the folder, counted wrong
+            return {"error": str(exc)}
+        return {"pending": data["pending"]}
+    from rationale.synth import SynthConfig
+
+    if kind == "filter":
+        from rationale.filter import run_filter as run
+    else:
+        from rationale.synth import run_synth as run
+    summary = run(SynthConfig(**config))
+    return {"pending": summary.pending, "counts": summary.counts}
+
+
+def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") -> Any:
+    """Run ``config`` (a `SynthConfig` for synth and filter, an `EvalConfig` for eval) as
+    ``shards`` Ray tasks, then merge them into ``config.output``; returns the `MergeResult`."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'rationale-distill[ray]'") from None
+    from rationale.merge import merge
+
+    if shards < 1:
+        raise ConfigError("--shards must be at least 1")
+    if config.shard is not None:
+        raise ConfigError("--ray runs every shard itself: drop --shard")
+    output = Path(config.output)
+    folders = [output / "shards" / f"{k}-of-{shards}" for k in range(1, shards + 1)]
+    configs = [
+        config.model_copy(update={"shard": f"{k}/{shards}", "output": str(folder)})
+        for k, folder in zip(range(1, shards + 1), folders, strict=True)
+    ]
+    if not ray.is_initialized():
+        _init(ray, address)
+    task = ray.remote(max_retries=RETRIES)(_run_shard)
+    if os.environ.get("RATIONALE_HOME"):  # the state folder (cache, indexes) the driver uses
+        task = task.options(
+            runtime_env={"env_vars": {"RATIONALE_HOME": os.environ["RATIONALE_HOME"]}}
+        )
+    refs = [task.remote(kind, c.model_dump()) for c in configs]
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=5.0)
+        print(_progress(kind, folders), file=sys.stderr)
+    results = ray.get(refs)  # a task that failed after its retries raises here
+    left = [(k, r) for k, r in enumerate(results, start=1) if r.get("pending") or r.get("error")]
+    if left:
+        k, why = left[0]
+        raise RationaleError(
+            f"shard {k}/{shards} did not finish ({why.get('error') or why['pending']} pending); "
+            "rerun the same command: every shard resumes from its folder"
+        )
+    return _merge_into(merge, folders, output)
+
+
+def _init(ray: Any, address: str) -> None:
+    """Join the cluster at ``address`` (``auto``: the running one, else a local one)."""
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address == "local":
+        ray.init(**quiet)
+        return
+    try:
+        ray.init(address=address, **quiet)
+    except ConnectionError:
+        if address != "auto":
+            raise RationaleError(f"--ray {address}: no Ray cluster answers there") from None
+        print("ray: no running cluster; starting a local one", file=sys.stderr)
+        ray.init(**quiet)
+
+
+def _progress(kind: str, folders: list[Path]) -> str:
+    """One line over every shard, from their run.json / eval.json (written as they go)."""
+    done = total = 0
+    for folder in folders:
+        for name in ("run.json", "eval.json"):
+            file = folder / name
+            if file.is_file():
+                try:
+                    data = json.loads(file.read_text(encoding="utf-8"))
+                except ValueError:  # being replaced this very moment
+                    continue
+                n = data.get("records", data.get("n_cases")) or 0
+                total += n
+                done += n - (data.get("pending") or 0)
+    return f"ray: {kind}: {done}/{total} across {len(folders)} shards"
+
+
+def _merge_into(merge: Any, folders: list[Path], output: Path) -> Any:
+    """Merge the shards next to them, then move the merged files into ``output``."""
+    staging = output / ".merging"
+    shutil.rmtree(staging, ignore_errors=True)
+    result = merge(folders, staging)
+    for item in staging.iterdir():
+        os.replace(item, output / item.name)
+    staging.rmdir()
+    from rationale.rundir import write_json
+
+    for name in ("run.json", "eval.json"):  # where the merged folder is, now
+        if (file := output / name).is_file():
+            data = json.loads(file.read_text(encoding="utf-8"))
+            data["config"]["output"] = str(output.resolve())
+            write_json(file, data, ensure_ascii=False)
+    return type(result)(output, result.kind, result.shards, result.records)

@@ -1,0 +1,97 @@
+"""``--ray``: the shards of a job as Ray tasks on a local 2-CPU cluster against the scripted
+teacher, with a worker killed mid-run: Ray retries its task, the task resumes from its shard
+folder, every record ends once and no answered request is paid for again."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from batch_server import fingerprint
+from helpers import record, write_lines
+from openai_server import delay, last_user_text
+from test_batch import records
+from test_filter import responder
+
+pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
+
+from rationale.rundir import read_run_json
+from rationale.scale import run_on_ray
+from rationale.synth import SynthConfig
+
+SESSIONS, STEPS = 8, 2
+
+
+def records_file(tmp_path: Path) -> Path:
+    page = "<page>" + "".join(f'<a name="item.good_{i}">x</a>' for i in range(SESSIONS)) + "</page>"
+    lines = [
+        record(f"s{i}", j, context=page, action={"type": "click", "name": f"item.good_{i}"})
+        for i in range(SESSIONS) for j in range(STEPS)
+    ]  # fmt: skip
+    return write_lines(tmp_path / "input.jsonl", lines)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _kill_shard_workers() -> None:
+    subprocess.run(["pkill", "-9", "-f", "ray::_run_shard"], check=False)
+
+
+def test_a_ray_run_with_a_killed_worker_files_every_record_once_and_pays_nothing_twice(
+    tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
+    killed: list[bool] = []
+
+    def respond(body: dict, index: int):
+        # the first request for step 1 of session s3 kills the shard workers while it waits
+        if not killed and "click(item.good_3)" in last_user_text(body) and index > 4:
+            killed.append(True)
+            threading.Thread(target=_kill_shard_workers).start()
+            return delay(30)
+        return responder(body, index)
+
+    openai_server.responder = respond
+    config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
+                         teacher="openai/test-model", api_base=openai_server.url,
+                         concurrency=1, timeout=60.0)  # fmt: skip
+    result = run_on_ray("synth", config, shards=2)
+    assert killed, "no worker was killed: the test did not test a retry"
+    merged = records(tmp_path / "run")
+    assert len(merged) == SESSIONS * STEPS and result.records == SESSIONS * STEPS
+    run = read_run_json(tmp_path / "run")
+    assert run["pending"] == 0 and len(run["merged_from"]) == 2
+    assert run["config"]["output"] == str((tmp_path / "run").resolve())
+    answered = {fingerprint(r["body"]) for r in openai_server.requests}
+    assert openai_server.billed["answers"] == len(answered)  # no answer paid for twice
+    assert len(openai_server.requests) == len(answered) + 1  # the killed request, asked again
+
+
+def test_an_eval_on_ray_scores_as_the_unsharded_eval(
+    tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
+) -> None:
+    import json
+
+    from test_eval_api import first_element, make_test_file
+
+    from rationale.evaluate import EvalConfig, run_eval
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
+    openai_server.responder = first_element
+    data = make_test_file(tmp_path, sessions=6)
+    config = EvalConfig(model="openai/gpt-4o-mini", data=str(data), bootstrap=200,
+                        output=str(tmp_path / "whole"), api_base=openai_server.url)  # fmt: skip
+    whole = run_eval(config).data
+    run_on_ray("eval", config.model_copy(update={"output": str(tmp_path / "ray")}), shards=2)
+    merged = json.loads((tmp_path / "ray" / "eval.json").read_text())
+    assert merged["case_set"] == whole["case_set"] and merged["metrics"] == whole["metrics"]
+    assert sorted((tmp_path / "ray" / "shards").iterdir())[0].name == "1-of-2"
