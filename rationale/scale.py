@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rationale.errors import ConfigError, RationaleError
+from rationale.errors import ConfigError, RationaleError, redact
 
 __all__ = ["run_on_ray"]
 
@@ -78,7 +78,15 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=5.0)
         print(_progress(kind, folders), file=sys.stderr)
-    results = ray.get(refs)  # a task that failed after its retries raises here
+    try:
+        results = ray.get(refs)  # a task that failed (after its retries) raises here
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+        raise RationaleError(
+            f"a shard stopped ({redact(first)}); fix the cause and rerun the same command: every "
+            "shard resumes from its folder"
+        ) from None
     left = [(k, r) for k, r in enumerate(results, start=1) if r.get("pending") or r.get("error")]
     if left:
         k, why = left[0]

@@ -95,3 +95,23 @@ def test_an_eval_on_ray_scores_as_the_unsharded_eval(
     merged = json.loads((tmp_path / "ray" / "eval.json").read_text())
     assert merged["case_set"] == whole["case_set"] and merged["metrics"] == whole["metrics"]
     assert sorted((tmp_path / "ray" / "shards").iterdir())[0].name == "1-of-2"
+
+
+def test_a_shard_that_stops_is_one_line_and_a_rerun_resumes(
+    tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
+) -> None:
+    from openai_server import status
+
+    from rationale import RationaleError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
+    openai_server.responder = lambda body, index: status(401)  # a bad key: every shard stops
+    config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
+                         teacher="openai/test-model", api_base=openai_server.url, verifier="none",
+                         concurrency=1, request_attempts=1)  # fmt: skip
+    with pytest.raises(RationaleError, match=r"a shard stopped \(.*401.*\); fix the cause") as info:
+        run_on_ray("synth", config, shards=2)
+    assert "\n" not in str(info.value) and "sk-test-ray" not in str(info.value)
+    openai_server.responder = responder  # the key fixed
+    result = run_on_ray("synth", config, shards=2)
+    assert result.records == SESSIONS * STEPS
