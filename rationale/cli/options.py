@@ -201,7 +201,7 @@ scale_options = _stack(
         "--shards",
         type=click.IntRange(min=1),
         default=None,
-        help="With --ray: how many shards (default: the cluster's CPUs).",
+        help="With --ray: how many shards (default: the CPUs of this machine).",
     ),
 )
 
