@@ -32,6 +32,7 @@ __all__ = [
     "OpenAIBatches",
     "Result",
     "batch_target",
+    "check_batchable",
     "provider_for",
 ]
 
@@ -103,6 +104,12 @@ def batch_target(client: Any) -> tuple[str, str | None]:
             "provider's environment variable (OPENAI_API_KEY, ANTHROPIC_API_KEY)"
         )
     return client.model_id, api_base
+
+
+def check_batchable(client: Any, *, timeout: float = 60.0) -> Any:
+    """The batch provider of a model client, or a `ConfigError` (before anything is written)."""
+    model, api_base = batch_target(client)
+    return provider_for(model, api_base, timeout=timeout)
 
 
 def _epoch(value: Any) -> float | None:

@@ -25,6 +25,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from rationale.errors import FatalTeacherError, RationaleError, redact
 from rationale.eval_dir import EvalDir, case_record
 from rationale.rundir import ledger_totals
+from rationale.shards import normal_shard
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]
 
@@ -70,14 +71,7 @@ class EvalConfig(BaseModel):
     wait: bool = False
     poll_interval: float = Field(60.0, gt=0)
     shard: str | None = None  # "K/N": one shard of the sessions (rationale.shards)
-
-    @field_validator("shard")
-    @classmethod
-    def _shard(cls, value: str | None) -> str | None:
-        from rationale.shards import parse_shard
-
-        parsed = parse_shard(value)
-        return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
+    _shard = field_validator("shard")(normal_shard)
 
     # scoring
     bootstrap: int = Field(1000, ge=1)
@@ -148,9 +142,9 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
             f"--batch is for API models (a provider's batch API); {config.model!r} runs here"
         )
     if config.batch:  # a model without a batch API is refused before -o is touched
-        from rationale.batch_providers import batch_target, provider_for
+        from rationale.batch_providers import check_batchable
 
-        provider_for(*batch_target(predictor.client), timeout=config.timeout)
+        check_batchable(predictor.client, timeout=config.timeout)
     # a student trained with history rationales sees the log's own where it has them
     chained = config.history_rationales or predictor.prompt.history_rationales
     with records:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rationale.errors import RationaleError, redact
 from rationale.rules import RulesConfig
 from rationale.schema import SynthRecord
+from rationale.shards import normal_shard
 
 STATES = ("accepted", "rejected", "failed")
 
@@ -75,14 +76,7 @@ class SynthConfig(BaseModel):
     poll_interval: float = Field(60.0, gt=0)
     # one shard of the sessions (rationale.shards): "K/N"
     shard: str | None = None
-
-    @field_validator("shard")
-    @classmethod
-    def _shard(cls, value: str | None) -> str | None:
-        from rationale.shards import parse_shard
-
-        parsed = parse_shard(value)
-        return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
+    _shard = field_validator("shard")(normal_shard)
 
     def resolved(self) -> dict[str, Any]:
         """The config as run.json stores it: file paths absolute (so the run can be read from

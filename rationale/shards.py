@@ -13,7 +13,7 @@ import re
 
 from rationale.errors import ConfigError
 
-__all__ = ["parse_shard", "shard_of"]
+__all__ = ["normal_shard", "parse_shard", "shard_of"]
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -32,3 +32,9 @@ def shard_of(session_id: str, n: int) -> int:
     """The shard (1..n) of a session: sha256 of its id, the first 8 bytes, modulo n."""
     digest = hashlib.sha256(session_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % n + 1
+
+
+def normal_shard(value: str | None) -> str | None:
+    """A config's ``shard`` checked and written ``K/N`` (the job models' validator)."""
+    parsed = parse_shard(value)
+    return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
