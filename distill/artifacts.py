@@ -3,11 +3,16 @@
 The output folder (``config.output``) ends up holding, beside what `distill.checkpoints` wrote
 while training (``checkpoints/``, ``training_log.jsonl``)::
 
-    adapter/              the LoRA adapter and the tokenizer (peft format)
+    adapter/              the LoRA adapter and the tokenizer (peft format); or, for method full,
+    model/                the whole fine-tuned model and the tokenizer
     merged/               with --merge: base + adapter merged, 16-bit, with the tokenizer
     config.json           the resolved DistillConfig, backend and why, base, library versions
     loss.png              training loss per step
     README.md             the model card: base, data, settings, result, how to load it
+
+Under accelerate launch or torchrun every process calls `save`: under FSDP or DeepSpeed the
+weights are sharded and only all processes together can gather them (the Trainer's
+``save_model``); the main process alone writes the files.
 
 torch, peft, transformers and matplotlib are imported inside the functions, never at import time.
 """
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill import DistillError
 from distill.checkpoints import CHECKPOINTS_DIR, TRAINING_LOG, TrainResult
+from distill.distributed import current
 from distill.student import Student, log
 
 if TYPE_CHECKING:
@@ -32,7 +38,7 @@ __all__ = ["SCHEMA_VERSION", "save"]
 
 SCHEMA_VERSION = 1
 # Names `save` writes itself; extra files may not replace them.
-_RESERVED = {"adapter", "merged", CHECKPOINTS_DIR, TRAINING_LOG, "config.json", "loss.png",
+_RESERVED = {"adapter", "model", "merged", CHECKPOINTS_DIR, TRAINING_LOG, "config.json", "loss.png",
              "README.md"}  # fmt: skip
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "unsloth")
 
@@ -45,8 +51,8 @@ def save(
     extra_files: Mapping[str, str | bytes] | None = None,
     caveats: Sequence[str] = (),
 ) -> Path:
-    """Write the adapter, config.json, loss.png, README.md, the extra files and, with
-    ``config.merge``, merged/ to the output folder; return the folder.
+    """Write the adapter (or, for method full, the model), config.json, loss.png, README.md,
+    the extra files and, with ``config.merge``, merged/ to the output folder; return the folder.
 
     ``extra_files`` maps file names (no folders) to their text or bytes, e.g. the exact prompt
     format. ``caveats`` are sentences on the training data (`distill.data.SFTData.caveats`) that
@@ -62,10 +68,16 @@ def save(
                 f"extra file name {name!r} is not allowed: a plain file name other than "
                 f"{', '.join(sorted(_RESERVED))}"
             )
+    launch = current()
+    weights = out / ("adapter" if config.uses_lora else "model")
+    if launch.distributed and student.trainer is not None:
+        _gather_weights(student.trainer, weights)  # every process takes part
+    if not launch.is_main:
+        return out
     out.mkdir(parents=True, exist_ok=True)
-    adapter = out / "adapter"
-    student.model.save_pretrained(str(adapter))
-    student.tokenizer.save_pretrained(str(adapter))
+    if not (launch.distributed and student.trainer is not None):
+        student.model.save_pretrained(str(weights))
+    student.tokenizer.save_pretrained(str(weights))
     (out / "config.json").write_text(
         json.dumps(_run_record(student, config, result, caveats), indent=2) + "\n",
         encoding="utf-8",
@@ -80,9 +92,22 @@ def save(
     card = _model_card(student, config, result, files, caveats)
     (out / "README.md").write_text(card, encoding="utf-8")
     if config.merge:
-        _merge(student, adapter, out / "merged")
+        _merge(student, config, weights, out / "merged")
     log(f"saved to {out}")
     return out
+
+
+def _gather_weights(trainer: Any, folder: Path) -> None:
+    """Write the trained weights through the Trainer, which gathers FSDP/DeepSpeed shards.
+
+    FSDP must hand over a full state dict for that (a sharded one would be saved as shards no
+    `from_pretrained` reads); the Trainer writes from the main process only.
+    """
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(folder))
+    if current().is_main:
+        (folder / "training_args.bin").unlink(missing_ok=True)  # config.json says it all
 
 
 def _run_record(
@@ -146,8 +171,9 @@ def _model_card(
 ) -> str:
     base = student.base
     hub_id = None if base.is_local else base.source
-    front = ["---", "library_name: peft", "tags:"]
-    front += ["- lora", "- sft", "- trl", "- rationale-distill"]
+    lora = config.uses_lora
+    front = ["---", f"library_name: {'peft' if lora else 'transformers'}", "tags:"]
+    front += ["- lora" if lora else "- full-fine-tuning", "- sft", "- trl", "- rationale-distill"]
     if hub_id:
         front.insert(1, f"base_model: {hub_id}")
     front.append("---")
@@ -162,11 +188,15 @@ def _model_card(
         ("examples are", "sessions" if config.session_mode else "steps"),
         ("backend", f"{student.backend} ({student.reason}) on {student.device}"),
         ("loaded as", "; ".join(student.notes)),
-        ("LoRA", f"r={config.lora_r}, alpha={config.lora_alpha}, "
-                 f"dropout={config.lora_dropout}, targets={config.target_modules}"),
+        ("method", config.method),
+        *([("LoRA", f"r={config.lora_r}, alpha={config.lora_alpha}, "
+                    f"dropout={config.lora_dropout}, targets={config.target_modules}")]
+          if lora else []),
         ("optimiser", f"lr {config.learning_rate:g}, {config.lr_scheduler}, warm-up "
                       f"{config.warmup_ratio:g}, weight decay {config.weight_decay:g}"),
-        ("batch", f"{config.batch_size} x {config.grad_accum} accumulation"),
+        ("batch", f"{config.batch_size} per device x {config.grad_accum} accumulation x "
+                  f"{result.processes} process{'es' if result.processes > 1 else ''} = "
+                  f"{result.global_batch or config.batch_size * config.grad_accum} per step"),
         ("duration", duration),
         ("max sequence length", str(config.max_seq_length)),
         ("seed", str(config.seed)),
@@ -187,7 +217,9 @@ def _model_card(
         [
             *front,
             "",
-            f"# {Path(config.output).name}: a LoRA adapter trained by `rationale distill`",
+            f"# {Path(config.output).name}: "
+            + ("a LoRA adapter" if lora else "a fully fine-tuned model")
+            + " trained by `rationale distill`",
             "",
             "A student model fine-tuned to write the rationale behind a recorded human action "
             "and then the action"
@@ -198,7 +230,9 @@ def _model_card(
             *(["## Caveats", "", *(f"- {c}" for c in caveats), ""] if caveats else []),
             "## Files",
             "",
-            "- `adapter/`: the LoRA adapter and the tokenizer (with the chat template used)",
+            "- `adapter/`: the LoRA adapter and the tokenizer (with the chat template used)"
+            if lora
+            else "- `model/`: the fine-tuned model and the tokenizer (with the chat template used)",
             *(["- `merged/`: base and adapter merged, 16-bit"] if config.merge else []),
             "- `config.json`: the resolved training config, backend and library versions",
             "- `training_log.jsonl`, `loss.png`: the loss per step",
@@ -207,16 +241,27 @@ def _model_card(
             "## Load it",
             "",
             "```python",
-            "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            load_base,
-            'model = PeftModel.from_pretrained(base, "adapter")',
-            'tokenizer = AutoTokenizer.from_pretrained("adapter")',
             *(
-                ['# or, merged: AutoModelForCausalLM.from_pretrained("merged")']
-                if config.merge
-                else []
+                [
+                    "from peft import PeftModel",
+                    "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                    "",
+                    load_base,
+                    'model = PeftModel.from_pretrained(base, "adapter")',
+                    'tokenizer = AutoTokenizer.from_pretrained("adapter")',
+                    *(
+                        ['# or, merged: AutoModelForCausalLM.from_pretrained("merged")']
+                        if config.merge
+                        else []
+                    ),
+                ]
+                if lora
+                else [
+                    "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                    "",
+                    'model = AutoModelForCausalLM.from_pretrained("model")',
+                    'tokenizer = AutoTokenizer.from_pretrained("model")',
+                ]
             ),
             "```",
             "",
@@ -227,7 +272,7 @@ def _model_card(
     )
 
 
-def _merge(student: Student, adapter: Path, target: Path) -> None:
+def _merge(student: Student, config: DistillConfig, adapter: Path, target: Path) -> None:
     """Write base + adapter merged, in 16-bit (fp16 on the CPU, bf16 on a GPU), to ``target``."""
     import torch
 
@@ -240,16 +285,17 @@ def _merge(student: Student, adapter: Path, target: Path) -> None:
     quantized = getattr(base_model, "is_loaded_in_4bit", False) or getattr(
         base_model, "is_loaded_in_8bit", False
     )
-    if quantized:
-        # Merging into 4-bit weights would round the adapter away: reload the base in 16-bit.
+    if quantized or current().distributed:
+        # Merging into 4-bit weights would round the adapter away, and under FSDP this process
+        # holds a shard of the model only: merge the saved adapter into a fresh 16-bit base.
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM
 
-        base = student.base
-        kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": {"": 0}}
-        if base.is_local:
-            kwargs["local_files_only"] = True
-        fresh = AutoModelForCausalLM.from_pretrained(base.source, **kwargs)
+        from distill.student import load_model_and_tokenizer
+
+        fresh, _, _ = load_model_and_tokenizer(
+            student.base, backend="hf", config=config.model_copy(update={"method": "lora"}),
+            device=student.device,
+        )  # fmt: skip
         merged = PeftModel.from_pretrained(fresh, str(adapter)).merge_and_unload()
     else:
         merged = student.model.merge_and_unload()

@@ -45,7 +45,9 @@ class TrainResult:
 
     ``trained_tokens`` / ``total_tokens`` count one pass over the data: completion tokens (the
     loss is computed on them) and all tokens. ``resumed_from_step`` is the checkpoint's step
-    when the run was resumed, else None; the losses cover the whole run either way.
+    when the run was resumed, else None; the losses cover the whole run either way. ``steps``
+    are optimiser steps of ``global_batch`` examples each (per-device batch x accumulation x
+    ``processes``): the same count whatever the number of processes.
     """
 
     steps: int
@@ -58,6 +60,9 @@ class TrainResult:
     total_tokens: int
     backend: str
     resumed_from_step: int | None = None
+    processes: int = 1  # training processes (accelerate launch / torchrun)
+    global_batch: int | None = None  # examples per optimiser step, over all processes
+    epochs_done: float | None = None  # passes over the data that the steps made
 
 
 def resume_point(config: DistillConfig) -> Path | None:

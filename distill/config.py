@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distill import DistillError
 
@@ -56,6 +56,17 @@ class DistillConfig(BaseModel):
             "Train on a machine without CUDA even a base of several billion parameters (or one "
             "whose memory estimate is more than the machine has), which is otherwise refused: "
             "it would take days. See `distill.sizing`."
+        ),
+    )
+
+    method: Literal["lora", "qlora", "full"] = Field(
+        default="qlora",
+        description=(
+            "'qlora': LoRA adapters on a 4-bit NF4 base (bitsandbytes; on CUDA only, the base is "
+            "float32 on a CPU); 'lora': LoRA on a 16-bit base (bf16 on a GPU); 'full': every "
+            "weight trained, as the paper did (bf16 on a GPU, float32 on a CPU; the hf backend; "
+            "FSDP or DeepSpeed through accelerate for bases that do not fit one GPU). QLoRA is "
+            "Unsloth's default and fits an 8B base on one 24 GB GPU."
         ),
     )
 
@@ -138,10 +149,13 @@ class DistillConfig(BaseModel):
     )
 
     # -- optimiser ----------------------------------------------------------------------------
-    learning_rate: float = Field(
-        default=2e-4,
+    learning_rate: float | None = Field(
+        default=None,
         gt=0,
-        description="Peak learning rate. 2e-4 for LoRA/QLoRA in Unsloth, TRL's PEFT docs, Axolotl.",
+        description=(
+            "Peak learning rate. Default 2e-4 for LoRA/QLoRA (Unsloth, TRL's PEFT docs, Axolotl) "
+            "and 2e-5 for full fine-tuning (the alignment-handbook's full SFT recipes)."
+        ),
     )
     lr_scheduler: Literal["cosine", "linear"] = Field(
         default="cosine",
@@ -182,13 +196,6 @@ class DistillConfig(BaseModel):
             "CUDA; always off on the CPU, where it would only slow training."
         ),
     )
-    load_in_4bit: bool = Field(
-        default=True,
-        description=(
-            "QLoRA: load the base in 4-bit NF4 (bitsandbytes), as Unsloth does by default. Only "
-            "on CUDA; on the CPU the base is always float32."
-        ),
-    )
 
     # -- logging, checkpoints, outputs --------------------------------------------------------
     logging_steps: int = Field(
@@ -215,6 +222,36 @@ class DistillConfig(BaseModel):
         description="Continue from the newest checkpoint in the output folder.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spelling(cls, values: Any) -> Any:
+        """``load_in_4bit = true/false`` (before `method`) means method qlora / lora."""
+        if not isinstance(values, dict) or "load_in_4bit" not in values:
+            return values
+        values = dict(values)
+        method = "qlora" if values.pop("load_in_4bit") else "lora"
+        if values.setdefault("method", method) != method and values["method"] != "full":
+            raise ValueError(
+                f"load_in_4bit = {method == 'qlora'} contradicts method = {values['method']!r}: "
+                "set method alone"
+            )
+        return values
+
+    @model_validator(mode="after")
+    def _resolve(self) -> DistillConfig:
+        if self.learning_rate is None:
+            self.learning_rate = 2e-5 if self.method == "full" else 2e-4
+        if self.method == "full" and self.merge:
+            raise ValueError(
+                "merge: full fine-tuning writes the whole model to model/ already; there is no "
+                "adapter to merge (drop --merge, or use --method lora/qlora)"
+            )
+        return self
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method != "full"
+
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """The fields set in a TOML config file, as a dict (flags may then override them).
@@ -238,7 +275,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise DistillError(f"{path}: not valid TOML: {exc}") from None
     fields = DistillConfig.model_fields
     for key in values:
-        if key not in fields:
+        if key not in fields and key != "load_in_4bit":  # the older spelling of method
             close = difflib.get_close_matches(key.replace("-", "_"), list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DistillError(

@@ -3,8 +3,9 @@
 Two backends train the same LoRA adapter (loading them is `distill.student`'s job):
 
 - ``hf``: transformers + peft + trl, on the CPU (float32) or any GPU (bfloat16, or 4-bit NF4
-  QLoRA through bitsandbytes when ``load_in_4bit`` and CUDA).
-- ``unsloth``: Unsloth's patched 4-bit QLoRA on one CUDA GPU, in its own environment
+  QLoRA through bitsandbytes with method qlora on CUDA), on one process or several
+  (`distill.distributed`); the only backend of full fine-tuning.
+- ``unsloth``: Unsloth's patched QLoRA (or LoRA) on one CUDA GPU, in its own environment
   (``pip install 'rationale-distill[unsloth]'``). Unsloth is imported only when this backend is
   chosen on a machine with CUDA: importing it without a GPU fails or patches torch needlessly.
 
@@ -132,19 +133,37 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose_backend(requested: str) -> tuple[str, str]:
+def choose_backend(requested: str, *, processes: int = 1, method: str = "qlora") -> tuple[str, str]:
     """The backend to train with, and why: ``("hf", "no CUDA")``, ``("unsloth", ...)``.
 
     ``auto`` picks unsloth when CUDA is present and unsloth is installed (looked up with
-    `importlib.util.find_spec`, never imported), else hf. Asking for unsloth where it cannot run
-    is an error that says what to do instead.
+    `importlib.util.find_spec`, never imported), else hf. Unsloth is the single-GPU fast path
+    for LoRA and QLoRA: launched on several ``processes`` (accelerate launch, torchrun), or for
+    ``method`` full, auto picks hf and says why. Asking for unsloth where it cannot run is an
+    error that says what to do instead.
     """
     if requested not in ("auto", "unsloth", "hf"):
         raise DistillError(f"backend {requested!r} is not one of auto, unsloth, hf")
     if requested == "hf":
         return "hf", "requested"
+    if processes > 1 and requested == "unsloth":
+        raise DistillError(
+            f"--backend unsloth: launched on {processes} processes, but Unsloth trains on one "
+            "GPU; use --backend hf (or auto) for DDP, FSDP or DeepSpeed, or run on one GPU "
+            "without a launcher"
+        )
+    if method == "full" and requested == "unsloth":
+        raise DistillError(
+            "--backend unsloth trains LoRA/QLoRA adapters here; --method full needs --backend hf "
+            "(or auto)"
+        )
     cuda = cuda_available()
     unsloth = _unsloth_installed()
+    if requested == "auto" and cuda and unsloth:
+        if processes > 1:
+            return "hf", f"{processes} processes: Unsloth is the single-GPU path"
+        if method == "full":
+            return "hf", "full fine-tuning"
     if requested == "unsloth":
         if not cuda:
             raise DistillError(

@@ -26,6 +26,7 @@ class DistillRun:
     reason: str
     caveats: tuple[str, ...] = ()  # on the training data: see `distill.data.SFTData.caveats`
     skipped: tuple[str, ...] = ()  # bad data lines left out (``on_error="skip"``)
+    main: bool = True  # False in the other processes of accelerate launch / torchrun
 
 
 def run_distill(config: Any) -> DistillRun:
@@ -35,8 +36,10 @@ def run_distill(config: Any) -> DistillRun:
     is loaded; data from a local teacher or without the blind verifier is trained with a
     warning on stderr that the model card repeats.
     """
+    from distill import DistillError
     from distill.checkpoints import resume_point
     from distill.data import SFTData, prompt_format
+    from distill.distributed import current
     from distill.student import log
 
     # fit, prepare and save are looked up at call time: the benchmarks wrap distill.train.fit.
@@ -53,6 +56,13 @@ def run_distill(config: Any) -> DistillRun:
     data.check()
     resume_point(config)
     caveats = tuple(data.caveats())
+    if config.merge and current().strategy == "deepspeed":
+        # Loading the fresh base to merge into is a collective step under ZeRO-3.
+        raise DistillError(
+            "--merge is not available under DeepSpeed: launch with DDP or FSDP to merge, or "
+            "merge adapter/ afterwards in one process with peft "
+            "(PeftModel.from_pretrained(base, 'adapter').merge_and_unload())"
+        )
     for caveat in caveats:
         log(f"warning: {caveat}")
     student = prepare(config)
@@ -73,5 +83,5 @@ def run_distill(config: Any) -> DistillRun:
     )
     return DistillRun(
         Path(output), result, stats, student.backend, student.reason, caveats,
-        tuple(data.skipped),
+        tuple(data.skipped), current().is_main,
     )  # fmt: skip

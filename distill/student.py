@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distill import DistillError
+from distill.distributed import current, quiet_other_processes
 from distill.models import (
     UNSLOTH_HINT,
     ResolvedBase,
@@ -56,7 +57,8 @@ DEFAULT_CHAT_TEMPLATE = (
 
 @dataclass
 class Student:
-    """The model being trained (base + LoRA), its tokenizer, and how and where it was loaded."""
+    """The model being trained (base + LoRA, or the whole base), its tokenizer, and how and where
+    it was loaded."""
 
     model: Any
     tokenizer: Any
@@ -65,39 +67,54 @@ class Student:
     device: str
     base: ResolvedBase
     notes: list[str] = field(default_factory=list)
+    # The trainer of the last `fit`: under FSDP or DeepSpeed only it can gather the sharded
+    # weights that `save` writes.
+    trainer: Any = None
 
 
 def log(message: str) -> None:
-    """A progress line on stderr (stdout is for data)."""
-    print(f"distill: {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr (stdout is for data), from the main process only."""
+    if current().is_main:
+        print(f"distill: {message}", file=sys.stderr, flush=True)
 
 
 def prepare(config: DistillConfig) -> Student:
-    """Choose the backend, load the base model and tokenizer, and add fresh LoRA adapters.
+    """Choose the backend, load the base model and tokenizer, and add fresh LoRA adapters
+    (``config.method`` lora or qlora) or leave every weight trainable (full).
 
     Says on stderr which backend it chose and why. On a machine without CUDA, a base of
     several billion parameters is refused before loading (`distill.sizing`) unless
-    ``config.allow_cpu``.
+    ``config.allow_cpu``. Under accelerate launch or torchrun every process calls it: each
+    loads the model onto its own GPU (DDP), or where FSDP/DeepSpeed will shard it.
     """
-    backend, reason = choose_backend(config.backend)
+    launch = current()
+    quiet_other_processes(launch)
+    backend, reason = choose_backend(
+        config.backend, processes=launch.world_size, method=config.method
+    )
     device = "cuda" if cuda_available() else "cpu"
     resolved = resolve_base(config.base, backend)
     if device == "cpu":
         warning = check_cpu_training(resolved, allow_cpu=config.allow_cpu)
         if warning:
             log(f"warning: {warning}")
-    log(f"backend {backend} ({reason}); base {resolved.describe()} on {device}")
+    where = f", {launch.describe()}" if launch.distributed else ""
+    log(f"backend {backend} ({reason}); base {resolved.describe()} on {device}{where}")
     model, tokenizer, notes = load_model_and_tokenizer(
         resolved, backend=backend, config=config, device=device
     )
-    model = add_lora(model, config, backend=backend)
+    if config.uses_lora:
+        model = add_lora(model, config, backend=backend)
+        targets = config.target_modules
+        what = (
+            f"LoRA r={config.lora_r} alpha={config.lora_alpha} on "
+            f"{targets if isinstance(targets, str) else ', '.join(targets)}"
+        )
+    else:
+        model.requires_grad_(True)
+        what = "full fine-tuning"
     trainable, total = _parameter_counts(model)
-    targets = config.target_modules
-    log(
-        f"loaded: {'; '.join(notes)}; LoRA r={config.lora_r} alpha={config.lora_alpha} on "
-        f"{targets if isinstance(targets, str) else ', '.join(targets)}: "
-        f"{trainable:,} trainable of {total:,} parameters"
-    )
+    log(f"loaded: {'; '.join(notes)}; {what}: {trainable:,} trainable of {total:,} parameters")
     return Student(model, tokenizer, backend, reason, device, resolved, notes)
 
 
@@ -121,15 +138,16 @@ def load_model_and_tokenizer(
     """The base model (without LoRA), its tokenizer, and notes on how it was loaded.
 
     hf: float32 on the CPU; on CUDA bfloat16 (float16 where the GPU lacks bf16), or 4-bit NF4
-    with double quantization and bf16 compute when ``config.load_in_4bit`` (an error if
-    bitsandbytes is missing). A GGUF file is dequantized and its leftover quantizer cleared, so
-    peft can train and merge it. unsloth: ``FastLanguageModel.from_pretrained`` in 4-bit. Either
+    with double quantization and bf16 compute for method qlora (an error if bitsandbytes is
+    missing), stored as bf16 where FSDP or DeepSpeed shard it. A GGUF file is dequantized and its
+    leftover quantizer cleared, so peft can train and merge it. unsloth:
+    ``FastLanguageModel.from_pretrained`` in 4-bit (16-bit for method lora). Either
     way the tokenizer gets a chat template (`DEFAULT_CHAT_TEMPLATE` if it has none) and a pad
     token (eos if it has none).
     """
     if backend == "unsloth":
         model, tokenizer = _load_unsloth(resolved, config=config)
-        notes = ["unsloth 4-bit"]
+        notes = ["unsloth 4-bit" if config.method == "qlora" else "unsloth 16-bit"]
     elif backend == "hf":
         model, tokenizer, notes = _load_hf(resolved, config=config, device=device)
     else:
@@ -158,28 +176,36 @@ def _load_hf(
     notes: list[str] = []
     model_kwargs: dict[str, Any] = {}
     if device == "cuda":
-        if config.load_in_4bit and resolved.gguf_file is None:
+        launch = current()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if config.method == "qlora" and resolved.gguf_file is None:
             if importlib.util.find_spec("bitsandbytes") is None:
                 # Training in 16-bit instead would need about four times the GPU memory.
                 raise DistillError(
-                    "load_in_4bit (QLoRA, the default on a GPU) needs bitsandbytes, which is not "
-                    "installed: pip install 'rationale-distill[train]' installs it on Linux "
-                    "(elsewhere: pip install bitsandbytes), or set load_in_4bit = false in the "
-                    "--config file to train the base in 16-bit"
+                    "--method qlora (4-bit, the default on a GPU) needs bitsandbytes, which is "
+                    "not installed: pip install 'rationale-distill[train]' installs it on Linux "
+                    "(elsewhere: pip install bitsandbytes), or pass --method lora to train the "
+                    "base in 16-bit"
                 )
             from transformers import BitsAndBytesConfig
 
-            model_kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=torch.bfloat16,
-                bnb_4bit_use_double_quant=True,
-            )
+            quantization: dict[str, Any] = {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": torch.bfloat16,
+                "bnb_4bit_use_double_quant": True,
+            }
+            if launch.shards_model:
+                # FSDP and DeepSpeed shard float tensors only: keep the packed 4-bit weights
+                # in the model's float dtype (bitsandbytes' FSDP-QLoRA guide).
+                quantization["bnb_4bit_quant_storage"] = dtype
+            model_kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
             notes.append("4-bit NF4 (bitsandbytes, double quantization, bf16 compute)")
-        elif config.load_in_4bit:
+        elif config.method == "qlora":
             notes.append("16-bit (a GGUF file is dequantized; 4-bit does not apply)")
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        model_kwargs["device_map"] = {"": 0}
+        if not launch.shards_model:
+            # Each process's model on its own GPU; FSDP and DeepSpeed place (and shard) it.
+            model_kwargs["device_map"] = {"": launch.local_rank}
     else:
         dtype = torch.float32
     if resolved.gguf_file is not None:
@@ -233,7 +259,7 @@ def _load_unsloth(resolved: ResolvedBase, *, config: DistillConfig) -> tuple[Any
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=resolved.source,
         max_seq_length=config.max_seq_length,
-        load_in_4bit=True,
+        load_in_4bit=config.method == "qlora",
         dtype=None,  # Unsloth picks bf16 where the GPU has it, else fp16
     )
     return model, tokenizer
@@ -285,7 +311,12 @@ def add_lora(model: Any, config: DistillConfig, *, backend: str) -> Any:
         raise DistillError(
             f"training needs peft ({exc}): pip install 'rationale-distill[train]'"
         ) from None
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(
+        model, "is_loaded_in_8bit", False
+    )
+    # Not under FSDP/DeepSpeed: its upcast of the other weights to float32 would mix dtypes in
+    # one shard (trl's SFTTrainer skips it for sharded QLoRA too).
+    if quantized and not current().shards_model:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )

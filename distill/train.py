@@ -35,6 +35,7 @@ from distill.checkpoints import (
     training_log_callback,
     trim_log,
 )
+from distill.distributed import current, global_batch
 from distill.student import Student, log, prepare
 from distill.trainer import build_trainer, check_dataset, make_trainer
 
@@ -69,31 +70,42 @@ def fit(
 ) -> TrainResult:
     """Train ``student.model`` on ``dataset``; checkpoints and the training log go to the output.
 
+    Under accelerate launch or torchrun every process calls it with the same dataset (the
+    Trainer gives each its share of every global batch); only the main process writes the log.
+
     With ``config.resume`` training continues from the newest checkpoint (an error if there is
     none) and the log keeps its lines up to that checkpoint's step. Without it, an output folder
     that already holds checkpoints is an error, so an earlier run is never mixed into this one.
     ``callbacks`` are extra transformers ``TrainerCallback`` objects.
     """
     trained_tokens, total_tokens = check_dataset(dataset, config)  # before touching the output
+    launch = current()
     out = Path(config.output)
     log_path = out / TRAINING_LOG
     last = resume_point(config)
     resumed_from: int | None = None
     if last is not None:
         resumed_from = checkpoint_step(last)
-        trim_log(log_path, resumed_from)
+        if launch.is_main:
+            trim_log(log_path, resumed_from)
         log(f"resuming from {last.name} (step {resumed_from})")
-    else:
+    elif launch.is_main:
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text("", encoding="utf-8")
+    batch = global_batch(config.batch_size, config.grad_accum, launch)
+    log(
+        f"global batch {batch} examples per step ({config.batch_size} per device x "
+        f"{config.grad_accum} accumulation x {launch.describe()})"
+    )
 
     training_log = training_log_callback(log_path)
     trainer = _make_trainer(student, dataset, config, [training_log, *callbacks])
+    student.trainer = trainer
     # transformers prints its log dicts on stdout; stdout is for data.
     with contextlib.redirect_stdout(sys.stderr):
         output = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
 
-    steps, losses = read_log(log_path)
+    steps, losses = read_log(log_path) if launch.is_main else ([], [])
     final = losses[-1] if losses else None
     result = TrainResult(
         steps=int(trainer.state.global_step),
@@ -106,10 +118,14 @@ def fit(
         total_tokens=total_tokens,
         backend=student.backend,
         resumed_from_step=resumed_from,
+        processes=launch.world_size,
+        global_batch=batch,
+        epochs_done=float(trainer.state.epoch) if trainer.state.epoch is not None else None,
     )
     final_text = f"{final:.4f}" if final is not None else "not logged"
+    epochs = f" ({result.epochs_done:.2f} epochs)" if result.epochs_done is not None else ""
     log(
-        f"trained {result.steps} steps in {result.train_runtime_s:.1f}s on {result.samples} "
-        f"examples; final loss {final_text}"
+        f"trained {result.steps} steps of {batch} examples{epochs} in "
+        f"{result.train_runtime_s:.1f}s on {result.samples} examples; final loss {final_text}"
     )
     return result

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill import DistillError
 from distill.checkpoints import CHECKPOINTS_DIR
+from distill.distributed import current
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -190,6 +191,16 @@ def _sft_arguments(student: Student, config: DistillConfig, sft_config: type) ->
     if "activation_checkpointing" in fields:
         kwargs["activation_checkpointing"] = checkpointing
     kwargs["gradient_checkpointing"] = checkpointing
+    if checkpointing:
+        # Reentrant checkpointing breaks DDP's gradient hooks (and needs grad-requiring
+        # inputs under LoRA's frozen embeddings); the non-reentrant kind works everywhere.
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        if "activation_checkpointing_kwargs" in fields:
+            kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if current().distributed:
+        # Every trainable weight gets a gradient each step (LoRA's and, in full fine-tuning,
+        # all); looking for unused ones would cost an extra pass over the graph per step.
+        kwargs["ddp_find_unused_parameters"] = False
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio).
     kwargs["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = config.warmup_ratio
     # trl < 0.20 called max_length max_seq_length.

@@ -3,8 +3,8 @@
 `Predictor.load(model)` takes what ``rationale eval --model`` takes (`resolve_model`):
 
 - a ``rationale distill`` output folder (it holds ``prompt_format.json``): the student, prompted
-  exactly as it was trained (`rationale.prompt_format`), its ``adapter/`` on its base (or
-  ``merged/`` when there is no adapter);
+  exactly as it was trained (`rationale.prompt_format`), its ``adapter/`` on its base (or its
+  fully fine-tuned ``model/``, or ``merged/`` when there is no adapter);
 - a local model: a Hugging Face model folder, a ``.gguf`` file, a base alias (``smollm2-135m``,
   ...) or ``hf:owner/name`` from the local Hugging Face cache (never downloaded), prompted with
   the ``predict`` template as a prompt-only baseline;
@@ -119,10 +119,11 @@ def _student(path: Path, name: str) -> ModelSpec:
     if (path / "adapter" / "adapter_config.json").is_file():
         return ModelSpec(name, "student", label, base["source"], base.get("gguf_file"),
                          str(path / "adapter"), str(path), max_seq)  # fmt: skip
-    if (path / "merged" / "config.json").is_file():
-        return ModelSpec(name, "student", label, str(path / "merged"), None, None, str(path),
-                         max_seq)  # fmt: skip
-    raise RationaleError(f"{path}: neither adapter/ nor merged/ holds a trained student")
+    for weights in ("model", "merged"):  # fully fine-tuned; or merged, the adapter gone
+        if (path / weights / "config.json").is_file():
+            return ModelSpec(name, "student", label, str(path / weights), None, None,
+                             str(path), max_seq)  # fmt: skip
+    raise RationaleError(f"{path}: none of adapter/, model/, merged/ holds a trained student")
 
 
 class Predictor:

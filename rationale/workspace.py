@@ -338,6 +338,8 @@ def _check_table(path: Path, name: str, value: Any) -> dict[str, Any]:
     table = {}
     for key, item in value.items():
         field_name = key.replace("-", "_")
+        if field_name in _RENAMED.get(name, {}):
+            raise ConfigError(f"{path}: [{name}] '{key}' {_RENAMED[name][field_name]}")
         if field_name not in fields or field_name in _NOT_SETTINGS:
             hint = _nearest(flag(field_name), stage_keys(name))
             raise ConfigError(
@@ -380,6 +382,15 @@ def _arms() -> tuple[str, ...]:
     from rationale.compare import ARMS
 
     return ARMS
+
+
+# Settings that were renamed: what to write instead.
+_RENAMED = {
+    "distill": {
+        "load_in_4bit": 'is now method: method = "qlora" (4-bit, the default) or "lora" '
+        '(a 16-bit base), or "full"'
+    }
+}
 
 
 def _fields(stage: str) -> set[str]:

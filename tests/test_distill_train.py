@@ -125,7 +125,18 @@ def test_config_defaults_and_unknown_fields() -> None:
     )
     assert (config.max_seq_length, config.max_steps, config.epochs) == (2048, None, 1.0)
     assert config.target_modules == "all-linear"
-    assert config.backend == "auto" and config.load_in_4bit and config.gradient_checkpointing
+    assert config.backend == "auto" and config.method == "qlora" and config.gradient_checkpointing
+    full = DistillConfig(base="b", data="d", output="o", method="full")
+    assert full.learning_rate == 2e-5 and not full.uses_lora  # full fine-tuning's own default
+    assert DistillConfig(base="b", data="d", output="o", learning_rate=1e-3).learning_rate == 1e-3
+    # the older spelling of the method is still read
+    assert DistillConfig(base="b", data="d", output="o", load_in_4bit=False).method == "lora"
+    assert DistillConfig(base="b", data="d", output="o", load_in_4bit=True).method == "qlora"
+    with pytest.raises(DistillError, match=r"load_in_4bit = False contradicts method = 'qlora'"):
+        build_config({"base": "b", "data": "d", "output": "o", "load_in_4bit": False,
+                      "method": "qlora"})  # fmt: skip
+    with pytest.raises(DistillError, match=r"whole model to model/ already.*drop --merge"):
+        build_config({"base": "b", "data": "d", "output": "o", "method": "full", "merge": True})
     for name, info in DistillConfig.model_fields.items():
         assert info.description, f"{name} has no description"
     with pytest.raises(DistillError, match=r"flags: lora_rank: Extra inputs"):
@@ -271,7 +282,7 @@ def test_prompt_tokens_are_masked(tmp_path: Path, tiny_folder: Path) -> None:
     """On any machine: the hf backend, in 16 or 32 bits (masking does not depend on 4-bit)."""
     from distill.train import build_trainer, prepare
 
-    config = make_config(tiny_folder, tmp_path / "out", backend="hf", load_in_4bit=False)
+    config = make_config(tiny_folder, tmp_path / "out", backend="hf", method="lora")
     student = prepare(config)
     assert student.backend == "hf"
     # LoRA's random init follows the seed, so a run can be repeated.
@@ -672,7 +683,7 @@ def test_a_large_base_is_refused_on_the_cpu_before_loading(
 def test_4bit_without_bitsandbytes_is_an_error(
     tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On CUDA, load_in_4bit (the default) without bitsandbytes says how to get it, rather than
+    """On CUDA, method qlora (the default) without bitsandbytes says how to get it, rather than
     train in 16-bit on four times the memory."""
     from distill import student
     from distill.models import resolve_base
@@ -684,11 +695,11 @@ def test_4bit_without_bitsandbytes_is_an_error(
 
     monkeypatch.setattr(student.importlib.util, "find_spec", no_bitsandbytes)
     config = make_config(tiny_folder, tmp_path / "out")
-    assert config.load_in_4bit
+    assert config.method == "qlora"
     with pytest.raises(
         DistillError,
-        match=r"load_in_4bit .* needs bitsandbytes.*rationale-distill\[train\]' installs it on "
-        r"Linux.*load_in_4bit = false",
+        match=r"--method qlora .* needs bitsandbytes.*rationale-distill\[train\]' installs it on "
+        r"Linux.*--method lora",
     ):
         student._load_hf(resolve_base(str(tiny_folder), "hf"), config=config, device="cuda")
 

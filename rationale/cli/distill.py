@@ -39,8 +39,29 @@ from rationale.cli.options import (
     show_default=True,
     help="auto: Unsloth when CUDA and unsloth are there, else hf.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["qlora", "lora", "full"]),
+    default="qlora",
+    show_default=True,
+    help="LoRA on a 4-bit base (4-bit on CUDA only), LoRA on a 16-bit base, or every weight.",
+)
 @click.option("--no-rationale", is_flag=True, help="Train on actions only (the ablation).")
 @click.option("--session-mode", is_flag=True, help="Whole sessions as multi-turn chats.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Examples per device per step (times --grad-accum and the processes launched).",
+)
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Gradient accumulation steps.")  # fmt: skip
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate.  [default: 2e-4; 2e-5 with --method full]",
+)
 @click.option("--max-seq-length", type=click.IntRange(min=32), default=2048, show_default=True)
 @click.option(
     "--max-context-tokens",
@@ -70,17 +91,19 @@ from rationale.cli.options import (
 @config_option
 @click.pass_context
 def distill(ctx: click.Context, **flags: Any) -> None:
-    """Fine-tune a student on accepted rationales (LoRA; Unsloth QLoRA on a GPU)."""
+    """Fine-tune a student on accepted rationales (QLoRA, LoRA or full; one GPU or many)."""
     from distill.config import DistillConfig
     from distill.pipeline import run_distill
 
     config = _job_config(ctx, DistillConfig, flags, stage="distill")
     run = run_distill(config)
+    if not run.main:
+        return  # under accelerate launch / torchrun the main process reports
     r, s = run.result, run.stats
     loss = "no loss logged" if r.final_loss is None else f"final loss {r.final_loss:.4f}"
     click.echo(
         f"distill: {run.backend} ({run.reason}); {s.examples} examples ({s.steps} steps), "
-        f"{r.steps} steps, {loss}, {r.train_runtime_s:.1f}s -> {run.output}",
+        f"{r.steps} steps of {r.global_batch}, {loss}, {r.train_runtime_s:.1f}s -> {run.output}",
         err=True,
     )
     for problem in run.skipped:
