@@ -332,6 +332,48 @@ def test_distill_command_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -
     assert [x["step"] for x in log] == [1, 2]  # the log kept its lines, none added
 
 
+def test_full_fine_tuning_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -> None:
+    """--method full trains every weight, writes model/ (no adapter), and eval reads it."""
+    import re
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "full"
+    cmd = [str(RATIONALE), "distill", "--base", str(tiny), "--data", str(run_dir), "-o", str(out),
+           "--method", "full", "--max-steps", "2", "--max-seq-length", "1024",
+           "--max-context-tokens", "300"]  # fmt: skip
+    refused = subprocess.run([*cmd, "--merge"], capture_output=True, text=True, env=_one_thread())
+    assert refused.returncode == 1 and "there is no adapter to merge" in refused.stderr
+    assert not out.exists()  # refused before anything was loaded or written
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_one_thread())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = re.search(r"full fine-tuning: ([\d,]+) trainable of ([\d,]+) parameters", proc.stderr)
+    assert counts and counts.group(1) == counts.group(2)
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["method"] == "full" and record["config"]["learning_rate"] == 2e-5
+    card = (out / "README.md").read_text()
+    assert "a fully fine-tuned model" in card and 'from_pretrained("model")' in card
+    assert "| method | full |" in card and "| LoRA |" not in card
+    trained, base = (
+        load_file(str(out / "model" / "model.safetensors")),
+        load_file(str(tiny / "model.safetensors")),
+    )
+    assert trained.keys() == base.keys()
+    moved = [name for name in base if not trained[name].equal(base[name])]
+    assert len(moved) == len(base)  # every weight trained, not only some adapter's
+
+    ev = tmp_path / "ev"
+    evaluated = subprocess.run(
+        [str(RATIONALE), "eval", "--model", str(out), "--data", str(tmp_path / "input.jsonl"),
+         "-o", str(ev), "--max-tokens", "8", "--bootstrap", "20"],
+        capture_output=True, text=True, env=_one_thread(),
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads((ev / "eval.json").read_text())
+    assert result["model"]["kind"] == "student" and result["n_cases"] == 5
+
+
 def _one_thread() -> dict[str, str]:
     import os
 

@@ -93,9 +93,11 @@ from rationale.cli.options import (
 def distill(ctx: click.Context, **flags: Any) -> None:
     """Fine-tune a student on accepted rationales (QLoRA, LoRA or full; one GPU or many)."""
     from distill.config import DistillConfig
+    from distill.distributed import current
     from distill.pipeline import run_distill
 
-    config = _job_config(ctx, DistillConfig, flags, stage="distill")
+    # under accelerate launch / torchrun, every process runs this; the main one reports
+    config = _job_config(ctx, DistillConfig, flags, stage="distill", quiet=not current().is_main)
     run = run_distill(config)
     if not run.main:
         return  # under accelerate launch / torchrun the main process reports

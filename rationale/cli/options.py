@@ -207,10 +207,17 @@ scale_options = _stack(
 
 
 def _job_config(
-    ctx: click.Context, model: Any, flags: dict[str, Any], *, stage: str | None = None, **fixed: Any
+    ctx: click.Context,
+    model: Any,
+    flags: dict[str, Any],
+    *,
+    stage: str | None = None,
+    quiet: bool = False,
+    **fixed: Any,
 ) -> Any:
     """A job's config: the flags typed, over the workspace file's table for ``stage``, over the
-    defaults that chain the stages (each printed on stderr), over the flags' own defaults."""
+    defaults that chain the stages (each printed on stderr unless ``quiet``), over the flags'
+    own defaults."""
     from click.core import ParameterSource
 
     from rationale.workspace import Workspace
@@ -229,14 +236,14 @@ def _job_config(
         table = workspace.table("synth")
         wanted = (set(flags) | {"rules"}) - set(typed) - {"template"}  # template: the run's
         shared = {k: v for k, v in table.items() if k in wanted}
-        if shared:
+        if shared and not quiet:
             used = ", ".join(k.replace("_", "-") for k in shared)
             click.echo(f"filter: from {workspace.where('synth')}: {used}", err=True)
         values = {**defaults, **shared, **typed}
         stage = "synth"  # what error messages name
     elif stage:
         resolved = workspace.resolve(stage, typed)
-        for note in resolved.notes:
+        for note in () if quiet else resolved.notes:
             click.echo(note, err=True)
         values = {**defaults, **resolved.values}
     else:
