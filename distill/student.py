@@ -93,6 +93,12 @@ def prepare(config: DistillConfig) -> Student:
         config.backend, processes=launch.world_size, method=config.method
     )
     device = "cuda" if cuda_available() else "cpu"
+    if launch.shards_model and device != "cuda":
+        raise DistillError(
+            f"launched with {launch.strategy.upper()} (accelerate's config), which needs GPUs, "
+            "and this machine has no CUDA: on CPUs launch without that config (DDP over gloo), "
+            "e.g. torchrun --nproc-per-node 2 -m rationale.cli distill ..."
+        )
     resolved = resolve_base(config.base, backend)
     if device == "cpu":
         warning = check_cpu_training(resolved, allow_cpu=config.allow_cpu)

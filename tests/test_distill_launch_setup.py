@@ -155,3 +155,15 @@ def test_the_renamed_4bit_setting_says_what_to_write(tmp_path: Path) -> None:
     path.write_text("[distill]\nload-in-4bit = false\n")
     with pytest.raises(RationaleError, match=r"'load-in-4bit' is now method: method = \"qlora\""):
         Workspace.find(str(path))
+
+
+def test_fsdp_without_gpus_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    from distill import student
+
+    for name, value in {**LAUNCHED, "ACCELERATE_USE_FSDP": "true"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(student, "cuda_available", lambda: False)
+    config = DistillConfig(base="no/such-model", data="d", output="o", backend="hf")
+    with pytest.raises(DistillError, match=r"launched with FSDP .* needs GPUs.*torchrun"):
+        student.prepare(config)  # the base is never looked up
