@@ -70,12 +70,13 @@ def save(
             )
     launch = current()
     weights = out / ("adapter" if config.uses_lora else "model")
-    if launch.distributed and student.trainer is not None:
+    gather = student.trainer is not None and (launch.distributed or launch.shards_model)
+    if gather:
         _gather_weights(student.trainer, weights)  # every process takes part
     if not launch.is_main:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    if not (launch.distributed and student.trainer is not None):
+    if not gather:
         student.model.save_pretrained(str(weights))
     student.tokenizer.save_pretrained(str(weights))
     (out / "config.json").write_text(
@@ -285,9 +286,10 @@ def _merge(student: Student, config: DistillConfig, adapter: Path, target: Path)
     quantized = getattr(base_model, "is_loaded_in_4bit", False) or getattr(
         base_model, "is_loaded_in_8bit", False
     )
-    if quantized or current().distributed:
+    if quantized or current().shards_model:
         # Merging into 4-bit weights would round the adapter away, and under FSDP this process
         # holds a shard of the model only: merge the saved adapter into a fresh 16-bit base.
+        # (Under DDP this process holds the whole model: it is merged in place.)
         from peft import PeftModel
 
         from distill.student import load_model_and_tokenizer

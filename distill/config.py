@@ -230,7 +230,7 @@ class DistillConfig(BaseModel):
             return values
         values = dict(values)
         method = "qlora" if values.pop("load_in_4bit") else "lora"
-        if values.setdefault("method", method) != method and values["method"] != "full":
+        if values.setdefault("method", method) != method:
             raise ValueError(
                 f"load_in_4bit = {method == 'qlora'} contradicts method = {values['method']!r}: "
                 "set method alone"

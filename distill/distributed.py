@@ -54,9 +54,10 @@ class Launch:
 
     def describe(self) -> str:
         """``"1 process"``, ``"8 processes (fsdp)"``: for logs and the model card."""
-        if not self.distributed:
+        if self.strategy == "single":
             return "1 process"
-        return f"{self.world_size} processes ({self.strategy})"
+        count = f"{self.world_size} process{'es' if self.distributed else ''}"
+        return f"{count} ({self.strategy})"
 
 
 def current(environ: Mapping[str, str] | None = None) -> Launch:
@@ -70,14 +71,16 @@ def current(environ: Mapping[str, str] | None = None) -> Launch:
             return default
 
     world = max(1, number("WORLD_SIZE", 1))
-    if world == 1:
-        return Launch()
+    # An accelerate config for FSDP or DeepSpeed applies on one process too (it wraps or
+    # partitions the model there as well).
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         strategy: Strategy = "fsdp"
     elif env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         strategy = "deepspeed"
     else:
-        strategy = "ddp"
+        strategy = "ddp" if world > 1 else "single"
+    if world == 1 and strategy == "single":
+        return Launch()
     return Launch(number("RANK", 0), number("LOCAL_RANK", 0), world, strategy)
 
 

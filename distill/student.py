@@ -25,6 +25,7 @@ from distill.models import (
     resolve_base,
 )
 from distill.sizing import check_cpu_training
+from distill.trainer import training_arguments
 
 if TYPE_CHECKING:
     from distill.config import DistillConfig
@@ -67,6 +68,8 @@ class Student:
     device: str
     base: ResolvedBase
     notes: list[str] = field(default_factory=list)
+    # Under a launcher: the trainer's arguments, made before loading (`training_arguments`).
+    training_args: Any = None
     # The trainer of the last `fit`: under FSDP or DeepSpeed only it can gather the sharded
     # weights that `save` writes.
     trainer: Any = None
@@ -106,6 +109,12 @@ def prepare(config: DistillConfig) -> Student:
             log(f"warning: {warning}")
     where = f", {launch.describe()}" if launch.distributed else ""
     log(f"backend {backend} ({reason}); base {resolved.describe()} on {device}{where}")
+    training_args = None
+    if launch.distributed or launch.shards_model:
+        # Before loading: this sets up the process group and this process's GPU, where a
+        # 4-bit base is then loaded, and lets FSDP read the base once per node and ZeRO-3 load
+        # it partitioned.
+        training_args = training_arguments(config, backend=backend, device=device)
     model, tokenizer, notes = load_model_and_tokenizer(
         resolved, backend=backend, config=config, device=device
     )
@@ -121,7 +130,7 @@ def prepare(config: DistillConfig) -> Student:
         what = "full fine-tuning"
     trainable, total = _parameter_counts(model)
     log(f"loaded: {'; '.join(notes)}; {what}: {trainable:,} trainable of {total:,} parameters")
-    return Student(model, tokenizer, backend, reason, device, resolved, notes)
+    return Student(model, tokenizer, backend, reason, device, resolved, notes, training_args)
 
 
 def _parameter_counts(model: Any) -> tuple[int, int]:
@@ -184,6 +193,12 @@ def _load_hf(
     if device == "cuda":
         launch = current()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if config.method == "full" and not launch.shards_model:
+            # Adam's steps (lr 2e-5) round away in bf16 weights: keep float32 master weights
+            # and train in bf16 autocast. FSDP upcasts its shards itself, DeepSpeed keeps its
+            # own float32 copy.
+            dtype = torch.float32
+            notes.append("float32 weights, bf16 autocast")
         if config.method == "qlora" and resolved.gguf_file is None:
             if importlib.util.find_spec("bitsandbytes") is None:
                 # Training in 16-bit instead would need about four times the GPU memory.
@@ -321,8 +336,9 @@ def add_lora(model: Any, config: DistillConfig, *, backend: str) -> Any:
         model, "is_loaded_in_8bit", False
     )
     # Not under FSDP/DeepSpeed: its upcast of the other weights to float32 would mix dtypes in
-    # one shard (trl's SFTTrainer skips it for sharded QLoRA too).
-    if quantized and not current().shards_model:
+    # one shard (PEFT's and bitsandbytes' FSDP-QLoRA examples leave it out too).
+    launch = current()
+    if quantized and not launch.shards_model:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
@@ -334,9 +350,13 @@ def add_lora(model: Any, config: DistillConfig, *, backend: str) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
+    # peft makes the adapter float32 on a bf16 base; ZeRO-3 gathers a module's parameters into
+    # one buffer of one dtype and fails on the mix (trl does the same; DeepSpeed keeps its own
+    # float32 copy for the optimiser). A 4-bit base keeps float32 adapters.
+    same_dtype = launch.strategy == "deepspeed" and not quantized
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         try:
-            return get_peft_model(model, lora)
+            return get_peft_model(model, lora, autocast_adapter_dtype=not same_dtype)
         except ValueError as exc:  # e.g. a target module name the model does not have
             raise DistillError(f"cannot add LoRA to the base model: {exc}") from None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from distill.config import DistillConfig
     from distill.student import Student
 
-__all__ = ["build_trainer", "check_dataset", "make_trainer"]
+__all__ = ["build_trainer", "check_dataset", "make_trainer", "training_arguments"]
 
 # -- the dataset --------------------------------------------------------------------------------
 
@@ -125,14 +125,12 @@ def make_trainer(
     student: Student, dataset: Dataset, config: DistillConfig, callbacks: Iterable[Any] = ()
 ) -> Any:
     """`build_trainer` for a dataset that `check_dataset` has passed (`fit` checks it first)."""
-    try:
-        from trl import SFTConfig, SFTTrainer
-    except ImportError as exc:
-        raise DistillError(
-            f"training needs trl ({exc}): pip install 'rationale-distill[train]'"
-        ) from None
+    from trl import SFTTrainer
+
     labelled = _with_labels(dataset)
-    args = SFTConfig(**_sft_arguments(student, config, SFTConfig))
+    args = student.training_args or training_arguments(
+        config, backend=student.backend, device=student.device
+    )
     trainer = SFTTrainer(
         model=student.model,
         args=args,
@@ -149,10 +147,29 @@ def make_trainer(
     return trainer
 
 
-def _sft_arguments(student: Student, config: DistillConfig, sft_config: type) -> dict[str, Any]:
+def training_arguments(config: DistillConfig, *, backend: str, device: str) -> Any:
+    """trl's ``SFTConfig`` for this run, on ``device`` ("cuda" or "cpu") with ``backend``.
+
+    Making it sets up the process: under accelerate launch or torchrun, the process group and
+    this process's GPU (accelerate's ``PartialState``), and for DeepSpeed ZeRO-3 the config that
+    makes ``from_pretrained`` load the model partitioned. So under a launcher `prepare` makes it
+    before loading the model (and keeps it, for the trainer and ZeRO-3's reference to it).
+    """
+    try:
+        from trl import SFTConfig
+    except ImportError as exc:
+        raise DistillError(
+            f"training needs trl ({exc}): pip install 'rationale-distill[train]'"
+        ) from None
+    return SFTConfig(**_sft_arguments(backend, device, config, SFTConfig))
+
+
+def _sft_arguments(
+    backend: str, device: str, config: DistillConfig, sft_config: type
+) -> dict[str, Any]:
     """SFTConfig's keyword arguments for this run (adapted to the installed trl's fields)."""
     fields = {f.name for f in dataclasses.fields(sft_config)}
-    cuda = student.device == "cuda"
+    cuda = device == "cuda"
     bf16 = False
     if cuda:
         import torch
@@ -183,11 +200,11 @@ def _sft_arguments(student: Student, config: DistillConfig, sft_config: type) ->
         "use_cpu": not cuda,
         "dataloader_pin_memory": cuda,
     }
-    if student.backend == "unsloth":
+    if backend == "unsloth":
         kwargs["optim"] = "adamw_8bit"  # Unsloth's notebooks; bitsandbytes ships with unsloth
     # Unsloth switched on its own checkpointing in get_peft_model; on the CPU it only costs.
     # Recent transformers 5 releases renamed gradient_checkpointing to activation_checkpointing.
-    checkpointing = cuda and config.gradient_checkpointing and student.backend == "hf"
+    checkpointing = cuda and config.gradient_checkpointing and backend == "hf"
     if "activation_checkpointing" in fields:
         kwargs["activation_checkpointing"] = checkpointing
     kwargs["gradient_checkpointing"] = checkpointing

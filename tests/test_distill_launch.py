@@ -5,8 +5,9 @@ every process (tests/launch_probe/sitecustomize.py) records from the outside whi
 wrote what under the output folder and a digest of each rank's final weights. Checked:
 
 - both ranks end with bit-identical weights (DDP all-reduces the gradients);
-- only rank 0 writes the output folder; rank 1 writes nothing there but its own RNG state in
-  each checkpoint (``rng_state_1.pth``, which the Trainer needs to resume that rank exactly);
+- only rank 0 writes the output folder (with --merge, merged/ too); rank 1 writes nothing there
+  but its own RNG state in each checkpoint (``rng_state_1.pth``, which the Trainer needs to
+  resume that rank exactly); the probe saw every file there but Rust-written tokenizer.json;
 - the loss per step matches a single-process run with the same global batch (8 = 4 per device
   x 2 processes; the single run takes 8 per step), and the adapters match;
 - a run killed after its first checkpoint resumes under torchrun to the same weights.
@@ -148,7 +149,7 @@ def test_two_processes_train_as_one_with_the_global_batch(
     kind: str, setup: dict[str, Path], single: dict[str, Any]
 ) -> None:
     out, probe = setup["root"] / f"{kind}-out", setup["root"] / f"{kind}-probe"
-    proc = launch(kind, distill_args(setup, out, "--batch-size", "4"), probe, out)
+    proc = launch(kind, distill_args(setup, out, "--batch-size", "4", "--merge"), probe, out)
 
     # both ranks hold the same weights at the end
     digests = {p.name: json.loads(p.read_text()) for p in probe.glob("weights-*.json")}
@@ -167,6 +168,12 @@ def test_two_processes_train_as_one_with_the_global_batch(
     rank1 = sorted({line.split(" ", 1)[1] for line in written.get("1", [])})
     assert [p for p in rank1 if not RANK1_MAY_WRITE.fullmatch(p)] == []
     assert "checkpoints/checkpoint-4/rng_state_1.pth" in rank1  # the probe sees rank 1 too
+    # and the probe saw every file that is there, but the tokenizer.json files that the
+    # tokenizers library writes from Rust (their tokenizer_config.json beside them is seen)
+    anyone = {line.split(" ", 1)[1] for lines in written.values() for line in lines}
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert sorted(f for f in files - anyone if Path(f).name != "tokenizer.json") == []
+    assert "merged/model.safetensors" in rank0  # --merge: in place on rank 0 (DDP)
     assert not (out / "training_args.bin").exists()
 
     # one report, with the global batch, and the run record says it too

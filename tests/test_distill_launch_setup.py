@@ -29,8 +29,10 @@ def test_the_launchers_variables() -> None:
     fsdp = current({**LAUNCHED, "ACCELERATE_USE_FSDP": "true"})
     assert fsdp.strategy == "fsdp" and fsdp.shards_model
     assert current({**LAUNCHED, "ACCELERATE_USE_DEEPSPEED": "true"}).strategy == "deepspeed"
-    # one process is one process, whatever else is set
-    assert current({"WORLD_SIZE": "1", "RANK": "0", "ACCELERATE_USE_FSDP": "true"}) == Launch()
+    assert current({"WORLD_SIZE": "1", "RANK": "0"}) == Launch()
+    # an accelerate config for FSDP applies on one process too: the model is wrapped there
+    alone = current({"WORLD_SIZE": "1", "RANK": "0", "ACCELERATE_USE_FSDP": "true"})
+    assert alone.shards_model and not alone.distributed and alone.describe() == "1 process (fsdp)"
     assert global_batch(4, 2, ddp) == 32 and global_batch(4, 2, Launch()) == 8
 
 
@@ -53,15 +55,22 @@ def test_unsloth_stays_single_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert models.choose_backend("auto", processes=2) == ("hf", "no CUDA")
 
 
+FSDP = {**LAUNCHED, "ACCELERATE_USE_FSDP": "true"}
+
+
 @pytest.mark.parametrize(
-    ("env", "method", "device_map", "storage"),
+    ("env", "method", "device_map", "storage", "dtype"),
     [
-        ({}, "qlora", {"": 0}, None),
-        (LAUNCHED, "qlora", {"": 1}, None),  # DDP: this process's GPU on its node
-        (LAUNCHED, "lora", {"": 1}, None),
-        ({**LAUNCHED, "ACCELERATE_USE_FSDP": "true"}, "qlora", None, "bfloat16"),
-        ({**LAUNCHED, "ACCELERATE_USE_DEEPSPEED": "true"}, "qlora", None, "bfloat16"),
-        ({**LAUNCHED, "ACCELERATE_USE_FSDP": "true"}, "full", None, None),
+        ({}, "qlora", {"": 0}, None, "bfloat16"),
+        (LAUNCHED, "qlora", {"": 1}, None, "bfloat16"),  # DDP: this process's GPU on its node
+        (LAUNCHED, "lora", {"": 1}, None, "bfloat16"),
+        # FSDP/DeepSpeed place the model: the launch's arguments have set this process's GPU
+        (FSDP, "qlora", None, "bfloat16", "bfloat16"),
+        ({**LAUNCHED, "ACCELERATE_USE_DEEPSPEED": "true"}, "qlora", None, "bfloat16", "bfloat16"),
+        # full fine-tuning keeps float32 master weights (bf16 autocast) unless sharded
+        ({}, "full", {"": 0}, None, "float32"),
+        (LAUNCHED, "full", {"": 1}, None, "float32"),
+        (FSDP, "full", None, None, "bfloat16"),
     ],
 )
 def test_where_each_process_loads_the_base(
@@ -69,6 +78,7 @@ def test_where_each_process_loads_the_base(
     method: str,
     device_map: Any,
     storage: str | None,
+    dtype: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -108,7 +118,7 @@ def test_where_each_process_loads_the_base(
     config = DistillConfig(base="b", data="d", output=str(tmp_path), method=method)
     student._load_hf(ResolvedBase(str(tmp_path)), config=config, device="cuda")
     assert seen.get("device_map") == device_map
-    assert seen["dtype"] == torch.bfloat16
+    assert seen["dtype"] == getattr(torch, dtype)
     quantization = seen.get("quantization_config")
     assert (quantization is not None) == (method == "qlora")
     if quantization is not None:
@@ -120,16 +130,13 @@ def test_where_each_process_loads_the_base(
 def test_trainer_settings_under_ddp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     trl = pytest.importorskip("trl")
-    from distill.models import ResolvedBase
-    from distill.student import Student
     from distill.trainer import _sft_arguments
 
     config = DistillConfig(base="b", data="d", output=str(tmp_path), batch_size=2, grad_accum=3)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
 
     def args(device: str) -> dict[str, Any]:
-        return _sft_arguments(Student(None, None, "hf", "", device, ResolvedBase("b")), config,
-                              trl.SFTConfig)  # fmt: skip
+        return _sft_arguments("hf", device, config, trl.SFTConfig)
 
     single = args("cuda")
     assert single["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
@@ -167,3 +174,55 @@ def test_fsdp_without_gpus_is_refused_before_loading(monkeypatch: pytest.MonkeyP
     config = DistillConfig(base="no/such-model", data="d", output="o", backend="hf")
     with pytest.raises(DistillError, match=r"launched with FSDP .* needs GPUs.*torchrun"):
         student.prepare(config)  # the base is never looked up
+
+
+@pytest.mark.parametrize("env", [{}, LAUNCHED, FSDP])
+def test_a_launch_sets_up_its_process_before_loading(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's arguments (process group, this process's GPU, ZeRO-3's partitioned load)
+    come before the model under a launcher; without one they are made by the trainer."""
+    pytest.importorskip("torch")
+    from distill import student
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(student, "cuda_available", lambda: True)
+    monkeypatch.setattr(student, "resolve_base", lambda base, backend: student.ResolvedBase(base))
+    order: list[str] = []
+
+    class Loaded(Exception):
+        pass
+
+    def arguments(config: Any, **kw: Any) -> str:
+        order.append("arguments")
+        return "args"
+
+    def load(*args: Any, **kw: Any) -> Any:
+        order.append("load")
+        raise Loaded
+
+    monkeypatch.setattr(student, "training_arguments", arguments)
+    monkeypatch.setattr(student, "load_model_and_tokenizer", load)
+    with pytest.raises(Loaded):
+        student.prepare(DistillConfig(base="b", data="d", output="o", backend="hf"))
+    assert order == (["arguments", "load"] if env else ["load"])
+
+
+@pytest.mark.parametrize(("env", "autocast"), [({}, True), (LAUNCHED, True),
+                         ({**LAUNCHED, "ACCELERATE_USE_DEEPSPEED": "true"}, False)])  # fmt: skip
+def test_lora_adapters_keep_the_base_dtype_under_deepspeed(
+    env: dict[str, str], autocast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """peft's float32 adapters on a bf16 base break ZeRO-3's gathering (trl does the same)."""
+    pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from distill import student
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(peft, "get_peft_model", lambda model, lora, **kw: seen.update(kw))
+    model = type("Model", (), {"is_loaded_in_4bit": False})()
+    student.add_lora(model, DistillConfig(base="b", data="d", output="o"), backend="hf")
+    assert seen == {"autocast_adapter_dtype": autocast}

@@ -132,6 +132,9 @@ def test_config_defaults_and_unknown_fields() -> None:
     # the older spelling of the method is still read
     assert DistillConfig(base="b", data="d", output="o", load_in_4bit=False).method == "lora"
     assert DistillConfig(base="b", data="d", output="o", load_in_4bit=True).method == "qlora"
+    with pytest.raises(DistillError, match=r"load_in_4bit = True contradicts method = 'full'"):
+        build_config({"base": "b", "data": "d", "output": "o", "load_in_4bit": True,
+                      "method": "full"})  # fmt: skip
     with pytest.raises(DistillError, match=r"load_in_4bit = False contradicts method = 'qlora'"):
         build_config({"base": "b", "data": "d", "output": "o", "load_in_4bit": False,
                       "method": "qlora"})  # fmt: skip
@@ -501,15 +504,12 @@ def test_trainer_arguments_per_device(
     """bf16 and checkpointing only on CUDA; Unsloth keeps its own checkpointing and 8-bit Adam."""
     from trl import SFTConfig
 
-    from distill.models import ResolvedBase
-    from distill.student import Student
     from distill.trainer import _sft_arguments
 
     config = make_config("b", tmp_path / "out", max_steps=None, epochs=2.0)
 
     def args(backend: str, device: str) -> dict[str, Any]:
-        return _sft_arguments(Student(None, None, backend, "", device, ResolvedBase("b")),
-                              config, SFTConfig)  # fmt: skip
+        return _sft_arguments(backend, device, config, SFTConfig)
 
     cpu = args("hf", "cpu")
     assert (cpu["bf16"], cpu["fp16"], cpu["use_cpu"], cpu["gradient_checkpointing"]) == (
