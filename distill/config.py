@@ -64,9 +64,10 @@ class DistillConfig(BaseModel):
         description=(
             "'qlora': LoRA adapters on a 4-bit NF4 base (bitsandbytes; on CUDA only, the base is "
             "float32 on a CPU); 'lora': LoRA on a 16-bit base (bf16 on a GPU); 'full': every "
-            "weight trained, as the paper did (bf16 on a GPU, float32 on a CPU; the hf backend; "
-            "FSDP or DeepSpeed through accelerate for bases that do not fit one GPU). QLoRA is "
-            "Unsloth's default and fits an 8B base on one 24 GB GPU."
+            "weight trained, as the paper did (float32 weights with bf16 autocast on a GPU, "
+            "float32 on a CPU; the hf backend; FSDP or DeepSpeed through accelerate for bases "
+            "that do not fit one GPU). QLoRA is Unsloth's default and fits an 8B base on one "
+            "24 GB GPU."
         ),
     )
 

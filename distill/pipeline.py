@@ -26,7 +26,6 @@ class DistillRun:
     reason: str
     caveats: tuple[str, ...] = ()  # on the training data: see `distill.data.SFTData.caveats`
     skipped: tuple[str, ...] = ()  # bad data lines left out (``on_error="skip"``)
-    main: bool = True  # False in the other processes of accelerate launch / torchrun
 
 
 def run_distill(config: Any) -> DistillRun:
@@ -83,5 +82,5 @@ def run_distill(config: Any) -> DistillRun:
     )
     return DistillRun(
         Path(output), result, stats, student.backend, student.reason, caveats,
-        tuple(data.skipped), current().is_main,
+        tuple(data.skipped),
     )  # fmt: skip

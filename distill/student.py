@@ -112,8 +112,8 @@ def prepare(config: DistillConfig) -> Student:
     training_args = None
     if launch.distributed or launch.shards_model:
         # Before loading: this sets up the process group and this process's GPU, where a
-        # 4-bit base is then loaded, and lets FSDP read the base once per node and ZeRO-3 load
-        # it partitioned.
+        # 4-bit base is then loaded, and lets FSDP read the base on one process and ZeRO-3
+        # load it partitioned.
         training_args = training_arguments(config, backend=backend, device=device)
     model, tokenizer, notes = load_model_and_tokenizer(
         resolved, backend=backend, config=config, device=device

@@ -25,7 +25,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from rationale.errors import FatalTeacherError, RationaleError, redact
 from rationale.eval_dir import EvalDir, case_record
 from rationale.rundir import ledger_totals
-from rationale.shards import normal_shard
+from rationale.shards import normal_shard, parse_shard
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]
 
@@ -132,8 +132,6 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
     from rationale.schema import ActionSpace
 
     space = ActionSpace.from_file(config.action_space) if config.action_space else None
-    from rationale.shards import parse_shard
-
     records = RecordFile(config.data, space=space, on_error=config.on_error,
                          shard=parse_shard(config.shard))  # fmt: skip
     predictor = predictor or _load(config)  # a bad --model fails here, before -o is touched

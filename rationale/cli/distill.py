@@ -97,10 +97,11 @@ def distill(ctx: click.Context, **flags: Any) -> None:
     from distill.pipeline import run_distill
 
     # under accelerate launch / torchrun, every process runs this; the main one reports
-    config = _job_config(ctx, DistillConfig, flags, stage="distill", quiet=not current().is_main)
+    main = current().is_main
+    config = _job_config(ctx, DistillConfig, flags, stage="distill", quiet=not main)
     run = run_distill(config)
-    if not run.main:
-        return  # under accelerate launch / torchrun the main process reports
+    if not main:
+        return
     r, s = run.result, run.stats
     loss = "no loss logged" if r.final_loss is None else f"final loss {r.final_loss:.4f}"
     click.echo(
