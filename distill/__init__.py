@@ -9,14 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rationale.errors import RationaleError
+from distill.errors import DistillError
 
 __all__ = ["DistillConfig", "DistillError", "SFTData", "run_distill"]
-
-
-class DistillError(RationaleError):
-    """Base class of the errors raised by `distill` (a `rationale.RationaleError`)."""
-
 
 _WHERE = {
     "DistillConfig": "distill.config",

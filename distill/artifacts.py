@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill import DistillError
 from distill.checkpoints import CHECKPOINTS_DIR, TRAINING_LOG, TrainResult
 from distill.distributed import current
+from distill.errors import DistillError
 from distill.student import Student, log
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@
 ``training_log.jsonl`` one line per logging step (step, loss, learning_rate, epoch, grad_norm),
 appended and flushed as training goes, so a killed run leaves a readable log. `resume_point`
 decides, before anything is loaded or written, whether a run starts fresh or continues the
-newest checkpoint; a resumed run's log keeps its lines up to that checkpoint's step
+newest checkpoint, which only the training it was started with may continue (``resume.json``,
+`distill.resume_record`); a resumed run's log keeps its lines up to that checkpoint's step
 (`trim_log`). `TrainResult` is what a run did, its losses read back from the log.
 
 transformers is imported inside `training_log_callback`, never at import time.
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill import DistillError
+from distill.errors import DistillError
+from distill.resume_record import changes, check_resume, read_record
 
 if TYPE_CHECKING:
     from distill.config import DistillConfig
@@ -27,6 +29,7 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "TRAINING_LOG",
     "TrainResult",
+    "checkpoint_changes",
     "checkpoint_step",
     "last_checkpoint",
     "read_log",
@@ -68,9 +71,10 @@ class TrainResult:
 def resume_point(config: DistillConfig) -> Path | None:
     """The checkpoint that ``config`` continues from (with ``resume``), else None.
 
-    Raises `DistillError` for ``resume`` without a checkpoint, and for a fresh run into an output
-    folder that already holds checkpoints, so an earlier run is never mixed into this one.
-    Reads only: it is safe to call before loading the model.
+    Raises `DistillError` for ``resume`` without a checkpoint, for a fresh run into an output
+    folder that already holds checkpoints, and for a resume whose settings, data or base differ
+    from what the checkpoints were trained with (`distill.resume_record`), so an earlier run is
+    never mixed into this one. Reads only: it is safe to call before loading the model.
     """
     out = Path(config.output)
     checkpoints = out / CHECKPOINTS_DIR
@@ -85,7 +89,21 @@ def resume_point(config: DistillConfig) -> Path | None:
             f"{out} already holds checkpoints of an earlier run ({last.name}): pass --resume "
             "to continue it, or choose another --output"
         )
+    if last is not None:
+        check_resume(config, checkpoints, last)
     return last
+
+
+def checkpoint_changes(config: DistillConfig) -> list[str]:
+    """What differs between ``config`` and the training that wrote the checkpoints in its output
+    folder (`distill.resume_record.changes`); empty when there is no checkpoint, no record (a
+    folder from before records), or no difference. For `rationale run`, which moves such a
+    folder aside rather than refusing it."""
+    checkpoints = Path(config.output) / CHECKPOINTS_DIR
+    record = read_record(checkpoints)
+    if record is None or last_checkpoint(checkpoints) is None:
+        return []
+    return changes(record, config)
 
 
 def last_checkpoint(folder: Path) -> Path | None:

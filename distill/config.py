@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from distill import DistillError
+from distill.errors import DistillError
 
 __all__ = ["DistillConfig", "build_config", "load_config"]
 

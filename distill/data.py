@@ -13,8 +13,10 @@ session (40k-token windows on 64 GPUs); here the prompt holds the current contex
 
 With ``session_mode`` a whole session is one multi-turn chat, as the paper did: a user turn per
 step (its context) and an assistant turn per step (its answer); only the turns of accepted steps
-are trained, the others are there as history. The loss mask is built here, turn by turn, since
-chat templates such as SmolLM2's have no ``{% generation %}`` markers.
+are trained, the others are there as history. The turns are rendered by
+`rationale.conversation`, which evaluation calls too, so a student is prompted as it was trained.
+The loss mask is built here, turn by turn, since chat templates such as SmolLM2's have no
+``{% generation %}`` markers.
 
 Examples longer than ``max_seq_length`` student tokens lose their oldest history first (whole
 turns in session mode), then more of their context; what was cut is counted and reported. Nothing
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill import DistillError
+from distill.errors import DistillError
 from distill.sources import read_accepted
 
 STUDENT_TEMPLATE = "student"
@@ -146,10 +148,7 @@ class SFTData:
         rationale = self.rationales.get(key)
         if rationale is None:
             return None
-        action = step.record.action.model_dump()
-        return (
-            {"action": action} if self.no_rationale else {"rationale": rationale, "action": action}
-        )
+        return self.turns.answer(step.record.action.model_dump(), rationale)
 
     def examples(self) -> Iterator[SFTExample]:
         """Every example, in session order."""
@@ -185,6 +184,14 @@ class SFTData:
 
     # -- rendering ----------------------------------------------------------------------------
 
+    @property
+    def turns(self) -> Any:
+        """How this student's steps render (`rationale.conversation.TurnRenderer`), shared with
+        evaluation so a student is prompted exactly as it was trained."""
+        from rationale.conversation import TurnRenderer
+
+        return TurnRenderer(self.template, self.space, with_rationale=not self.no_rationale)
+
     def _user(
         self, step: Any, *, drop: int, budget: int | None
     ) -> tuple[list[dict[str, str]], int]:
@@ -192,14 +199,8 @@ class SFTData:
         out, and the context tokens cut."""
         from dataclasses import replace
 
-        from rationale.prompts import render_step
-
         step = replace(step, history=step.history[drop:]) if drop else step
-        prompt, cut = render_step(
-            self.template, step, max_context_tokens=budget, with_action=False,
-            action_space=self.space, extra={"with_rationale": not self.no_rationale},
-        )  # fmt: skip
-        return prompt.messages, cut.cut_tokens
+        return self.turns.step_messages(step, max_context_tokens=budget)
 
     def conversation(self, ex: SFTExample) -> tuple[list[dict[str, str]], list[bool]]:
         """The chat of an example and, per message, whether it is a trained assistant turn."""
@@ -210,26 +211,23 @@ class SFTData:
             return [*messages, {"role": "assistant", "content": answer}], [False] * len(
                 messages
             ) + [True]
-        # Session mode: the system text once, then a user turn (that step's context, no history:
-        # the earlier turns are the history) and an assistant turn per step.
-        chat: list[dict[str, str]] = []
-        trained: list[bool] = []
-        steps = list(zip(ex.steps, ex.answers, strict=True))[ex.drop :]
-        ex.meta["context_cut_tokens"] = 0
-        for i, (step, answer) in enumerate(steps):
-            from dataclasses import replace
+        # Session mode (`rationale.conversation`): the system text once, then a user turn (that
+        # step's context, no history: the earlier turns are the history) and an assistant turn
+        # per step; a step with no accepted rationale answers with its action, untrained.
+        from rationale.conversation import session_chat
 
-            messages, cut = self._user(replace(step, history=()), drop=0, budget=ex.context_budget)
-            ex.meta["context_cut_tokens"] += cut
-            if i == 0:
-                chat.append(messages[0])
-                trained.append(False)
-            chat.append(messages[-1])
-            trained.append(False)
-            content = answer if answer is not None else {"action": step.record.action.model_dump()}
-            chat.append({"role": "assistant", "content": json.dumps(content, ensure_ascii=False)})
-            trained.append(answer is not None)
-        return chat, trained
+        render = self.turns
+        steps = list(zip(ex.steps, ex.answers, strict=True))[ex.drop :]
+        turns = []
+        for step, answer in steps:
+            if answer is None:  # shown as history, untrained
+                answer = render.answer(step.record.action.model_dump(), None)
+            turns.append(render.turn(step, answer, max_context_tokens=ex.context_budget))
+        ex.meta["context_cut_tokens"] = sum(t.cut_tokens for t in turns)
+        trained = [False] * len(turns[0].head) if turns else []
+        for _, answer in steps:
+            trained += [False, answer is not None]
+        return session_chat(turns), trained
 
     def trl_row(self, ex: SFTExample) -> dict[str, Any]:
         """The example in TRL's conversational format (prompt-completion, or messages)."""

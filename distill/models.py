@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from distill import DistillError
+from distill.errors import DistillError
 
 __all__ = [
     "ALIASES",

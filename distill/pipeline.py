@@ -35,10 +35,10 @@ def run_distill(config: Any) -> DistillRun:
     is loaded; data from a local teacher or without the blind verifier is trained with a
     warning on stderr that the model card repeats.
     """
-    from distill import DistillError
     from distill.checkpoints import resume_point
     from distill.data import SFTData, prompt_format
     from distill.distributed import current
+    from distill.errors import DistillError
     from distill.student import log
 
     # fit, prepare and save are looked up at call time: the benchmarks wrap distill.train.fit.

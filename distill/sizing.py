@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from distill import DistillError
+from distill.errors import DistillError
 from distill.models import ALIASES, ResolvedBase
 
 __all__ = [

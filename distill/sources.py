@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill import DistillError
+from distill.errors import DistillError
 
 
 @dataclass

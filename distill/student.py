@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distill import DistillError
 from distill.distributed import current, quiet_other_processes
+from distill.errors import DistillError
 from distill.models import (
     UNSLOTH_HINT,
     ResolvedBase,
@@ -25,7 +25,7 @@ from distill.models import (
     resolve_base,
 )
 from distill.sizing import check_cpu_training
-from distill.trainer import training_arguments
+from distill.training_args import training_arguments
 
 if TYPE_CHECKING:
     from distill.config import DistillConfig

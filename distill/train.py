@@ -36,6 +36,7 @@ from distill.checkpoints import (
     trim_log,
 )
 from distill.distributed import current, global_batch
+from distill.resume_record import RECORD, write_record
 from distill.student import Student, log, prepare
 from distill.trainer import build_trainer, check_dataset, make_trainer
 
@@ -74,8 +75,10 @@ def fit(
     Trainer gives each its share of every global batch); only the main process writes the log.
 
     With ``config.resume`` training continues from the newest checkpoint (an error if there is
-    none) and the log keeps its lines up to that checkpoint's step. Without it, an output folder
-    that already holds checkpoints is an error, so an earlier run is never mixed into this one.
+    none, or if it was trained with other settings, data or base: `distill.resume_record`) and
+    the log keeps its lines up to that checkpoint's step. Without it, an output folder that
+    already holds checkpoints is an error, so an earlier run is never mixed into this one; a
+    fresh run records its settings in ``checkpoints/resume.json`` before it trains.
     ``callbacks`` are extra transformers ``TrainerCallback`` objects.
     """
     trained_tokens, total_tokens = check_dataset(dataset, config)  # before touching the output
@@ -88,10 +91,18 @@ def fit(
         resumed_from = checkpoint_step(last)
         if launch.is_main:
             trim_log(log_path, resumed_from)
-        log(f"resuming from {last.name} (step {resumed_from})")
+        note = ""
+        if not (out / CHECKPOINTS_DIR / RECORD).is_file():  # from before runs had a record
+            note = (
+                f"; note: {CHECKPOINTS_DIR}/ has no {RECORD} (written before runs recorded their "
+                "settings), so its settings and data are not checked against these"
+            )
+        log(f"resuming from {last.name} (step {resumed_from}){note}")
     elif launch.is_main:
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text("", encoding="utf-8")
+        # What these checkpoints are trained with, before the first one is written.
+        write_record(config, out / CHECKPOINTS_DIR)
     batch = global_batch(config.batch_size, config.grad_accum, launch)
     log(
         f"global batch {batch} examples per step ({config.batch_size} per device x "

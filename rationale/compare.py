@@ -1,9 +1,11 @@
 """Several evals of the same test cases side by side, in a table laid out like the paper's.
 
 `load_eval` reads a finished eval folder (``rationale eval -o EVAL_DIR``); `compare` checks that
-every eval scored the same test cases (`rationale.scoring.case_set_digest`: same sessions, steps
+every eval scored the same test cases (`rationale.case_set.case_set_digest`: same sessions, steps
 and true actions) and refuses otherwise, since accuracies on different cases cannot be compared.
-The `Comparison` it returns renders the markdown table (headline exact match with its interval,
+The `Comparison` it returns renders the markdown table (a first line naming the case set, e.g.
+the second and later actions of each session, and saying so when evals of the same cases were
+made with different ``--cases``; headline exact match with its interval,
 step exact match, type macro-F1, outcome F1 and, against a reference, the difference in points
 and per cent and McNemar's exact p over per-case correctness), its JSON and a bar chart.
 """
@@ -19,9 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rationale.case_set import case_key, case_mode, case_set_digest, describe_mode, difference
 from rationale.errors import RationaleError
 from rationale.metrics import McNemar, mcnemar_exact
-from rationale.scoring import EVAL_FILE, case_key, case_set_digest
+from rationale.scoring import EVAL_FILE
 
 #: The files `Comparison.write` puts in its folder.
 TABLE_FILE = "compare.md"
@@ -116,9 +119,25 @@ class Comparison:
     n_sessions: int
     reference: str | None = None  # the reference row's label
     bootstrap: list[dict[str, Any]] = field(default_factory=list)
+    modes: list[str | None] = field(default_factory=list)  # each row's --cases mode
+
+    def cases_line(self) -> str:
+        """The line above the table: which cases, e.g. the second and later actions."""
+        modes = list(dict.fromkeys(self.modes)) or [None]
+        if len(modes) == 1:
+            flag = f" (--cases {modes[0]})" if modes[0] else ""
+            where = f"Cases: {self.n_cases} in {self.n_sessions} sessions"
+            return f"{where}, {describe_mode(modes[0])}{flag}."
+        made = ", ".join(f"{_cell(r.label)} {m or '(not recorded)'}"
+                         for r, m in zip(self.rows, self.modes, strict=True))  # fmt: skip
+        return (
+            f"Cases: {self.n_cases} in {self.n_sessions} sessions, the same in every eval but made "
+            f"with different --cases ({made})."
+        )
 
     def markdown(self) -> str:
-        """The table, laid out like the paper's, and a footer line on the cases and intervals."""
+        """The table, laid out like the paper's, between a line naming the cases and a footer
+        line on the cases and intervals."""
         level = self.bootstrap[0]["level"] if len(self.bootstrap) == 1 else 0.95
         head = [
             "model",
@@ -130,7 +149,8 @@ class Comparison:
         ]
         if self.reference is not None:
             head += [f"Δ vs {_cell(self.reference)}", "McNemar p"]
-        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        lines = [self.cases_line(), ""]
+        lines += ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
         for row in self.rows:
             h = row.headline
             cells = [
@@ -172,6 +192,7 @@ class Comparison:
         """The comparison as plain data (what ``--json`` prints)."""
         return {
             "case_set": self.case_set,
+            "cases": self.modes[0] if len(set(self.modes)) == 1 else self.modes,
             "n_cases": self.n_cases,
             "n_sessions": self.n_sessions,
             "reference": self.reference,
@@ -268,7 +289,7 @@ def compare(
     digest = case_set_digest(first["cases"])
     for path, data in evals[1:]:
         if case_set_digest(data["cases"]) != digest:
-            raise RationaleError(_difference(first_path, first["cases"], path, data["cases"]))
+            raise RationaleError(difference(first_path, first, path, data))
     labels = _labels(evals)
     if names is not None:
         if len(names) != len(folders):
@@ -303,6 +324,7 @@ def compare(
         n_sessions=len({str(r["session_id"]) for r in first["cases"]}),
         reference=ref.label if ref else None,
         bootstrap=bootstrap,
+        modes=[case_mode(data) for _, data in evals],
     )
 
 
@@ -316,34 +338,6 @@ def _against(row: Row, ref: Row) -> Row:
     keys = sorted(ref.correct)
     test = mcnemar_exact([ref.correct[k] for k in keys], [row.correct[k] for k in keys])
     return dataclasses.replace(row, delta_points=points, delta_relative=relative, mcnemar=test)
-
-
-def _difference(a: Path, cases_a: list[dict], b: Path, cases_b: list[dict]) -> str:
-    """How two case sets differ, for the refusal message."""
-    truths_a = {case_key(r): r["truth"] for r in cases_a}
-    truths_b = {case_key(r): r["truth"] for r in cases_b}
-    sessions_a = len({k[0] for k in truths_a})
-    sessions_b = len({k[0] for k in truths_b})
-    text = (
-        f"{a} and {b} were run on different test cases ({len(truths_a)} cases in {sessions_a} "
-        f"sessions vs {len(truths_b)} in {sessions_b})"
-    )
-    only_a, only_b = truths_a.keys() - truths_b.keys(), truths_b.keys() - truths_a.keys()
-    if only_a or only_b:
-        first = min(only_a | only_b)
-        text += (
-            f": {len(only_a)} cases only in {a}, {len(only_b)} only in {b}, the first session "
-            f"{first[0]!r} step {first[1]} only in {a if first in only_a else b}"
-        )
-    else:
-        changed = sorted(k for k in truths_a if truths_a[k] != truths_b[k])
-        text += (
-            f": same keys but different true actions (first at session {changed[0][0]!r} step "
-            f"{changed[0][1]}): different test files"
-            if changed
-            else ": a (session_id, step) appears twice in one of them"
-        )
-    return text + "; compare evals of the same --data file with the same --cases and --limit"
 
 
 def _model_names(evals: list[tuple[Path, dict[str, Any]]]) -> list[str]:

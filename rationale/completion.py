@@ -65,6 +65,8 @@ class Teacher(Protocol):
     """What the synthesis engine needs from a teacher."""
 
     model_id: str  # identifies the model in cache keys and provenance
+    # an optional ``endpoint_url`` (the whole --api-base) joins the model id in cache keys:
+    # one model string served by two endpoints is two models (`rationale.identity`)
 
     async def attempt(
         self,

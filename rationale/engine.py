@@ -47,6 +47,7 @@ class Limited:
     def __init__(self, client: Any, engine: Engine, kind: str) -> None:
         self.client, self.engine, self.kind = client, engine, kind
         self.model_id = client.model_id
+        self.endpoint_url = getattr(client, "endpoint_url", None)
         self.margin = PromptMargin()
         self._calibrating = asyncio.Lock()
 

@@ -2,9 +2,9 @@
 
 As in the paper, every case is one step of a test session with the session's *true* history
 (teacher forcing): the earlier steps' recorded actions, never the model's own earlier
-predictions, so one wrong step does not derail the rest of its session. ``cases="all"`` (the
-default) predicts every step; ``"from-second"`` skips each session's first step, whose only
-evidence is the page. ``limit`` keeps the first N cases in session order.
+predictions, so one wrong step does not derail the rest of its session. ``cases="from-second"``
+(the default, the paper's case set) skips each session's first step, whose only evidence is the
+page; ``"all"`` predicts every step. ``limit`` keeps the first N cases in session order.
 
 A case also carries the session's earlier records (a student trained in session mode is
 prompted with them as earlier turns) and whether it is the session's last step (its prediction
@@ -50,7 +50,7 @@ class EvalCase:
 def eval_cases(
     records: Any,
     *,
-    cases: CaseMode = "all",
+    cases: CaseMode = "from-second",
     limit: int | None = None,
     history_rationales: bool = False,
 ) -> Iterator[EvalCase]:
@@ -118,7 +118,7 @@ def score_test_file(
     data: str | Path,
     predictions: Sequence[Any],
     *,
-    cases: CaseMode = "all",
+    cases: CaseMode = "from-second",
     limit: int | None = None,
     action_space: str | Path | None = None,
     seed: int = 0,
@@ -126,8 +126,8 @@ def score_test_file(
 ) -> dict[str, Any]:
     """Score another project's predictions on a test file with the metrics of ``rationale eval``.
 
-    ``predictions`` follow the order of `eval_cases` (session order, then step; with
-    ``cases="from-second"`` each session's first step left out): each an action dict, a
+    ``predictions`` follow the order of `eval_cases` (session order, then step; by default,
+    ``cases="from-second"``, each session's first step left out): each an action dict, a
     ``{"rationale", "action"}`` dict, a model's raw text, or None. Returns the metrics dict
     of eval.json (`rationale.scoring.score`).
     """

@@ -13,87 +13,24 @@ limits, ``--max-cost``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from rationale.errors import FatalTeacherError, RationaleError, redact
+from rationale.eval_config import EvalConfig, check_same
 from rationale.eval_dir import EvalDir, case_record
+from rationale.eval_sigterm import SigtermGuard, Terminated
 from rationale.rundir import ledger_totals
-from rationale.shards import normal_shard, parse_shard
+from rationale.shards import parse_shard
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]
 
 SCHEMA_VERSION = 1
-
-
-class EvalConfig(BaseModel):
-    """Everything that decides an evaluation; saved resolved in eval.json."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    data: str
-    output: str
-    cases: Literal["all", "from-second"] = "all"
-    limit: int | None = Field(None, ge=1)
-    history_rationales: bool = False
-    template: str | None = None  # prompt-only models; a student keeps its own
-    max_context_tokens: int | None = Field(6000, ge=16)
-    action_space: str | None = None
-    on_error: Literal["fail", "skip"] = "fail"
-    engine: Literal["auto", "hf", "vllm"] = "auto"
-    batch_size: int = Field(16, ge=1)
-    # the completion cap, named as synth's (--max-tokens); the old name is still read
-    max_tokens: int = Field(
-        256, ge=1, validation_alias=AliasChoices("max_tokens", "max_new_tokens")
-    )
-    temperature: float = Field(0.0, ge=0.0)
-    seed: int = 0
-    threads: int | None = Field(None, ge=1)
-    # API models
-    api_base: str | None = None
-    client: Literal["auto", "litellm", "fast"] = "auto"
-    concurrency: int = Field(16, ge=1)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    timeout: float = Field(60.0, gt=0)
-    request_attempts: int = Field(6, ge=1)
-    backoff: float = Field(1.0, ge=0)
-    max_cost: float | None = Field(None, ge=0)
-    # provider batch APIs (rationale.batch_engine)
-    batch: bool = False
-    wait: bool = False
-    poll_interval: float = Field(60.0, gt=0)
-    shard: str | None = None  # "K/N": one shard of the sessions (rationale.shards)
-    _shard = field_validator("shard")(normal_shard)
-
-    # scoring
-    bootstrap: int = Field(1000, ge=1)
-
-    def resolved(self) -> dict[str, Any]:
-        data = json.loads(redact(self.model_dump_json()))
-        for name in ("data", "output", "action_space"):
-            if data.get(name):
-                data[name] = str(Path(data[name]).resolve())
-        if Path(self.model).expanduser().exists():
-            data["model"] = str(Path(self.model).expanduser().resolve())
-        return data  # type: ignore[no-any-return]
-
-    def identity(self) -> dict[str, Any]:
-        """What a rerun on the same folder must share (``--limit`` may grow; limits, budget
-        and concurrency may change)."""
-        data = self.resolved()
-        data["max_new_tokens"] = data.pop("max_tokens")  # the key eval folders already hold
-        keys = ("model", "data", "cases", "shard", "history_rationales", "template",
-                "max_context_tokens",
-                "action_space", "max_new_tokens", "temperature", "seed")  # fmt: skip
-        return {k: data[k] for k in keys}
 
 
 class EvalResult(BaseModel):
@@ -111,10 +48,6 @@ class EvalResult(BaseModel):
 
 #: An API eval whose first this-many cases all fail stops: the model, key or endpoint is wrong.
 FAIL_FAST = 5
-
-
-class Terminated(BaseException):
-    """SIGTERM (docker stop, a scheduler's timeout) during an eval: finalise, then stop."""
 
 
 def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
@@ -151,11 +84,13 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
                                 history_rationales=chained))  # fmt: skip
     if not cases:
         raise RationaleError(f"{config.data}: no test cases (with --cases {config.cases})")
+    if note := predictor.prompt.history_note(cases):  # once, not per case
+        print(note, file=sys.stderr)
     folder = EvalDir(config.output)
     folder.open()
     try:
         before = folder.previous()
-        _check_same(folder, before, config)
+        check_same(folder, before, config)
         data = _run(config, folder, cases, predictor, before, skipped)
     finally:
         folder.close()
@@ -167,21 +102,6 @@ def run_eval(config: EvalConfig, *, predictor: Any = None) -> EvalResult:
             "command to ask them again"
         )
     return EvalResult(folder=folder.path, data=data)
-
-
-def _check_same(folder: EvalDir, before: dict[str, Any] | None, config: EvalConfig) -> None:
-    """Refuse a folder that holds finished cases of another eval (a folder whose eval never
-    finished a case is taken over)."""
-    mine = config.identity()
-    theirs = (before or {}).get("identity") or {}
-    changed = [k for k, v in mine.items() if theirs.get(k) != v]
-    if not before or not changed or not folder.has_cases():
-        return
-    diff = ", ".join(f"{k} {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)
-    raise RationaleError(
-        f"{folder.path} holds an eval made with other settings ({diff}); use a new -o, or the "
-        "same flags to resume it"
-    )
 
 
 def _load(config: EvalConfig) -> Any:
@@ -204,6 +124,9 @@ def _run(
 ) -> dict[str, Any]:  # fmt: skip
     started, t0 = time.time(), time.monotonic()
     done = folder.done()
+    for case in cases:  # a stored answer counts only for the question the file asks now
+        if case.key in done and done[case.key].get("truth") != case.truth:
+            del done[case.key]
     todo = [c for c in cases if c.key not in done]
     how = f"engine {predictor.engine}: {predictor.engine_reason}"
     print(f"eval: {predictor.spec.label} on {len(cases)} cases ({len(cases) - len(todo)} done "
@@ -217,7 +140,7 @@ def _run(
     folder.write_json({**header, "n_cases": len(cases), "pending": len(todo),
                        "stopped": f"running (pid {os.getpid()})", "metrics": None,
                        "cases": []})  # fmt: skip
-    previous = _on_sigterm()
+    sigterm = state["sigterm"] = SigtermGuard().install()  # until eval.json is final
     try:
         if todo and predictor.spec.kind == "api":
             asyncio.run(_api(config, folder, todo, predictor, done, state))
@@ -240,40 +163,29 @@ def _run(
                 bar.close()
     except BaseException as exc:
         # the API path cancels its task on SIGTERM (a CancelledError arrives here)
-        kind = Terminated if state.get("terminated") else type(exc)
+        kind = Terminated if sigterm.came else type(exc)
         why = {Terminated: "SIGTERM", KeyboardInterrupt: "Ctrl-C"}.get(kind, kind.__name__)
         state["stopped"] = state["stopped"] or f"interrupted: {why}"
+        sigterm.hold()  # another SIGTERM waits until eval.json is written
         data = _finish(config, folder, cases, done, predictor, header, state,
                        time.monotonic() - t0, todo)  # fmt: skip
         if kind is Terminated:
             raise RationaleError(f"eval stopped by SIGTERM with {data['pending']} cases pending; "
                                  "rerun the same command to continue") from None  # fmt: skip
         raise
+    else:
+        sigterm.hold()
+        data = _finish(config, folder, cases, done, predictor, header, state,
+                       time.monotonic() - t0, todo)  # fmt: skip
     finally:
-        _restore_sigterm(previous)
-    return _finish(config, folder, cases, done, predictor, header, state,
-                   time.monotonic() - t0, todo)  # fmt: skip
-
-
-def _on_sigterm() -> Any:
-    """Make SIGTERM raise `Terminated` in the main thread (the eval is then finalised)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def terminated(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    return signal.signal(signal.SIGTERM, terminated)
-
-
-def _restore_sigterm(previous: Any) -> None:
-    import signal
-
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+        sigterm.restore()
+    if sigterm.came:  # it came while eval.json was written, and waited for that
+        raise RationaleError(
+            f"eval stopped by SIGTERM once eval.json was written "
+            f"({data['pending']} of {data['n_cases']} cases pending)"
+            + ("; rerun the same command to continue" if data["pending"] else "")
+        )
+    return data
 
 
 async def _api(
@@ -281,7 +193,6 @@ async def _api(
     done: dict[tuple[str, int], dict[str, Any]], state: dict[str, Any],
 ) -> None:  # fmt: skip
     from rationale.batch_engine import make_engine
-    from rationale.runner import cancel_on_sigterm
 
     client = predictor.client
     if config.max_cost is not None and client.price(1, 1) is None:
@@ -294,7 +205,7 @@ async def _api(
     answered = failed = 0
     # in the event loop SIGTERM cancels this task (as in synth) instead of raising wherever the
     # loop happens to be: requests in flight are dropped, every finished case is on disk
-    state["terminated"] = cancel_on_sigterm()
+    state["sigterm"].cancel_this_task()
 
     async def process(case: Any) -> bool:
         nonlocal answered, failed
@@ -321,6 +232,7 @@ async def _api(
             iter(todo), process, todo=len(todo), label="eval", unit="cases", again=again
         )
     finally:
+        state["sigterm"].hold()  # what is left is writing the results
         await client.aclose()
         state["stopped"] = engine.stopped_reason()
         state["batch"] = engine.summary() if hasattr(engine, "store") else None

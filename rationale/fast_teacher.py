@@ -46,7 +46,7 @@ class OpenAICompatibleTeacher(PriceMap):
 
         provider, _, self.wire_model = model.partition("/")
         self.model_id = model
-        self.api_base = api_base
+        self.api_base = self.endpoint_url = api_base  # see `rationale.identity.answered_by`
         base = urlsplit(api_base)
         # The path goes before the query: http://h/v1?key=k -> http://h/v1/chat/completions?key=k
         self.url = urlunsplit(base._replace(path=base.path.rstrip("/") + "/chat/completions"))

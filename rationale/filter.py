@@ -154,9 +154,12 @@ class FilterJob:
             )
 
     def identity(self) -> dict[str, Any]:
+        from rationale.identity import endpoint
+
         return {
             "input": self.source_path,
             "verifier": self.verifier_client.model_id,
+            "verifier_endpoint": endpoint(getattr(self.verifier_client, "endpoint_url", None)),
             "verifier_template_version": self.verifier_template.version,
             "seed": self.config.seed,
             "history_rationales": self.config.history_rationales,

@@ -89,6 +89,7 @@ class Judge:
     async def verify(self, step: Any, rationale: str) -> Verification:
         """Ask the verifier, which never sees the action, to predict it from the rationale."""
         from rationale.cache import cache_key
+        from rationale.identity import answered_by
         from rationale.prompts import render_step
 
         assert self.verifier is not None
@@ -101,7 +102,7 @@ class Judge:
         params = {"temperature": 0.0, "max_tokens": config.verify_max_tokens,
                   "seed": config.seed, "response": "action"}  # fmt: skip
         key = cache_key(
-            model=self.verifier.model_id,
+            model=answered_by(self.verifier),
             messages=prompt.messages,
             params=params,
             sample=0,

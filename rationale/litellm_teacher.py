@@ -64,6 +64,7 @@ class LiteLLMTeacher(PriceMap):
         from rationale.schema import Rationale
 
         self.model_id = model
+        self.endpoint_url = api_base  # whole, for `rationale.identity.answered_by`
         self.api_base, self._headers = _split_credentials(api_base)
         self.timeout = timeout
         self._default_model = Rationale

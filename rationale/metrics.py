@@ -7,8 +7,8 @@ no model code and no heavy imports:
 - exact match: `exact_match`, `accuracy` (mean over cases), `session_accuracy` (mean over
   sessions of each session's accuracy, the paper's headline number);
 - action types: `type_accuracy`, `macro_f1`, `weighted_f1`, `per_type`; an unparsed prediction
-  counts as its own wrong class, ``"unparsed"``;
-- session outcomes: `outcome_metrics`;
+  counts as its own wrong class, ``"unparsed"``; F1 is scikit-learn's (see `macro_f1`);
+- session outcomes: `outcome_metrics`, over the sessions that end in a purchase or a terminate;
 - uncertainty and comparison: `bootstrap_ci` (resamples sessions, not cases), `mcnemar_exact`;
 - failures: `unparsed_rate`, `error_breakdown`.
 
@@ -30,7 +30,10 @@ from rationale.schema import ActionSpace
 
 #: The class label of a prediction that could not be parsed into an action.
 UNPARSED = "unparsed"
-#: The class label of a missing outcome (a session that neither bought nor left).
+#: The session outcomes that are scored: the two classes of outcome accuracy and F1.
+OUTCOME_LABELS: tuple[str, ...] = ("purchase", "terminate")
+#: The label of a predicted last action with no outcome (another click, a type, unparsed,
+#: failed): never right, and not a class of the outcome F1's average.
 NO_OUTCOME = "none"
 
 
@@ -175,16 +178,17 @@ def _type_labels(cases: Sequence[Case]) -> tuple[list[str], list[str]]:
 
 
 def macro_f1(cases: Sequence[Case], space: ActionSpace | None = None) -> float:
-    """Macro F1 averaged over the true action types. A wrong type or an unparsed prediction
-    lowers the recall of the case's true type (and the precision of a wrongly predicted true
-    type); ``"unparsed"`` and types that are never true are not classes of the average, so one
-    unreadable answer cannot cost a whole class's share."""
-    truth, predicted = _type_labels(cases)
-    return macro_f1_labels(truth, predicted, labels=list(dict.fromkeys(truth)))
+    """Macro F1 over action types, as scikit-learn computes it: ``f1_score(true_types,
+    predicted_types, average="macro", zero_division=0)``, the unweighted mean over the UNION of
+    true and predicted labels. So ``"unparsed"`` and a type that is predicted but never true are
+    classes too, each with F1 0: one unreadable answer lowers the true type's recall and adds a
+    zero class to the mean, as in the papers' reported numbers."""
+    return macro_f1_labels(*_type_labels(cases))
 
 
 def weighted_f1(cases: Sequence[Case], space: ActionSpace | None = None) -> float:
-    """Support-weighted F1 over action types; unparsed counts as the class ``"unparsed"``."""
+    """Support-weighted F1 over action types, scikit-learn's ``f1_score(average="weighted",
+    zero_division=0)``: labels never true (``"unparsed"`` among them) weigh 0."""
     return weighted_f1_labels(*_type_labels(cases))
 
 
@@ -219,19 +223,33 @@ def per_type(cases: Sequence[Case], space: ActionSpace | None = None) -> dict[st
 
 def outcome_metrics(
     sessions_outcomes: Sequence[tuple[str | None, str | None]],
-) -> dict[str, float]:
-    """Accuracy and macro F1 of predicted session outcomes (``purchase``, ``terminate``, None).
+) -> dict[str, Any]:
+    """Accuracy and macro F1 of session outcomes over the sessions that END in an outcome.
 
-    Each pair is (true outcome, predicted outcome); None is the class ``"none"``. A prediction
-    that is not an outcome class (pass ``UNPARSED`` for an unreadable last answer) is always
-    wrong. The macro mean is over the true classes.
+    Each pair is (true outcome, predicted outcome) of one session's last step. As in the paper
+    (does the session end in a purchase or a terminate?), only pairs whose true outcome is one of
+    `OUTCOME_LABELS` are scored; a true None is left out. A predicted label outside them (None
+    for another click or a type, ``UNPARSED`` for an unreadable or failed answer) becomes
+    ``"none"``: always wrong, it lowers the true class's recall without being a class of the
+    average. The numbers are scikit-learn's on the scored pairs: ``accuracy_score(truth, pred)``
+    and ``f1_score(truth, pred, labels=L, average="macro")`` with ``L`` the outcome classes
+    that occur, true or predicted (scikit-learn's own default less ``"none"``): a test set in
+    which nobody buys and nobody is predicted to buy is not marked down for an empty class.
+    Returns ``n`` (sessions scored), ``accuracy``, ``macro_f1`` and ``support`` (true sessions
+    per class).
     """
-    truth = [NO_OUTCOME if t is None else t for t, _ in sessions_outcomes]
-    predicted = [NO_OUTCOME if p is None else p for _, p in sessions_outcomes]
+    scored = [(t, p) for t, p in sessions_outcomes if t in OUTCOME_LABELS]
+    if not scored:
+        raise ValueError("no session ends in a purchase or a terminate: no outcome to score")
+    truth = [t for t, _ in scored]
+    predicted = [p if p in OUTCOME_LABELS else NO_OUTCOME for _, p in scored]
     return {
-        "n": float(len(truth)),
+        "n": len(truth),
         "accuracy": _mean([float(t == p) for t, p in zip(truth, predicted, strict=True)]),
-        "macro_f1": macro_f1_labels(truth, predicted, labels=list(dict.fromkeys(truth))),
+        "macro_f1": macro_f1_labels(
+            truth, predicted, labels=[c for c in OUTCOME_LABELS if c in {*truth, *predicted}]
+        ),
+        "support": {lab: truth.count(lab) for lab in OUTCOME_LABELS},
     }
 
 
@@ -348,6 +366,7 @@ def error_breakdown(cases: Sequence[Case], space: ActionSpace | None = None) -> 
 __all__ = [
     "ERROR_KINDS",
     "NO_OUTCOME",
+    "OUTCOME_LABELS",
     "UNPARSED",
     "Case",
     "McNemar",

@@ -7,16 +7,28 @@ wrapper, or a call in the action space's own words (``click(search.box)``,
 validated against the action space, as a plain dict. It never raises: an answer it cannot
 read is ``status="unparsed"`` with a one-line ``problem``.
 
-Work is bounded: only the first and last `MAX_SCAN` characters (and the answer after a
-closing ``</think>``) are searched, objects are found by a linear brace scanner, and at most
-`MAX_CANDIDATES` objects per window are decoded.
+It reads the answer, not words inside it (`rationale.answer_scan` finds the answer):
+- thinking is not the answer: only the text after the last ``</think>`` is read, and a
+  ``<think>`` never closed (cut by the token limit) ends the answer where it opens;
+- the first decoded object with an ``action`` key is the verdict, valid or not: an invalid
+  action there makes the answer unparsed with that object's problem. A later object does not
+  overrule it (a model's answer is one object, and local generation stops after the first), nor
+  do the words around it. An object whose action is only a placeholder (``{...}``, ``"..."``)
+  is the prompt's format example echoed, and is skipped;
+- a bare action object (``{"type": "click", ...}``) that validates answers where no object
+  with an ``action`` key came before it;
+- only where no object answered are ``click(x)`` calls and ``Action: X`` labels read, and
+  never inside the quoted strings of an object (a rationale's "my action: terminate" is not an
+  answer), except the value of an ``action`` key in an object that did not decode.
+
+Work is bounded: only the first and last `MAX_SCAN` characters of the answer are searched,
+objects are found by a linear brace scanner, and at most `MAX_CANDIDATES` objects per window
+are decoded, within `DECODE_BUDGET` characters.
 """
 
 from __future__ import annotations
 
 import ast
-import bisect
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,27 +36,31 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from rationale.action_space import normalize_name
+from rationale.answer_scan import (
+    DECODE_BUDGET,
+    LITERAL_BUDGET,
+    MAX_CANDIDATES,
+    MAX_SCAN,
+    answer_text,
+    decode,
+    objects,
+    outside_strings,
+    windows,
+)
 from rationale.schema import ActionSpace
 
-#: How many characters at each end of an answer are searched.
-MAX_SCAN = 20_000
-#: How many objects (that mention a type or an action), and calls, are tried per window.
-MAX_CANDIDATES = 50
-#: How many characters the JSON decoders, and `ast.literal_eval`, may read per answer in all.
-DECODE_BUDGET = 10 * MAX_SCAN
-LITERAL_BUDGET = 3 * MAX_SCAN
+__all__ = ["MAX_SCAN", "ParsedPrediction", "parse_prediction"]
+
 #: The longest argument list of an action call that is read.
 MAX_CALL_ARGS = 2_000
 
-_SPECIAL = re.compile(r"[{}\"'\\]")
-_HINT = re.compile(r"(?i)type|action")
-_TRAILING_COMMA = re.compile(r"(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')|,\s*([}\]])", re.S)
 _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
 _ACTION_LABEL = re.compile(r"(?i)\baction\**[ \t]*[:=][ \t*`]*([A-Za-z_]\w*)[ \t]*(\(?)")
 _RATIONALE_LABEL = re.compile(r"(?im)^[ \t>*#_-]*(?:rationale|reason(?:ing)?)\**[ \t]*[:=]\**")
 _NEXT_LABEL = re.compile(r"(?im)^[ \t>*#_-]*action\b")
 _KEYWORD = re.compile(r"([A-Za-z_]\w*)\s*[=:]\s*(.*)", re.S)
 _TYPE_SEPARATORS = re.compile(r"[\s-]+")
+_PLACEHOLDER = re.compile(r"\s*(?:\.\.\.|\u2026)\s*")
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,8 @@ class _Unreadable(Exception):
 
 
 def parse_prediction(text: str, space: ActionSpace) -> ParsedPrediction:
-    """Read a model's answer: the first object (or action call) that is a valid prediction.
+    """Read a model's answer: its first object with an ``action`` key, valid or not; else its
+    first bare action object that validates; else its first action call or ``Action:`` label.
 
     The action is a dict of the type and its declared fields (other keys are dropped, as
     `ActionSpace.equal` ignores them), validated by the space's model for that type.
@@ -86,20 +103,27 @@ def parse_prediction(text: str, space: ActionSpace) -> ParsedPrediction:
 
 
 def _parse(text: str, space: ActionSpace) -> tuple[str | None, dict[str, Any]]:
+    answer, thinking = answer_text(text)
+    parts = windows(answer)
     problem = ""
     budget = [DECODE_BUDGET, LITERAL_BUDGET]
-    for window in _windows(text):
-        # apostrophes in prose can derail a scan that reads them as quotes: scan again without
-        for quotes in ("\"'", '"') if "'" in window else ('"',):
-            for candidate in _objects(window, quotes):
-                value = _decode(candidate, budget)
-                if isinstance(value, dict):
-                    try:
-                        return _from_object(value, space)
-                    except _Unreadable as exc:
-                        problem = problem or str(exc)
+    for window in parts:
+        for candidate in objects(window):
+            value = decode(candidate, budget)
+            if not isinstance(value, dict):
+                continue
+            has_action = "action" in (data := _fold_keys(value))
+            if has_action and _is_placeholder(data["action"]):
+                continue  # the prompt's format example, echoed before the answer
+            try:
+                return _from_object(value, space)
+            except _Unreadable as exc:
+                if has_action:
+                    raise  # the verdict: no later object or word overrules it
+                problem = problem or str(exc)
+    for window in parts:
         try:
-            found = _from_calls(window, space)
+            found = _from_calls(outside_strings(window), space)
         except _Unreadable as exc:
             problem = problem or str(exc)
         else:
@@ -107,85 +131,26 @@ def _parse(text: str, space: ActionSpace) -> tuple[str | None, dict[str, Any]]:
                 return found
     if problem:
         raise _Unreadable(problem)
-    if re.search(r"""["']rationale["']\s*:""", text[:MAX_SCAN]):
+    if thinking == "cut":
+        raise _Unreadable("the answer ends inside <think> (never closed: cut by the token limit?)")
+    if thinking == "closed" and not answer.strip():
+        raise _Unreadable("nothing after </think>: the thinking is not an answer")
+    if re.search(r"""["']rationale["']\s*:""", answer[:MAX_SCAN]):
         raise _Unreadable("the answer has a rationale but no action")
-    cut = f" (searched the first and last {MAX_SCAN} characters)" if len(text) > MAX_SCAN else ""
+    cut = f" (searched the first and last {MAX_SCAN} characters)" if len(answer) > MAX_SCAN else ""
     raise _Unreadable(f"no JSON object or action call found{cut}")
 
 
-def _windows(text: str) -> list[str]:
-    """The parts searched, best first: after the last ``</think>``, the head, the tail."""
-    out = []
-    end = text.rfind("</think>")
-    if end != -1:
-        out.append(text[end + 8 : end + 8 + MAX_SCAN])
-    out.append(text[:MAX_SCAN])
-    if len(text) > MAX_SCAN:
-        out.append(text[-MAX_SCAN:])
-    return out
-
-
-def _objects(s: str, quotes: str) -> list[str]:
-    """Balanced ``{...}`` spans of ``s`` that mention a type or an action, outermost first.
-
-    One linear pass; quote characters in ``quotes`` open strings inside braces. An object
-    left open at the end (a cut-off answer) is closed and tried too.
-    """
-    spans: list[tuple[int, int]] = []
-    stack: list[int] = []
-    quote, escaped = "", -1
-    for m in _SPECIAL.finditer(s):
-        i, c = m.start(), m.group()
-        if i == escaped:
-            continue
-        if quote:
-            if c == "\\":
-                escaped = i + 1
-            elif c == quote:
-                quote = ""
-        elif c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            spans.append((stack.pop(), i + 1))
-        elif stack and c in quotes:
-            quote = c
-    if stack:
-        spans.append((stack[0], -1))
-    spans.sort()
-    hints = [m.start() for m in _HINT.finditer(s)]
-    out: list[str] = []
-    for start, end in spans:
-        stop = len(s) if end == -1 else end
-        k = bisect.bisect_left(hints, start)
-        if k == len(hints) or hints[k] >= stop:
-            continue
-        out.append(s[start:end] if end != -1 else s[start:] + quote + "}" * len(stack))
-        if len(out) >= MAX_CANDIDATES:
-            break
-    return out
-
-
-def _decode(candidate: str, budget: list[int]) -> Any:
-    """JSON, then JSON without trailing commas, then a Python literal; None if none reads.
-
-    ``budget`` holds how many characters the decoders, and `ast.literal_eval` (slow: a Python
-    parser), may still read; nested candidates would otherwise re-read the same text.
-    """
-    if len(candidate) > budget[0]:
-        return None
-    budget[0] -= len(candidate)
-    for attempt in (candidate, _TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(2), candidate)):
-        try:
-            return json.loads(attempt, strict=False)
-        except Exception:  # ValueError, RecursionError, ...
-            pass
-    if len(candidate) > budget[1]:
-        return None
-    budget[1] -= len(candidate)
-    try:
-        return ast.literal_eval(candidate)  # literals only: never runs code
-    except Exception:  # SyntaxError, ValueError, RecursionError, MemoryError...
-        return None
+def _is_placeholder(value: Any, depth: int = 0) -> bool:
+    """Whether an action is only ``...`` (``{...}``, ``"..."``): a format example, no answer."""
+    if value is Ellipsis:
+        return True
+    if isinstance(value, str):
+        return _PLACEHOLDER.fullmatch(value) is not None
+    if depth < 2 and isinstance(value, (dict, list, tuple, set, frozenset)) and 0 < len(value) < 5:
+        items = value.values() if isinstance(value, dict) else value
+        return all(_is_placeholder(item, depth + 1) for item in items)
+    return False
 
 
 def _from_object(obj: dict[str, Any], space: ActionSpace) -> tuple[str | None, dict[str, Any]]:

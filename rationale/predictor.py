@@ -285,11 +285,12 @@ class Predictor:
 
     def cache_key(self, messages: list[dict[str, str]], draw: int = 0) -> str:
         from rationale.cache import cache_key
+        from rationale.identity import answered_by
 
         params = {"temperature": self.temperature, "max_tokens": self.max_new_tokens,
                   "seed": self.seed + draw, "answer": "raw"}  # fmt: skip
-        return cache_key(model=self.model_id, messages=messages, params=params, sample=draw,
-                         template_version=self.prompt.template.version)  # fmt: skip
+        return cache_key(model=answered_by(self.client), messages=messages, params=params,
+                         sample=draw, template_version=self.prompt.template.version)  # fmt: skip
 
     async def ask(
         self, engine: Any, limited: Any, messages: list[dict[str, str]], draw: int = 0

@@ -10,18 +10,29 @@ action space, session mode and the chat template. A prompt-only model gets the b
 neither the true action nor ``meta`` can reach it.
 
 In session mode (the student was trained on whole sessions as one chat) a case is prompted as
-that chat up to its step: a user turn per earlier step with that step's page and an assistant
-turn with its true action (teacher forcing), oldest turns dropped first to fit the budget.
+that chat up to its step, built by the code that built the training chat
+(`rationale.conversation`): a user turn per earlier step with that step's page, and an
+assistant turn with its true action (teacher forcing) and, for a rationale student, the
+rationale the test record carries, as training showed the accepted one (``{"action"}`` alone
+where there is none, as training did for a step without one). Oldest whole steps are dropped
+first to fit the budget, as training drops them. What still differs from training, stated:
+training fits the whole session into ``max_seq_length`` student tokens (a long session loses
+its leading steps for every turn, and then context), while eval fits each case's chat up to
+its step, counted on the cl100k ruler (+4 per message), so eval may keep earlier turns that
+training dropped; and a test file without rationales gives a rationale student earlier turns
+without them (`PromptFormat.history_note` says so).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rationale.conversation import TurnRenderer, session_chat
 from rationale.errors import RationaleError
 from rationale.schema import ActionRecord, ActionSpace
 from rationale.sessions import Step
@@ -43,6 +54,7 @@ class PromptFormat:
     session_mode: bool = False
     chat_template: str | None = None
     max_prompt_tokens: int | None = None  # session mode: the chat's budget (cl100k tokens)
+    student: bool = False  # read from a distill output folder (`from_student`)
 
     @classmethod
     def baseline(
@@ -108,6 +120,7 @@ class PromptFormat:
             session_mode=session,
             chat_template=saved.get("chat_template"),
             max_prompt_tokens=max_seq_length if session else None,
+            student=True,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -122,40 +135,58 @@ class PromptFormat:
             "chat_template": self.chat_template is not None,
         }
 
-    def _render(self, step: Step) -> list[dict[str, str]]:
-        from rationale.prompts import render_step
-
-        prompt, _ = render_step(
-            self.template, step, max_context_tokens=self.max_context_tokens, with_action=False,
-            action_space=self.space, extra={"with_rationale": self.with_rationale},
-        )  # fmt: skip
-        return prompt.messages
+    @property
+    def turns(self) -> TurnRenderer:
+        """How the steps render: the code the student's training chats were built with."""
+        return TurnRenderer(self.template, self.space, with_rationale=self.with_rationale)
 
     def messages(self, step: Step, earlier: tuple[ActionRecord, ...] = ()) -> list[dict[str, str]]:
         """The chat for predicting ``step`` (``earlier``: the session's earlier records, used in
         session mode). Rendered blind: the step's action never reaches it."""
+        render, budget = self.turns, self.max_context_tokens
         if not self.session_mode:
-            return self._render(step)
-        turns: list[list[dict[str, str]]] = []
-        for record in earlier:
-            user = self._render(Step(record, ()))[-1]
-            answer: dict[str, Any] = {"action": record.action.model_dump()}
-            if self.with_rationale and self.history_rationales and record.rationale:
-                answer = {"rationale": record.rationale, **answer}
-            reply = {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)}
-            turns.append([user, reply])
-        current = self._render(replace(step, history=()))
-        head, last = current[:-1], current[-1]
-        while turns and self._too_long(head, turns, last):
-            turns.pop(0)
-        return [*head, *(m for turn in turns for m in turn), last]
+            return render.step_messages(step, max_context_tokens=budget)[0]
+        # an earlier step answers as in training: with the rationale its record (or its history
+        # entry) carries, for a rationale student; with its action alone otherwise
+        known = {e.step: e.rationale for e in step.history if e.rationale}
+        turns = []
+        for r in earlier:
+            answer = render.answer(r.action.model_dump(), r.rationale or known.get(r.step))
+            turns.append(render.turn(Step(r, ()), answer, max_context_tokens=budget))
+        turns.append(render.turn(step, None, max_context_tokens=budget))
+        drop = 0  # whole leading steps, as training drops them (`SFTData.tokenize`)
+        while drop < len(turns) - 1 and self._too_long(session_chat(turns[drop:])):
+            drop += 1
+        return session_chat(turns[drop:])
 
-    def _too_long(
-        self, head: list[dict[str, str]], turns: list[list[dict[str, str]]], last: dict[str, str]
-    ) -> bool:
+    def _too_long(self, chat: list[dict[str, str]]) -> bool:
         from rationale.prompts import count_tokens
 
         if self.max_prompt_tokens is None:
             return False
-        chat = [*head, *(m for turn in turns for m in turn), last]
         return sum(count_tokens(m["content"]) + 4 for m in chat) > self.max_prompt_tokens
+
+    def history_note(self, cases: Sequence[Any]) -> str | None:
+        """One line for stderr when a student that saw rationales in its history (``--history-
+        rationales``, or a session-mode rationale student's earlier turns) is evaluated on
+        ``cases`` (`rationale.eval_cases.EvalCase`) whose history holds none; else None."""
+        if not self.student:
+            return None
+        if self.session_mode:
+            if not self.with_rationale:
+                return None
+            how = "session mode: earlier turns with the accepted rationales"
+        elif self.history_rationales:
+            how = "--history-rationales"
+        else:
+            return None
+        seen = False  # a case with history (a first step has none)
+        for case in cases:
+            for earlier in (*case.earlier, *case.step.history):
+                if earlier.rationale:
+                    return None
+                seen = True
+        if not seen:
+            return None
+        return (f"note: the student was trained with rationales in its history ({how}); this "
+                "file's history has none, so earlier turns carry actions only")  # fmt: skip

@@ -7,16 +7,15 @@ A case record is one evaluated step, a line of an eval folder's ``cases.jsonl`` 
 
 `score` turns records into ``eval.json["metrics"]`` with the functions of `rationale.metrics`
 (nothing is re-defined here but a faster session bootstrap with `bootstrap_ci`'s semantics);
-`case_set_digest` names the set of test cases, so `rationale.compare` can refuse runs made on
-different ones; `summary_lines` and `write_type_chart` are the stderr summary and
-``per_type.png``; `score_predictions` scores a project's own predictions without any model.
+`case_set_digest` (`rationale.case_set`) names the set of test cases, so `rationale.compare`
+can refuse runs made on different ones; `summary_lines` and `write_type_chart` are the stderr
+summary and ``per_type.png``; `score_predictions` scores a project's own predictions without
+any model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rationale import metrics
+from rationale.case_set import case_key, case_mode, case_set_digest, describe_mode
 from rationale.metrics import Case
 from rationale.schema import ActionSpace
 
@@ -31,24 +31,6 @@ from rationale.schema import ActionSpace
 EVAL_FILE = "eval.json"
 TYPE_CHART_FILE = "per_type.png"
 STATUSES = ("ok", "unparsed", "failed")
-
-
-def case_key(record: dict[str, Any]) -> tuple[str, int]:
-    """A case record's identity: (session_id, step)."""
-    return str(record["session_id"]), int(record["step"])
-
-
-def case_set_digest(records: Sequence[dict[str, Any]]) -> str:
-    """sha256 of the canonical JSON of the sorted (session_id, step, truth) triples.
-
-    Two evals were run on the same test cases iff their digests match, whatever the order of
-    their records and whatever the models answered.
-    """
-    items = sorted(
-        [*case_key(r), json.dumps(r["truth"], sort_keys=True, ensure_ascii=False)] for r in records
-    )
-    blob = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def to_case(record: dict[str, Any]) -> Case:
@@ -129,8 +111,9 @@ def score(
     """The metrics of an eval (``eval.json["metrics"]``) from its case records.
 
     Exact match per case and per session (the headline) with session-bootstrap intervals, action
-    type accuracy and F1 (overall and per true type), session outcomes where the records hold a
-    session's last step and some true outcome is defined, unparsed and failed counts and the
+    type accuracy and F1 (overall and per true type), session outcomes (`_outcome`) over the
+    sessions whose last step is among the records and ends in an outcome, unparsed and failed
+    counts and the
     error breakdown (``failed`` kept apart from ``unparsed``). With no records every value is
     None or 0. Raises ValueError for a (session_id, step) that appears twice.
     """
@@ -188,18 +171,20 @@ def _interval(value: float, ci: tuple[float, float]) -> dict[str, float]:
 def _outcome(
     records: Sequence[dict[str, Any]], cases: Sequence[Case], space: ActionSpace
 ) -> dict[str, Any] | None:
-    """Outcome accuracy and F1 over the sessions whose last step was scored; None when no such
-    session has a true outcome (the action space defines none that occurs)."""
-    pairs = [
-        # an unreadable (or failed) last answer predicts no outcome class: always wrong
-        (space.outcome(c.truth), space.outcome(c.prediction) if c.is_parsed else metrics.UNPARSED)  # type: ignore[arg-type]
-        for r, c in zip(records, cases, strict=True)
-        if r.get("last")
-    ]
-    if not any(truth is not None for truth, _ in pairs):
+    """Outcome accuracy and F1 (`metrics.outcome_metrics`) over the sessions whose last step was
+    evaluated and whose true last action is a purchase or a terminate: ``n`` of them, listed in
+    ``sessions``; None when there is no such session."""
+    last = [(c.session_id, space.outcome(c.truth), c) for r, c in zip(records, cases, strict=True)
+            if r.get("last")]  # fmt: skip
+    scored = [(sid, truth, c) for sid, truth, c in last if truth is not None]
+    if not scored:
         return None
-    result = metrics.outcome_metrics(pairs)
-    return {"n": int(result["n"]), "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+    result = metrics.outcome_metrics([
+        # an unreadable (or failed) last answer predicts no outcome: always wrong
+        (truth, space.outcome(c.prediction) if c.is_parsed else metrics.UNPARSED)  # type: ignore[arg-type]
+        for _, truth, c in scored
+    ])  # fmt: skip
+    return {**result, "sessions": [sid for sid, _, _ in scored]}
 
 
 # -- the library call for a project's own predictions -----------------------------------------
@@ -293,8 +278,10 @@ def summary_lines(eval_data: dict[str, Any], *, folder: str | Path | None = None
     engine = f" via {model['engine']}" if model.get("engine") else ""
     lines = [f"model: {name}{engine}"]
     pending = eval_data.get("pending") or 0
+    mode = case_mode(eval_data)
     lines.append(
         f"cases: {m['n_cases']} in {m['n_sessions']} session{'s' if m['n_sessions'] != 1 else ''}"
+        + (f" ({describe_mode(mode)})" if mode else "")
         + (f", {pending} pending" if pending else "")
         + (f" (stopped: {eval_data['stopped']})" if eval_data.get("stopped") else "")
     )
@@ -309,7 +296,7 @@ def summary_lines(eval_data: dict[str, Any], *, folder: str | Path | None = None
         o = m["outcome"]
         lines.append(
             f"outcome: macro-F1 {_pct(o['macro_f1'])}, accuracy {_pct(o['accuracy'])} over "
-            f"{o['n']} sessions"
+            f"{o['n']} sessions ending in purchase or terminate"
         )
     lines.append(
         f"unparsed: {m['unparsed']}, failed: {m['failed']} (together "

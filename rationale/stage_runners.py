@@ -107,9 +107,9 @@ def prepare(stage: Any, earlier: dict[str, Any], producers: dict[str, str],
     ``earlier`` is the stage's stamp from a finished run with other settings or inputs ({}
     when there is none), ``producers`` the ids of the stamps it reads now. Returns "run",
     "adopted" (a student trained with these very settings, whose stamp was lost to a kill), or
-    "moved to PATH" (an eval or a student of other settings or inputs, kept under
-    ``outdated``). A student folder that this workflow did not make and that holds other
-    settings is refused.
+    "moved to PATH" (an eval or a student of other settings or inputs, or a student's
+    interrupted training of other settings or data, kept under ``outdated``). A student folder
+    that this workflow did not make and that holds other settings is refused.
     """
     from rationale import stamps
 
@@ -128,8 +128,16 @@ def prepare(stage: Any, earlier: dict[str, Any], producers: dict[str, str],
             f"{show(folder)} holds a student trained with other settings ({diff}) that rationale "
             "run did not make: move or delete it to train here"
         )
-    if stage.kind == "eval" and (folder / "eval.json").exists() and earlier:
-        same_inputs = earlier.get("producers") == producers
+    if stage.kind == "distill":
+        from distill.checkpoints import checkpoint_changes
+
+        changed = checkpoint_changes(stage.config)
+        if changed:  # an interrupted training of other settings or data: resuming would mix two
+            return (f"{_move(stage, outdated)} (its interrupted training differs: "
+                    f"{'; '.join(changed)}); training starts from scratch")  # fmt: skip
+    if stage.kind == "eval" and (folder / "eval.json").exists():
+        # an interrupted eval (no stamp) is checked too: its model may have been retrained
+        same_inputs = not earlier or earlier.get("producers") == producers
         identity = stamps.read(folder / "eval.json").get("identity")
         if not (same_inputs and identity == stage.config.identity()):
             return _move(stage, outdated)  # a limit, budget or speed change resumes instead

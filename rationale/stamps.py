@@ -33,8 +33,6 @@ OPERATIONAL = {
     "distill": {"resume", "allow_cpu", "logging_steps", "save_steps", "save_total_limit"},
 }  # fmt: skip
 
-_digests: dict[tuple[str, int, int], str] = {}
-
 
 def settings(kind: str, config: Any) -> dict[str, Any]:
     """The settings of a stage that decide its result."""
@@ -53,18 +51,12 @@ def digest(path: Path) -> str:
         for p in files:
             h.update(str(p.relative_to(path)).encode() + b"\0" + digest(p).encode())
         return h.hexdigest()
+    from rationale.identity import file_digest
+
     try:
-        st = path.stat()
+        return file_digest(path, remember=False)
     except OSError:
         return "missing"
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
 
 
 def fingerprint(name: str, kind: str, config: Any, external: list[Path],

@@ -40,6 +40,7 @@ base = "smollm2-135m"          # EDIT: the student, e.g. "llama-3-8b" on a GPU
 # max-seq-length = 2048
 
 [eval]
+# cases = "from-second"        # the paper's: each session's 2nd and later steps; "all": every step
 # limit = 200                  # only the first N test cases
 # batch-size = 16
 

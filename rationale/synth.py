@@ -20,10 +20,12 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rationale.batch_engine import make_engine
 from rationale.errors import RationaleError, TeacherError
+from rationale.identity import endpoint
 from rationale.judging import Judge, outcome, regeneration
 from rationale.rundir import RunDir, SynthConfig
 from rationale.runner import RunSummary, run_job
@@ -125,17 +127,17 @@ class SynthJob:
     # -- what the runner needs ----------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
-        from pathlib import Path
-
         return {
             "input": str(Path(self.config.input).resolve()),
             "teacher": self.teacher.model_id,
+            "teacher_endpoint": endpoint(getattr(self.teacher, "endpoint_url", None)),
             "template_version": self.template.version,
             "seed": self.config.seed,
             "history_rationales": self.config.history_rationales,
             "shard": self.config.shard,
             **self.judge.identity(),
             "verifier": self.verifier_client.model_id if self.verifier_client else None,
+            "verifier_endpoint": endpoint(getattr(self.verifier_client, "endpoint_url", None)),
             "verifier_template_version": (
                 self.verifier_template.version if self.verifier_client else None
             ),
@@ -238,6 +240,7 @@ class SynthJob:
     ) -> tuple[str, str]:
         """(cache key, prompt hash) of one teacher request."""
         from rationale.cache import cache_key
+        from rationale.identity import answered_by
 
         params = {
             "temperature": self.config.temperature,
@@ -246,7 +249,7 @@ class SynthJob:
             "assistant_prefix": prefix,
         }
         key = cache_key(
-            model=self.teacher.model_id,
+            model=answered_by(self.teacher),
             messages=messages,
             params=params,
             sample=sample,

@@ -136,6 +136,8 @@ def plan(workspace: Workspace) -> list[Stage]:
     evals = []
     for arm in (a for a in arms if a in models):
         given = {"model": models[arm], "output": str(workspace.default("eval", arm))}
+        if arm in ("rationale", "actions"):  # [eval] template is for prompt-only arms: a
+            given["template"] = None  # student is prompted as it was trained
         if arm == "teacher" and synth is not None:  # the teacher's endpoint and cap by default
             for key in ("api_base", "client", "max_cost"):
                 value = getattr(synth.config, key)
@@ -144,8 +146,9 @@ def plan(workspace: Workspace) -> list[Stage]:
         evals.append(add(f"eval:{arm}", "eval", given))
     if compare is not None:
         reference = compare.reference or ("rationale" if "rationale" in models else None)
-        if reference in models:
-            reference = str(workspace.default("eval", reference))
+        where = f"{workspace.where('compare')} reference"  # an arm's name, or an eval folder
+        reference = workspace.reference_eval(reference, compare.arms, list(models), where,
+                                             "it is left out of this run")  # fmt: skip
         stage = add("compare", "compare", {"reference": reference})
         stage.inputs = [e.folder for e in evals]
         stage.producers = evals
@@ -343,7 +346,14 @@ def _walk(workspace: Workspace, stages: list[Stage], chosen: list[Stage], report
     if dry_run:
         synth = next((s for s in chosen if s.kind == "synth" and s.name in planned), None)
         if synth is not None:
-            report.estimate = estimate_synth(synth, stages)
+            try:
+                report.estimate = estimate_synth(synth, stages)
+            except RationaleError as exc:
+                # a dry run only plans: a missing optional package (its error says what to pip
+                # install) leaves the estimate out; any other error is the plan's to show
+                if "pip install" not in str(exc):
+                    raise
+                echo(f"note: no synth estimate: {exc}; `rationale run` needs it")
     for stage in stages:
         if stage.note:
             echo(f"note: {stage.note}")

@@ -18,39 +18,31 @@ guessed silently. `rationale run` (`rationale.workflow`) and the bare commands s
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rationale.errors import ConfigError
+from rationale.workspace_check import (  # noqa: F401  (STAGES, flag, ...: re-exported)
+    _NOT_SETTINGS,
+    STAGES,
+    check_table,
+    flag,
+    root_paths,
+    stage_keys,
+    stage_model,
+)
 
 WORKSPACE_FILE = "rationale.toml"
 CONFIG_ENV = "RATIONALE_CONFIG"
-STAGES: tuple[str, ...] = ("import", "split", "synth", "distill", "eval", "compare")
 RUNS = "runs"  # the default outputs, under the workspace root
 
-#: Per-invocation switches that make no sense as a standing setting.
-_NOT_SETTINGS = {"dry_run", "retry_failed", "resume"}
-#: Keys that are paths: made relative to the workspace root when relative.
-_PATHS = {
-    "import": {"source", "output", "sessions", "users"},
-    "split": {"input", "output", "action_space"},
-    "synth": {"input", "output", "action_space"},
-    "distill": {"data", "output"},
-    "eval": {"data", "output", "action_space"},
-    "compare": {"output"},
-}
-#: Keys that may be a path or a name (a template, a model alias): a path if it exists there.
-_MAYBE_PATHS = {
-    "synth": {"template", "verifier_template"},
-    "distill": {"base"},
-    "eval": {"model", "template"},
-    "compare": {"reference"},
-}
+#: Defaults that follow another setting (an eval folder is named for its model, a student's for
+#: its base): while that one is missing, only it is named as missing.
+_FOLLOWS = {"eval": {"output": "model"}, "distill": {"output": "base"}}
 
 NO_TEACHER = (
     "synth: no teacher: pass --teacher MODEL, a litellm model string with its key in the "
@@ -58,36 +50,6 @@ NO_TEACHER = (
     "ANTHROPIC_API_KEY, ...) or 'local' (SmolLM2-135M in-process, no key, no network), or set "
     "teacher in [synth] of rationale.toml (rationale init writes one)"
 )
-
-
-#: Where each stage's job model lives (imported on demand: distill's needs only pydantic).
-_MODELS = {
-    "import": ("rationale.importers", "ImportConfig"),
-    "split": ("rationale.split", "SplitConfig"),
-    "synth": ("rationale.rundir", "SynthConfig"),
-    "distill": ("distill.config", "DistillConfig"),
-    "eval": ("rationale.evaluate", "EvalConfig"),
-    "compare": ("rationale.compare", "CompareConfig"),
-}
-
-
-def stage_model(stage: str) -> Any:
-    """The job model of a stage."""
-    if stage not in _MODELS:
-        raise ConfigError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
-    module, name = _MODELS[stage]
-    return getattr(importlib.import_module(module), name)
-
-
-def stage_keys(stage: str) -> list[str]:
-    """The keys a stage's table may hold, as flag names."""
-    fields = stage_model(stage).model_fields
-    return sorted(flag(name) for name in fields if name not in _NOT_SETTINGS)
-
-
-def flag(name: str) -> str:
-    """A field name as its flag name: ``max_cost`` -> ``max-cost``."""
-    return name.replace("_", "-")
 
 
 def slug(text: str) -> str:
@@ -156,9 +118,9 @@ class Workspace:
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8; re-encode it as UTF-8") from None
         root = path.resolve().parent
-        tables = {name: _check_table(path, name, value) for name, value in data.items()}
+        tables = {name: check_table(path, name, value) for name, value in data.items()}
         for stage, table in tables.items():
-            _root_paths(root, stage, table)
+            root_paths(root, stage, table)
         return cls(root=root, path=path, tables=tables)
 
     def table(self, stage: str) -> dict[str, Any]:
@@ -251,9 +213,18 @@ class Workspace:
         elif stage == "eval":
             fill("data", self.eval_data(), "the workspace's test split")
             if values.get("model"):
-                model = Path(str(values["model"]))
+                model = Path(str(values["model"])).expanduser()
                 name = f"{model.parent.name}-{model.name}" if model.is_dir() else values["model"]
                 fill("output", self.default("eval", slug(name)), "default")
+                # [eval] template is for prompt-only models: a student (a distill output,
+                # rationale.predictor) is prompted as it was trained, and refuses --template
+                student = (model / "prompt_format.json").is_file()
+                if student and values.get("template") and "template" not in (given or {}):
+                    values["template"] = None
+                    notes.append(
+                        f"eval: template of {self.where(stage)} left out: {show(model)} is a "
+                        "student, prompted with the template it was trained on"
+                    )
         elif stage == "compare":
             fill("output", self.default("compare"), "default")
         return Resolved(values, notes)
@@ -273,8 +244,12 @@ class Workspace:
             return model(**values)
         except ValidationError as exc:
             problems = []
-            for e in exc.errors(include_url=False):
+            errors = exc.errors(include_url=False)
+            missing = {".".join(map(str, e["loc"])) for e in errors if e["type"] == "missing"}
+            for e in errors:
                 name = ".".join(map(str, e["loc"]))
+                if _FOLLOWS.get(stage or "", {}).get(name) in missing:
+                    continue  # named once what it follows is given
                 if e["type"] == "missing":
                     table = f" or {flag(name)} in [{stage}] of rationale.toml" if stage else ""
                     problems.append(f"{name}: missing (--{flag(name)}{table})")
@@ -282,6 +257,27 @@ class Workspace:
                     problems.append(f"{name}: {e['msg']}")
             where = f"{self.path} [{stage}]" if self.path and stage else str(self.path or "flags")
             raise ConfigError(f"{where}: {'; '.join(problems)}") from None
+
+    def reference_eval(self, name: str | None, arms: Sequence[str], ready: Sequence[str],
+                       where: str, unready: str) -> str | None:  # fmt: skip
+        """The eval folder a compare reference names here: an arm's name (one of ``arms``; it
+        wins over a folder of that name, as in [compare]) is runs/eval/<arm>, which must be one
+        of ``ready`` (``unready`` says why one is not); anything else must be an eval folder
+        that exists. An error names ``where`` the reference was given and lists the arms."""
+        if name is None:
+            return None
+        if name in arms:
+            if name not in ready:
+                raise ConfigError(f"{where} {name!r}: the arm {name} has no eval ({unready}); the "
+                                  f"arms with one: {', '.join(ready) or 'none'}")  # fmt: skip
+            return str(self.default("eval", name))
+        if Path(name).expanduser().exists():
+            return name
+        of = f" of {show(self.path)}" if self.path else ""
+        raise ConfigError(
+            f"{where} {name!r}: neither an eval folder nor an arm{of} (arms: {', '.join(arms)}); "
+            "give an arm's name or the -o folder of a finished `rationale eval`"
+        )
 
     def _distill_defaults(self, values: dict[str, Any], fill: Any) -> None:
         if not values.get("data"):
@@ -317,109 +313,3 @@ def show(path: Any) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve())) if p.is_absolute() else str(p)
     except ValueError:
         return str(p)
-
-
-def _check_table(path: Path, name: str, value: Any) -> dict[str, Any]:
-    if name not in STAGES:
-        hint = _nearest(name, STAGES)
-        if not isinstance(value, dict):
-            owners = [s for s in STAGES if name.replace("-", "_") in _fields(s)]
-            where = f"; put it under [{owners[0]}]" if owners else ""
-            raise ConfigError(
-                f"{path}: '{name}' is outside a table{where} (tables: {', '.join(STAGES)})"
-            )
-        raise ConfigError(
-            f"{path}: unknown table [{name}]{f'; did you mean [{hint}]?' if hint else ''} "
-            f"(tables: {', '.join(STAGES)})"
-        )
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: '{name}' must be a table ([{name}] with keys under it)")
-    fields = _fields(name)
-    table = {}
-    for key, item in value.items():
-        field_name = key.replace("-", "_")
-        if field_name in _RENAMED.get(name, {}):
-            raise ConfigError(f"{path}: [{name}] '{key}' {_RENAMED[name][field_name]}")
-        if field_name not in fields or field_name in _NOT_SETTINGS:
-            hint = _nearest(flag(field_name), stage_keys(name))
-            raise ConfigError(
-                f"{path}: [{name}] unknown key '{key}'"
-                + (
-                    f"; did you mean '{hint}'?"
-                    if hint
-                    else f" (keys: {', '.join(stage_keys(name))})"
-                )
-            )
-        if field_name == "rules" and isinstance(item, dict):
-            item = _check_rules(path, name, item)
-        table[field_name] = item
-    return table
-
-
-def _check_rules(path: Path, stage: str, rules: dict[str, Any]) -> dict[str, Any]:
-    """``[synth.rules]``: the same spelling rules and nearest-name errors as a stage table."""
-    from rationale.rules import RulesConfig
-
-    fields = list(RulesConfig.model_fields)
-    checked = {}
-    for key, value in rules.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            hint = _nearest(flag(name), [flag(f) for f in fields])
-            raise ConfigError(
-                f"{path}: [{stage}.rules] unknown key '{key}'"
-                + (
-                    f"; did you mean '{hint}'?"
-                    if hint
-                    else f" (keys: {', '.join(map(flag, fields))})"
-                )
-            )
-        checked[name] = value
-    return checked
-
-
-def _arms() -> tuple[str, ...]:
-    from rationale.compare import ARMS
-
-    return ARMS
-
-
-# Settings that were renamed: what to write instead.
-_RENAMED = {
-    "distill": {
-        "load_in_4bit": 'is now method: method = "qlora" (4-bit, the default) or "lora" '
-        '(a 16-bit base), or "full"'
-    }
-}
-
-
-def _fields(stage: str) -> set[str]:
-    return set(stage_model(stage).model_fields)
-
-
-def _nearest(word: str, choices: Any) -> str | None:
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def _root_paths(root: Path, stage: str, table: dict[str, Any]) -> None:
-    """Make the table's relative paths relative to the workspace root."""
-
-    def rooted(value: Any, maybe: bool) -> Any:
-        if isinstance(value, list):
-            return [rooted(v, maybe) for v in value]
-        if not isinstance(value, str) or not value:
-            return value
-        if Path(value).expanduser().is_absolute():
-            return str(Path(value).expanduser())
-        candidate = Path(os.path.normpath(root / value))
-        explicit = value.startswith(("./", "../"))  # written as a path: one even if not there yet
-        return str(candidate) if not maybe or explicit or candidate.exists() else value
-
-    for key in list(table):
-        if stage == "compare" and key == "reference" and table[key] in _arms():
-            continue  # an arm's name, not a folder
-        if key in _PATHS.get(stage, ()):
-            table[key] = rooted(table[key], maybe=False)
-        elif key in _MAYBE_PATHS.get(stage, ()):
-            table[key] = rooted(table[key], maybe=True)

@@ -21,6 +21,20 @@ def rationale_home(
     return home
 
 
+@pytest.fixture(autouse=True)
+def one_endpoint_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local test servers started one after another in a test share one URL (see
+    `openai_server.DEFAULT_PORT`): a rerun or resume asks the same endpoint."""
+    import socket
+
+    import openai_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(openai_server, "DEFAULT_PORT", port)
+
+
 @pytest.fixture
 def openai_server():
     """A started local OpenAI chat-completions server (tests/openai_server.py), stopped after."""

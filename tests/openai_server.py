@@ -60,6 +60,11 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+#: The port a server started with ``port=0`` tries first (tests/conftest.py sets one per test):
+#: servers started one after another in a test serve one URL, as a real server restarted on its
+#: address does, so a resume asks the same endpoint (an endpoint is part of a run's identity);
+#: a server started while another holds it gets a free port, so two at once are two endpoints.
+DEFAULT_PORT: int | None = None
 MODEL_ID = "test-model"
 
 # ---------------------------------------------------------------------------------------------
@@ -502,8 +507,15 @@ class ScriptedServer:
             handler_cancellation=True,  # a client that hangs up cancels its handler
         )
         await runner.setup()
-        site = web.TCPSite(runner, HOST, self.port, backlog=1024, reuse_address=True)
-        await site.start()
+        ports = [DEFAULT_PORT, 0] if self.port == 0 and DEFAULT_PORT else [self.port]
+        for i, port in enumerate(ports):
+            site = web.TCPSite(runner, HOST, port, backlog=1024, reuse_address=True)
+            try:
+                await site.start()
+                break
+            except OSError:  # the test's port is held by a server still running
+                if i == len(ports) - 1:
+                    raise
         self._runner = runner
         self.port = runner.addresses[0][1]
 

@@ -563,7 +563,8 @@ def test_eval_in_batch_mode_scores_as_online(tmp_path, server, monkeypatch, teac
 
     def ev(out: str, **kw):
         config = EvalConfig(model=teacher, data=str(data), output=str(tmp_path / out),
-                            api_base=base, bootstrap=200, poll_interval=0.01, **kw)  # fmt: skip
+                            api_base=base, bootstrap=200, poll_interval=0.01, cases="all",
+                            **kw)  # fmt: skip
         return run_eval(config)
 
     online = ev("online").data
@@ -592,7 +593,8 @@ def test_eval_files_a_bad_request_once_and_asks_it_again_on_the_next_run(
     server.responder = first_element
     server.fault(lambda body: "a1" in last_user_text(body), status(400), times=None)
     config = EvalConfig(model=OPENAI, data=str(make_test_file(tmp_path)), bootstrap=200,
-                        output=str(tmp_path / "ev"), api_base=server.url, batch=True)  # fmt: skip
+                        output=str(tmp_path / "ev"), api_base=server.url, batch=True,
+                        cases="all")  # fmt: skip
     assert run_eval(config).data["pending"] == 12  # submitted
     server.finish_all()
     with pytest.raises(RationaleError, match="3 of 12 cases failed"):  # a1's session: 3
@@ -611,7 +613,7 @@ def test_eval_without_wait_still_gives_up_after_the_request_attempts(tmp_path, s
     server.fault(lambda body: "Task 0" in last_user_text(body), status(500), times=None)
     config = EvalConfig(model=OPENAI, data=str(make_test_file(tmp_path)), bootstrap=200,
                         output=str(tmp_path / "ev"), api_base=server.url, batch=True,
-                        request_attempts=2)  # fmt: skip
+                        request_attempts=2, cases="all")  # fmt: skip
     for _ in range(3):  # submit; collect and send again; collect and give up
         server.finish_all()
         with contextlib.suppress(RationaleError):

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -205,3 +206,46 @@ def test_synth_dry_run_calls_nothing(tmp_path: Path, server) -> None:
     assert estimate["to_call"] == 4 and estimate["prompt_tokens"] > 0
     assert proc.stderr.startswith("dry run: 4 calls to make (0 cached, 0 done)")
     assert server.count == 0 and not (out / "accepted.jsonl").exists()
+
+
+# -- eval: SIGTERM while eval.json is finalised --------------------------------------------------
+
+#: `rationale eval` in a subprocess whose finalisation is slow: scoring prints a line and sleeps,
+#: so the test can send SIGTERM while `_finish` is writing eval.json (no hook in the product).
+SLOW_FINISH = """
+import sys, time
+import rationale.scoring as scoring
+real = scoring.score
+def slow(*args, **kwargs):
+    print("finalising", file=sys.stderr, flush=True)
+    time.sleep(2)
+    return real(*args, **kwargs)
+scoring.score = slow
+from rationale.cli import main
+sys.argv[0] = "rationale"
+main()
+"""
+
+
+def test_sigterm_while_eval_finalises_leaves_a_finished_eval_json(tmp_path: Path, server) -> None:
+    """asyncio's loop close resets SIGTERM to its default action: a SIGTERM that came while
+    eval.json was finalised killed the process and left it "running"."""
+    server.responder = lambda body, index: ok('{"action": {"type": "click", "name": "search"}}')
+    data = write_lines(tmp_path / "test.jsonl", [record("s1", i) for i in range(3)])
+    out = tmp_path / "ev"
+    cmd = [sys.executable, "-c", SLOW_FINISH, "eval", "--model", "openai/test-model", "--data",
+           str(data), "-o", str(out), "--api-base", server.url, "--bootstrap", "20"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        seen.append(line)
+        if line.startswith("finalising"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
+    assert proc.returncode == 1, (proc.returncode, err[-2000:])
+    assert "SIGTERM" in err and "Traceback" not in err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["stopped"] is None and result["pending"] == 0, result["stopped"]
+    assert len(result["cases"]) == result["n_cases"] == result["metrics"]["n_cases"] > 0

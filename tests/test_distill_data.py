@@ -245,6 +245,39 @@ def test_data_and_output_are_checked_before_the_model_is_loaded(
         run_distill(distill_config(run_dir, tiny, tmp_path / "new"))
 
 
+def test_a_resume_of_other_settings_or_data_is_refused_before_the_model_is_loaded(
+    run_dir: Path, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume compares checkpoints/resume.json with its own settings and data before loading
+    the model; the synth run's record file (the steps' contexts) is training data too. A folder
+    from before records had them resumes unchecked."""
+    from distill import DistillError, student
+    from distill.pipeline import run_distill
+    from distill.resume_record import write_record
+    from rationale.rundir import run_records_file
+
+    def load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(student, "load_model_and_tokenizer", load)
+    out = tmp_path / "out"
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    write_record(distill_config(run_dir, tiny, out), out / "checkpoints")
+    with pytest.raises(AssertionError, match="the model was loaded"):  # the same: it loads
+        run_distill(distill_config(run_dir, tiny, out, resume=True, logging_steps=5))
+    with pytest.raises(DistillError, match=r"lr_scheduler 'cosine' -> 'linear'"):
+        run_distill(distill_config(run_dir, tiny, out, resume=True, lr_scheduler="linear"))
+    records = run_records_file(run_dir)
+    records.write_text(records.read_text().replace("Buy a hat", "Buy a cap"))
+    with pytest.raises(DistillError, match=r"data: .*run changed \(its content\).*delete"):
+        run_distill(distill_config(run_dir, tiny, out, resume=True))
+    (out / "checkpoints" / "resume.json").unlink()
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        run_distill(distill_config(run_dir, tiny, out, resume=True))
+
+
 def test_local_teacher_and_no_verifier_are_warned_and_on_the_model_card(
     run_dir: Path, tiny: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -130,7 +130,7 @@ def test_where_each_process_loads_the_base(
 def test_trainer_settings_under_ddp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     trl = pytest.importorskip("trl")
-    from distill.trainer import _sft_arguments
+    from distill.training_args import _sft_arguments
 
     config = DistillConfig(base="b", data="d", output=str(tmp_path), batch_size=2, grad_accum=3)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)

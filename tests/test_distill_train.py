@@ -445,6 +445,60 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path: Path, tiny_folder: Pa
         fit(student, make_dataset(student.tokenizer), config)
 
 
+def test_resume_checks_the_settings_and_data_the_checkpoints_were_trained_with(
+    tmp_path: Path, tiny_folder: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """checkpoints/resume.json: a resume under another learning rate, run length or data is
+    refused before anything is touched, naming the change and the fix; one that changes only
+    how the run logs and saves continues; a folder from before records resumes with a note."""
+    from transformers import TrainerCallback
+
+    from distill.checkpoints import resume_point
+    from distill.train import fit, prepare
+
+    class Kill(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("killed")
+
+    data = tmp_path / "accepted.jsonl"
+    data.write_text('{"rationale": "first"}\n')
+    out = tmp_path / "out"
+    config = make_config(tiny_folder, out, data=str(data))
+    student = prepare(config)
+    dataset = make_dataset(student.tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        fit(student, dataset, config, callbacks=[Kill()])
+    record = json.loads((out / "checkpoints" / "resume.json").read_text())
+    assert record["settings"]["learning_rate"] == 1e-2
+    assert "logging_steps" not in record["settings"] and "output" not in record["settings"]
+
+    def resumed(**overrides: Any) -> DistillConfig:
+        return make_config(tiny_folder, out, data=str(data), resume=True, **overrides)
+
+    with pytest.raises(DistillError, match=r"learning_rate 0\.01 -> 0\.02\).*new --output"):
+        fit(student, dataset, resumed(learning_rate=2e-2))
+    with pytest.raises(DistillError, match=r"max_steps 4 -> 6\)"):
+        resume_point(resumed(max_steps=6))
+    data.write_text('{"rationale": "second"}\n')
+    with pytest.raises(DistillError, match=r"data: .*accepted\.jsonl changed \(its content\)"):
+        resume_point(resumed())
+    log = out / "training_log.jsonl"
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3]  # untouched
+
+    data.write_text('{"rationale": "first"}\n')  # the same bytes again
+    operational = resumed(logging_steps=2, save_steps=1, save_total_limit=3, merge=True)
+    result = fit(prepare(operational), dataset, operational)
+    assert result.resumed_from_step == 2 and result.steps == 4
+    assert "note:" not in capfd.readouterr().err
+
+    (out / "checkpoints" / "resume.json").unlink()  # as a folder written before records
+    fit(prepare(resumed(learning_rate=2e-2)), dataset, resumed(learning_rate=2e-2))
+    assert "resuming from checkpoint-4 (step 4); note: checkpoints/ has no resume.json" in (
+        capfd.readouterr().err
+    )
+
+
 def test_bad_examples_are_errors_not_dropped(tmp_path: Path, tiny_folder: Path) -> None:
     from datasets import Dataset
 
@@ -504,7 +558,7 @@ def test_trainer_arguments_per_device(
     """bf16 and checkpointing only on CUDA; Unsloth keeps its own checkpointing and 8-bit Adam."""
     from trl import SFTConfig
 
-    from distill.trainer import _sft_arguments
+    from distill.training_args import _sft_arguments
 
     config = make_config("b", tmp_path / "out", max_steps=None, epochs=2.0)
 

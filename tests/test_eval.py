@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_the_student_is_prompted_exactly_as_it_was_trained(student: dict[str, Pa
                for ex in sft.examples()}  # fmt: skip
     fmt = PromptFormat.from_student(student["student"])
     with RecordFile(student["data"]) as records:
-        cases = list(eval_cases(records))
+        cases = list(eval_cases(records, cases="all"))
     assert len(cases) == 18 and set(trained) <= {c.key for c in cases}
     for case in cases:
         if case.key in trained:
@@ -100,7 +101,23 @@ def test_a_session_mode_student_sees_earlier_steps_as_turns(student: dict[str, P
     (tmp_path / "prompt_format.json").write_text(json.dumps({**saved, "session_mode": True}))
     fmt = PromptFormat.from_student(tmp_path, max_seq_length=100_000)
     with RecordFile(student["data"]) as records:
-        case = list(eval_cases(records))[2]
+        cases = list(eval_cases(records, cases="all"))[:3]  # the first session
+    # the training chat of that session; the test records carry the rationales it accepted
+    from distill.data import SFTData
+
+    sft = SFTData(student["run"], session_mode=True, max_context_tokens=saved["max_context_tokens"])
+    example = next(sft.examples())
+    trained = sft.conversation(example)[0]
+    replies = [i for i, m in enumerate(trained) if m["role"] == "assistant"]
+    assert example.session_id == cases[0].key[0] and len(replies) == 3
+    for k, case in enumerate(cases):
+        earlier = tuple(r.model_copy(update={"rationale": sft.rationales[(r.session_id, r.step)]})
+                        for r in case.earlier)  # fmt: skip
+        assert fmt.messages(case.step, earlier) == trained[: replies[k]]
+    case = cases[2]
+    first = json.loads(trained[replies[0]]["content"])
+    assert first["action"] == case.earlier[0].action.model_dump() and first["rationale"]
+    # a test file without rationales: earlier turns carry the action alone
     chat = fmt.messages(case.step, case.earlier)
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert json.loads(chat[2]["content"]) == {"action": case.earlier[0].action.model_dump()}
@@ -119,7 +136,8 @@ def test_split_eval_compare_end_to_end(student: dict[str, Path], tmp_path: Path)
 
     run("split", str(student["data"]), "-o", str(tmp_path / "split"), "--test-frac", "0.5")
     test = tmp_path / "split" / "test.jsonl"
-    n_test = len(test.read_text().splitlines())
+    test_steps = [json.loads(line) for line in test.read_text().splitlines()]
+    n_test = len(test_steps) - len({r["session_id"] for r in test_steps})  # from-second
     ev = tmp_path / "ev_student"
     first = run("eval", "--model", str(student["student"]), "--data", str(test), "-o", str(ev),
                 "--batch-size", "2", "--max-tokens", "12", "--bootstrap", "50")  # fmt: skip
@@ -144,7 +162,24 @@ def test_split_eval_compare_end_to_end(student: dict[str, Path], tmp_path: Path)
     run("eval", "--model", str(student["tiny"]), "--data", str(test), "-o", str(base),
         "--max-tokens", "12", "--bootstrap", "50")  # fmt: skip
     table = run("compare", str(base), str(ev), "--reference", str(base), "-o", str(tmp_path / "c"))
-    assert "| " in table.stdout and "reference" in table.stdout
+    rows = [[c.strip() for c in line.strip("|").split(" | ")]
+            for line in table.stdout.splitlines() if line.startswith("| ")]  # fmt: skip
+    head, cells = rows[0], rows[1:]
+    assert [row[0] for row in cells] == ["tiny", "student"], table.stdout  # in the order given
+    col = {name.split(" [")[0]: i for i, name in enumerate(head)}
+    session = {}
+    for row, folder in zip(cells, (base, ev), strict=True):
+        m = json.loads((folder / "eval.json").read_text())["metrics"]
+        h = session[folder] = m["session_exact_match"]
+        assert row[col["exact match, session avg"]] == (
+            f"{100 * h['value']:.1f}% [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]"
+        )
+        assert row[col["step exact match"]] == f"{100 * m['exact_match']['value']:.1f}%"
+        assert row[col["unparsed / failed"]] == f"{m['unparsed']} / {m['failed']}"
+    assert cells[0][col["Δ vs tiny"]] == cells[0][col["McNemar p"]] == "reference"
+    delta = 100 * (session[ev]["value"] - session[base]["value"])
+    assert cells[1][col["Δ vs tiny"]].startswith(f"{delta:+.1f} pts"), table.stdout
+    assert re.fullmatch(r"<0\.001|[01]\.\d{3}", cells[1][col["McNemar p"]]), table.stdout
     assert (tmp_path / "c" / "compare.md").read_text().strip() == table.stdout.strip()
     assert (tmp_path / "c" / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -156,7 +191,7 @@ def test_an_interrupted_local_eval_resumes_without_repeating(student: dict[str, 
     predictor = Predictor.load(str(student["student"]), batch_size=4, max_new_tokens=8)
     cfg = EvalConfig(model=str(student["student"]), data=str(student["data"]),
                      output=str(tmp_path / "ev"), batch_size=4, max_new_tokens=8,
-                     bootstrap=20)  # fmt: skip
+                     bootstrap=20, cases="all")  # fmt: skip
     real = predictor.generator.generate
     calls: list[int] = []
 
@@ -212,7 +247,7 @@ def test_sigterm_during_local_generation_finalises_the_eval(
     ev = tmp_path / "ev"
     cmd = [str(RATIONALE), "eval", "--model", str(student["student"]), "--data",
            str(student["data"]), "-o", str(ev), "--batch-size", "1", "--max-new-tokens", "200",
-           "--bootstrap", "20"]  # fmt: skip
+           "--bootstrap", "20", "--cases", "all"]  # fmt: skip
     env = one_thread_env(student["root"] / "home")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     wait_for_cases(ev, 2, timeout=120)

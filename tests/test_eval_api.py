@@ -65,6 +65,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def config(data: Path, out: Path, url: str, **kw: Any) -> EvalConfig:
+    kw.setdefault("cases", "all")  # these tests count every step
     return EvalConfig(model="openai/gpt-4o-mini", data=str(data), output=str(out), api_base=url,
                       backoff=0.01, bootstrap=200, **kw)  # fmt: skip
 
@@ -73,7 +74,8 @@ def test_api_eval_scores_retries_and_reuses_the_cache(tmp_path: Path, home: Path
     data = make_test_file(tmp_path)
     with ScriptedServer(responder=first_element) as server:
         server.script(status(500), status(429))  # two faults, retried
-        result = run_eval(config(data, tmp_path / "ev", server.url))
+        url = server.url
+        result = run_eval(config(data, tmp_path / "ev", url))
         assert server.count == 12 + 2
     out = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert out == result.data
@@ -93,12 +95,16 @@ def test_api_eval_scores_retries_and_reuses_the_cache(tmp_path: Path, home: Path
     # another project's predictions (here the same raw answers) scored by the library call
     from rationale import score_test_file
 
-    assert score_test_file(data, [c["raw"] for c in out["cases"]], n_boot=200) == out["metrics"]
+    raws = [c["raw"] for c in out["cases"]]
+    assert score_test_file(data, raws, cases="all", n_boot=200) == out["metrics"]
     with pytest.raises(ValueError, match="12 test cases"):
-        score_test_file(data, [None] * 11)
+        score_test_file(data, [None] * 11, cases="all")
 
-    # the same eval in a new folder is answered from the cache: no request, nothing billed
-    with ScriptedServer(responder=first_element) as server:
+    # the same eval in a new folder, against the same endpoint (a server restarted on its
+    # port), is answered from the cache: no request, nothing billed
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with ScriptedServer(responder=first_element, port=port) as server:
+        assert server.url == url
         again = run_eval(config(data, tmp_path / "ev2", server.url))
         assert server.count == 0
     assert [c["correct"] for c in again.data["cases"]] == [c["correct"] for c in out["cases"]]
@@ -152,7 +158,8 @@ def test_a_folder_of_another_eval_is_refused(tmp_path: Path, home: Path) -> None
     data = make_test_file(tmp_path, sessions=1)
     with ScriptedServer(responder=first_element) as server:
         run_eval(config(data, tmp_path / "ev", server.url))
-        with pytest.raises(RationaleError, match=r"other settings .*cases 'all' -> 'from-second'"):
+        refused = r"other model, test file or settings .*cases 'all' -> 'from-second'"
+        with pytest.raises(RationaleError, match=refused):
             run_eval(config(data, tmp_path / "ev", server.url, cases="from-second"))
 
 
@@ -165,7 +172,7 @@ def test_kill_mid_eval_then_resume_loses_nothing_and_repeats_nothing(
     with ScriptedServer(responder=first_element, latency=0.15) as server:
         cmd = [str(RATIONALE), "eval", "--model", "openai/gpt-4o-mini", "--data", str(data),
                "-o", str(out), "--api-base", server.url, "--concurrency", "2",
-               "--bootstrap", "100"]  # fmt: skip
+               "--bootstrap", "100", "--cases", "all"]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         wait_for_cases(out, 5)
         proc.send_signal(signal.SIGKILL)
@@ -253,7 +260,7 @@ def test_sigterm_finalises_the_eval(tmp_path: Path, home: Path) -> None:
     with ScriptedServer(responder=first_element, latency=0.2) as server:
         cmd = [str(RATIONALE), "eval", "--model", "openai/gpt-4o-mini", "--data", str(data),
                "-o", str(out), "--api-base", server.url, "--concurrency", "1",
-               "--bootstrap", "50"]  # fmt: skip
+               "--bootstrap", "50", "--cases", "all"]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         wait_for_cases(out, 3)
         proc.send_signal(signal.SIGTERM)

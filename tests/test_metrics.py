@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,9 @@ from rationale.metrics import (
     mcnemar_exact,
     outcome_metrics,
     per_type,
+    predicted_type,
     session_accuracy,
+    true_type,
     type_accuracy,
     unparsed_rate,
     weighted_f1,
@@ -89,9 +92,9 @@ def test_f1_by_hand() -> None:
     # truth: click, click, type, type, terminate, click; predicted: click, terminate, type,
     # type, unparsed, unparsed.
     # click: TP 1, true 3, pred 1 -> 2/4; type_and_submit: TP 2, 2, 2 -> 1;
-    # terminate: TP 0, true 1, pred 1 -> 0; unparsed: TP 0, true 0, pred 2 -> 0, but it is not
-    # a true class, so the macro mean is over click, type_and_submit and terminate.
-    assert macro_f1(MIXED, SPACE) == pytest.approx((0.5 + 1 + 0) / 3)
+    # terminate: TP 0, true 1, pred 1 -> 0; unparsed: TP 0, true 0, pred 2 -> 0, and it is a
+    # class of the macro mean (scikit-learn's union of true and predicted labels).
+    assert macro_f1(MIXED, SPACE) == pytest.approx((0.5 + 1 + 0 + 0) / 4)
     assert weighted_f1(MIXED, SPACE) == pytest.approx((0.5 * 3 + 1 * 2 + 0 * 1) / 6)
 
 
@@ -138,26 +141,89 @@ def test_f1_matches_sklearn(pairs: list[tuple[str, str]]) -> None:
     assert [ours[lab] for lab in union] == pytest.approx(list(theirs))
 
 
-def test_outcome_metrics() -> None:
-    pairs = [("purchase", "purchase"), ("terminate", "purchase"), (None, None), (None, "terminate")]
+def test_outcome_metrics_score_only_sessions_that_end_in_an_outcome() -> None:
+    pairs = [
+        ("purchase", "purchase"),
+        ("terminate", "purchase"),
+        ("terminate", None),  # the last answer was another click: no outcome, wrong
+        ("purchase", "unparsed"),  # unreadable: wrong
+        (None, None),  # ends in a click: not scored, although "nothing" was predicted
+        (None, "terminate"),  # not scored either
+    ]
     out = outcome_metrics(pairs)
-    assert out["n"] == 4
-    assert out["accuracy"] == pytest.approx(0.5)
-    # purchase: 2*1/(1+2) = 2/3; terminate: 0; none: 2*1/(2+1) = 2/3.
-    assert out["macro_f1"] == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
-    # an unreadable last answer is wrong, never the class "none"
-    unread = outcome_metrics([(None, "unparsed"), (None, None), ("purchase", "purchase")])
-    assert unread["accuracy"] == pytest.approx(2 / 3)
-    assert unread["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)  # none: 2/(2+1); purchase: 1
+    assert out["n"] == 4 and out["support"] == {"purchase": 2, "terminate": 2}
+    assert out["accuracy"] == pytest.approx(1 / 4)
+    # purchase: TP 1, true 2, predicted 2 -> 2/4; terminate: TP 0 -> 0; "none" (predicted
+    # twice) is not a class of the mean.
+    assert out["macro_f1"] == pytest.approx((1 / 2 + 0) / 2)
+    with pytest.raises(ValueError, match="purchase or a terminate"):
+        outcome_metrics([(None, "purchase"), (None, None)])
 
 
-def test_one_unparsed_answer_costs_recall_not_a_whole_class() -> None:
+OUTCOME_PREDICTIONS = ["purchase", "terminate", None, "unparsed"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_outcome_metrics_match_sklearn(seed: int) -> None:
+    """How scikit-learn is called, pinned: on the sessions whose true outcome is purchase or
+    terminate, a prediction without an outcome class replaced by "none" (any third label gives
+    the same numbers), ``accuracy_score(truth, pred)`` and ``f1_score(truth, pred, labels=L,
+    average="macro")``, L the outcome classes that occur (true or predicted)."""
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a dev dependency")
+    rng = random.Random(seed)
+    pairs = [(rng.choice(["purchase", "terminate", None]), rng.choice(OUTCOME_PREDICTIONS))
+             for _ in range(rng.randint(2, 30))]  # fmt: skip
+    pairs += [("terminate", None), ("terminate", "unparsed")]  # both kinds of "no outcome"
+    if seed % 2:  # half the draws have purchases; the others none at all, true or predicted
+        pairs += [("purchase", None)]
+    else:
+        pairs = [(t, p) for t, p in pairs if "purchase" not in (t, p)]
+    scored = [(t, p) for t, p in pairs if t is not None]
+    truth = [t for t, _ in scored]
+    pred = [p if p in ("purchase", "terminate") else "none" for _, p in scored]
+    out = outcome_metrics(pairs)
+    assert out["n"] == len(scored)
+    assert out["accuracy"] == pytest.approx(skm.accuracy_score(truth, pred))
+    labels = [c for c in ("purchase", "terminate") if c in truth or c in pred]
+    expected = skm.f1_score(truth, pred, labels=labels, average="macro", zero_division=0)
+    assert out["macro_f1"] == pytest.approx(expected)
+
+
+def test_an_unparsed_type_is_a_class_of_the_macro_mean() -> None:
     truth = ["click"] * 99 + ["terminate"]
     cases = [case("s", i, click("x") if t == "click" else TERM, click("x") if t == "click" else
                   TERM) for i, t in enumerate(truth)]  # fmt: skip
     assert macro_f1(cases, SPACE) == 1.0
     cases[0] = case("s", 0, click("x"), None)
-    assert macro_f1(cases, SPACE) == pytest.approx((2 * 98 / (99 + 98) + 1) / 2)
+    # click 2*98/(99+98), terminate 1, unparsed 0 (predicted once, never true)
+    assert macro_f1(cases, SPACE) == pytest.approx((2 * 98 / (99 + 98) + 1 + 0) / 3)
+
+
+TYPE_ACTIONS = {"click": click("x"), "type_and_submit": typed("q", "t"), "terminate": TERM}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_type_f1_matches_sklearn_on_cases(seed: int) -> None:
+    """macro_f1 and weighted_f1 of Cases are scikit-learn's ``f1_score(true_types,
+    predicted_types, average=..., zero_division=0)``, with no ``labels=`` (the union of labels),
+    on label sets with "unparsed" and with a type that is predicted but never true."""
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a dev dependency")
+    rng = random.Random(seed)
+    true_types = ["click", "type_and_submit"]  # terminate is never true...
+    cases = []
+    for i in range(rng.randint(3, 40)):
+        t = rng.choice(true_types)
+        p = rng.choice([*TYPE_ACTIONS, "unparsed"])
+        pred = None if p == "unparsed" else TYPE_ACTIONS[p]
+        cases.append(case("s", i, TYPE_ACTIONS[t], pred))
+    cases.append(case("s", 98, click("x"), TERM))  # ...but predicted
+    cases.append(case("s", 99, typed("q", "t"), None))  # and one unparsed
+    truth = [true_type(c) for c in cases]
+    pred = [predicted_type(c) for c in cases]
+    assert {"terminate", "unparsed"} <= set(pred) and "terminate" not in truth
+    for ours, average in ((macro_f1, "macro"), (weighted_f1, "weighted")):
+        expected = skm.f1_score(truth, pred, average=average, zero_division=0)
+        assert ours(cases, SPACE) == pytest.approx(expected), average
 
 
 def _sessions(n_sessions: int, steps: int = 3) -> list[Case]:
@@ -192,10 +258,43 @@ def test_bootstrap_resamples_sessions_not_cases() -> None:
         pytest.approx(1 / 3),
         pytest.approx(1 / 3),
     )
-    # A session drawn twice keeps its weight in a session-level metric.
-    seen: list[int] = []
-    bootstrap_ci(_sessions(4), lambda cs: seen.append(len({c.session_id for c in cs})) or 0.0, n=20)
-    assert set(seen) == {4}
+
+
+def _percentile_interval(stats: list[float], level: float) -> tuple[float, float]:
+    """numpy's default (linear) percentile interval, written out independently."""
+    stats = sorted(stats)
+
+    def q(x: float) -> float:
+        pos = x * (len(stats) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(stats) - 1)
+        return stats[lo] + (stats[hi] - stats[lo]) * (pos - lo)
+
+    return q((1 - level) / 2), q(1 - (1 - level) / 2)
+
+
+def test_bootstrap_weights_sessions_as_drawn() -> None:
+    """bootstrap_ci against a computation from per-session counts: each resample draws
+    ``len(sessions)`` sessions with replacement (``random.Random(seed).choices``, sessions in order
+    of first appearance); a session drawn k times counts k times, in the session-weighted mean
+    (each drawn session's accuracy) and in the case-weighted one (hits over steps)."""
+    # a: 1 step, right; b: 4 steps, wrong; c: 2 steps, 1 right. Session means and case
+    # means of one resample differ, so the two intervals differ.
+    spec = {"a": (1, 1), "b": (0, 4), "c": (1, 2)}  # hits, steps
+    cases = [case(sid, i, click("x"), click("x") if i < hits else click("y"))
+             for sid, (hits, steps) in spec.items() for i in range(steps)]  # fmt: skip
+    n, seed, level = 400, 5, 0.8
+    rng = random.Random(seed)
+    by_session, by_case = [], []
+    for _ in range(n):
+        drawn = rng.choices(list(spec), k=len(spec))
+        by_session.append(sum(spec[s][0] / spec[s][1] for s in drawn) / len(drawn))
+        by_case.append(sum(spec[s][0] for s in drawn) / sum(spec[s][1] for s in drawn))
+    session_ci = bootstrap_ci(cases, _session_acc, n=n, seed=seed, level=level)
+    case_ci = bootstrap_ci(cases, lambda cs: accuracy(cs, SPACE), n=n, seed=seed, level=level)
+    assert session_ci == pytest.approx(_percentile_interval(by_session, level))
+    assert case_ci == pytest.approx(_percentile_interval(by_case, level))
+    assert session_ci != pytest.approx(case_ci)
 
 
 def test_bootstrap_rejects_bad_arguments() -> None:

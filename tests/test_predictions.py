@@ -47,7 +47,6 @@ CORPUS: list[tuple[str, dict[str, Any] | None, Any]] = [
         END,
         WHY,
     ),
-    ('{"action": {"type": "scroll"}} no wait: {"action": {"type": "terminate"}}', END, ANY),
     (
         '{"rationale": "a", "action": {"type": "terminate"}} {"rationale": "b", "action": '
         '{"type": "click", "name": "x"}}',
@@ -129,6 +128,50 @@ CORPUS: list[tuple[str, dict[str, Any] | None, Any]] = [
     ("{{{{{{{{{{", None, None),
 ]
 
+# The answer is read, not the words inside it (issue 20): the first object with an ``action``
+# key is the verdict, valid or not; calls and ``Action:`` labels are read only when there is no
+# such object, never inside a JSON string, never in thinking.
+ANSWER_NOT_WORDS: list[tuple[str, dict[str, Any] | None, Any]] = [
+    # an invalid action in the object is not rescued by the words of its rationale
+    ('{"rationale":"Nothing fits, so my action: terminate","action":{"type":"leave"}}', None, None),
+    ('{"rationale":"I will click(product.buy_now) now","action":{"type":"click"}}', None, None),
+    ('I\'ll terminate. Action: terminate\n{"action": {"type": "leave"}}', None, None),
+    # the first object with an action decides: a later one does not overrule it
+    ('{"action": {"type": "scroll"}} no wait: {"action": {"type": "terminate"}}', None, None),
+    ('{"action": "leave"} {"type": "terminate"}', None, None),
+    # a rationale cut by the token limit, in JSON or Python style, cut in a string or a key
+    ('{"rationale": "The list has nothing I want. My action: terminate since', None, None),
+    ("{'rationale': 'The list has nothing I want. My action: terminate since", None, None),
+    ('{"rationale": "My action: terminate", "act', None, None),
+    # a call inside a string of an object without an action is data, not the answer
+    ('{"rationale": "click(a.b)"}', None, None),
+    ("{'rationale': 'I would click(a.b)'}", None, None),
+    ('{"rationale": "I\'d click(a.b)" "action": {"type": "leave"}}', None, None),
+    ('(My answer: {"rationale": "click(a.b)"}', None, None),
+    # thinking is not the answer: cut inside <think>, or closed with no answer after it
+    ("<think>Options: click(item.red) or", None, None),
+    ("Sure. <think>Options: click(item.red) or", None, None),
+    ("<think>I could click(item.red).</think>I am not sure.", None, None),
+    ("<think>a</think>Hmm. <think>Action: terminate", None, None),
+    # what still reads
+    ('Maybe click(a.b)? No: {"action": {"type": "terminate"}} Action: click(c.d)', END, None),
+    ('I\'d click(a.b).\n```json\n{"action": {"type": "terminate"}}\n```', END, None),
+    ('{"type": "product", "name": "x"} {"action": "terminate"}', END, None),
+    ('{"rationale": "I skip <think> tags.", "action": {"type": "terminate"}}', END, ANY),
+    ('{"action": {"type": "terminate"}}\n<think>and then', END, None),
+    ('{"rationale": "why" "action": "click(search.box)"}', CLICK, None),
+    ('{"rationale": "x", "action": type_and_submit(search.box, "red shoes")}', SEARCH, None),
+    ('{"rationale": "...", "action": "..."} {"action": {"type": "terminate"}}', END, None),
+    ("Rationale: I want red shoes.\nAction: click(search.box)", CLICK, WHY),
+]
+
+
+@pytest.mark.parametrize(("text", "action", "rationale"), ANSWER_NOT_WORDS)
+def test_the_answer_not_words_inside_it(
+    text: str, action: dict[str, Any] | None, rationale: Any
+) -> None:
+    test_corpus(text, action, rationale)
+
 
 @pytest.mark.parametrize(("text", "action", "rationale"), CORPUS)
 def test_corpus(text: str, action: dict[str, Any] | None, rationale: Any) -> None:
@@ -157,6 +200,10 @@ def test_corpus_is_large_enough() -> None:
         ("type_and_submit(a, b)(c)", None),
         ("nothing here", "no JSON object or action call found"),
         ("x" * (MAX_SCAN + 1), "searched the first and last"),
+        ('{"rationale": "my action: terminate", "action": {"type": "leave"}}', "'leave' is not"),
+        ('{"rationale": "click(a.b)", "action": {"type": "click"}}', "click action: name"),
+        ("<think>Options: click(item.red) or", "inside <think>"),
+        ("<think>click(item.red)</think>", "nothing after </think>"),
     ],
 )
 def test_problem_says_why(text: str, says: str | None) -> None:
@@ -247,6 +294,9 @@ def test_never_raises_on_json_like_noise(parts: list[str]) -> None:
         "Action: scroll(" * 70_000,
         "{'type': " * 100 + "[" + "1," * 9000 + "x" + "}" * 100,  # nested, fails late
         "".join(chr(32 + (i * 7919) % 95) for i in range(1_000_000)),
+        "<think>" * 150_000,
+        "{" + '"<think>", ' * 100_000,
+        "{" + " " * 1_000_000 + "'",
     ],
 )
 def test_huge_input_is_fast(garbage: str) -> None:

@@ -65,13 +65,15 @@ def check_chain(ws: Path, arms: list[str], base: str = "tiny") -> dict[str, int]
         assert stats["examples"] == len(accepted)  # training examples = accepted training steps
         assert config["no_rationale"] is no_rationale
     n_cases = {}
+    # cases: the test steps but each session's first (--cases from-second, the default)
+    cases = len(test) - len({r["session_id"] for r in test})
     for arm in arms:
         data = json.loads((runs / "eval" / arm / "eval.json").read_text())
         n_cases[arm] = data["n_cases"]
-        assert data["n_cases"] == len(test) and data["pending"] == 0  # cases = test steps
+        assert data["n_cases"] == cases and data["pending"] == 0
     table = (runs / "compare" / "compare.md").read_text()
     assert all(f"| {arm}: " in table for arm in arms)
-    return {"train": len(train), "test": len(test), "accepted": len(accepted)}
+    return {"train": len(train), "test": len(test), "accepted": len(accepted), "cases": cases}
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,7 @@ def test_run_goes_from_raw_logs_to_the_table_and_a_rerun_does_nothing(
         assert first.returncode == 0, first.stderr[-4000:]
         counts = check_chain(ws, ["base", "actions", "rationale", "teacher"])
         asked = server.count
-        assert asked >= counts["train"] + counts["test"]  # synth + the teacher arm's eval
+        assert asked >= counts["train"] + counts["cases"]  # synth + the teacher arm's eval
         assert "| rationale" in first.stdout or "rationale" in first.stdout
         for stage in (
             "import",
@@ -242,7 +244,8 @@ def check_snippet_output(cwd: Path, proc: subprocess.CompletedProcess[str]) -> N
     assert proc.returncode == 0, proc.stderr[-4000:]
     for arm in ("base", "rationale", "actions"):
         assert f"| {arm}: " in proc.stdout
-        assert json.loads((cwd / "work" / "eval" / arm / "eval.json").read_text())["n_cases"] == 6
+        # limit=6, but the one test session has 6 steps: its 2nd to 6th (--cases from-second)
+        assert json.loads((cwd / "work" / "eval" / arm / "eval.json").read_text())["n_cases"] == 5
 
 
 def test_the_readme_library_chain_runs(tmp_path: Path, tiny: Path) -> None:

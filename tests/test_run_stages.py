@@ -5,6 +5,7 @@ what is printed (no secret), and bad input that must lose nothing. Mostly the ch
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,39 @@ def test_a_student_whose_stamp_was_lost_is_adopted_not_retrained(
         other = run("run", cwd=ws, env=env)
     assert other.returncode == 1
     assert "holds a student trained with other settings (max_steps 2 -> 3)" in other.stderr
+
+
+def test_an_interrupted_student_of_other_settings_is_moved_and_trained_afresh(
+    tmp_path: Path, tiny: Path
+) -> None:
+    """A distill stage stopped after its first checkpoint, then another [distill] learning rate:
+    the rerun moves the half-trained folder to runs/.outdated/ and trains from step 0, rather
+    than continue its weights under settings that its stamp and config.json would then claim."""
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer() as server:
+        toml = write_workspace(ws, tiny, server.url)
+        text = toml.read_text().replace('"base", "actions", "rationale", "teacher"', '"rationale"')
+        toml.write_text(text.replace("max-steps = 2", "max-steps = 2\nsave-steps = 1"))
+        first = run("run", "--until", "distill", cwd=ws, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+    # What a kill after the step-1 checkpoint leaves: no stamp, no model card, no step 2.
+    student = ws / "runs" / "distill" / "tiny"
+    (ws / "runs" / ".stamps" / "distill-rationale.json").unlink()
+    (student / "README.md").unlink()
+    shutil.rmtree(student / "checkpoints" / "checkpoint-2")
+    text = toml.read_text()
+    toml.write_text(text.replace("save-steps = 1", "save-steps = 1\nlearning-rate = 0.001"))
+    again = run("run", "--until", "distill", cwd=ws, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(its interrupted training differs: learning_rate 0.0002 -> 0.001); training " \
+        "starts from scratch" in again.stderr  # fmt: skip
+    assert "continuing from the last checkpoint" not in again.stderr
+    (moved,) = (ws / "runs" / ".outdated").iterdir()
+    assert (moved / "checkpoints" / "checkpoint-1").is_dir()
+    log = [json.loads(line) for line in (student / "training_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]
+    assert json.loads((student / "config.json").read_text())["config"]["learning_rate"] == 1e-3
 
 
 def test_eval_without_compare_still_evaluates_the_arms(tmp_path: Path, tiny: Path) -> None:

