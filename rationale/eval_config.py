@@ -10,6 +10,8 @@ with what changed and how to start over; `rationale run` moves such a folder to
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -77,10 +79,11 @@ class EvalConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What a rerun on the same folder must share (``--limit`` may grow; limits, budget
-        and concurrency may change): the settings, and what answers and what is asked by
-        content (`rationale.identity`): the endpoint of an API model, the digest of a local
-        model's weights and of the test file's bytes."""
-        from rationale.identity import endpoint, file_digest
+        and concurrency may change): the settings, and by content (`rationale.identity`) what
+        answers and what is asked: an API model's endpoint, a local model's weights (a student's
+        with its prompt format), a prompt-only model's template, the action space and the test
+        file."""
+        from rationale.identity import file_digest
 
         data = self.resolved()
         data["max_new_tokens"] = data.pop("max_tokens")  # the key eval folders already hold
@@ -88,45 +91,79 @@ class EvalConfig(BaseModel):
                 "max_context_tokens",
                 "action_space", "max_new_tokens", "temperature", "seed")  # fmt: skip
         out = {k: data[k] for k in keys}
-        out["endpoint"] = endpoint(self.api_base)
-        out["model_digest"] = _model_digest(self.model)
-        data_file = Path(self.data)
-        out["data_digest"] = file_digest(data_file, remember=False) if data_file.is_file() else None
+        out.update(_model_content(self.model, self.api_base, self.template))
+        for key, path in (("data_digest", self.data), ("action_space_digest", self.action_space)):
+            file = Path(path) if path else None
+            out[key] = file_digest(file, remember=False) if file and file.is_file() else None
         return out
 
 
-def _model_digest(model: str) -> str | None:
-    """The content digest of a local ``--model`` (None for an API model; a model that cannot
-    be resolved is refused later, by its loader, with the reason)."""
-    from rationale.identity import model_digest
+def _model_content(model: str, api_base: str | None, template: str | None) -> dict[str, Any]:
+    """``endpoint`` (an API model's), ``model_digest`` (a local model's weights; a student's
+    with its prompt format) and ``template_version`` (a prompt-only model's template, by its
+    content). A model that cannot be resolved is refused later, by its loader, with the reason.
+    """
+    from rationale.identity import effective_api_base, endpoint, file_digest, model_digest
     from rationale.predictor import resolve_model
 
+    out: dict[str, Any] = {"endpoint": None, "model_digest": None, "template_version": None}
     try:
         spec = resolve_model(model)
     except RationaleError:
-        return None
-    return model_digest(spec)
+        return out
+    if spec.kind == "api":
+        out["endpoint"] = endpoint(effective_api_base(model, api_base))
+    else:
+        digest = model_digest(spec)
+        folder = Path(spec.folder) if spec.folder else None
+        if digest and folder and (folder / "prompt_format.json").is_file():
+            fmt = file_digest(folder / "prompt_format.json", remember=False)
+            digest = hashlib.sha256(f"{digest}\0{fmt}".encode()).hexdigest()
+        out["model_digest"] = digest
+    if spec.kind != "student":
+        from rationale.prompt_format import BASELINE_TEMPLATE
+        from rationale.prompts import load_template
+
+        # a template that does not load is refused by the predictor, with the reason
+        with contextlib.suppress(RationaleError, OSError):
+            out["template_version"] = load_template(template or BASELINE_TEMPLATE).version
+    return out
 
 
 #: How a changed identity is said; the other settings are named with their old and new value.
 _CHANGED = {
     "model_digest": "the model's weights changed (same --model, other content)",
     "data_digest": "the test file changed (same path, other content)",
+    "template_version": "the prompt template changed (same name, other content)",
+    "action_space_digest": "the action space file changed (same path, other content)",
 }
+#: Keys an eval folder written before evals recorded content lacks.
+_CONTENT = ("model_digest", "data_digest")
 
 
 def check_same(folder: Any, before: dict[str, Any] | None, config: EvalConfig) -> None:
     """Refuse a folder that holds finished cases of another eval (a folder whose eval never
     finished a case is taken over)."""
+    if before is None and folder.has_cases():
+        raise RationaleError(
+            f"{folder.path} holds finished cases but no eval.json, so nothing says which model "
+            "and test file made them; evaluate into a new -o (or delete the folder)"
+        )
     mine = config.identity()
     theirs = (before or {}).get("identity") or {}
     changed = [k for k, v in mine.items() if theirs.get(k) != v]
     if not before or not changed or not folder.has_cases():
         return
+    if not all(k in theirs for k in _CONTENT):
+        raise RationaleError(
+            f"{folder.path} holds an eval written before evals recorded the model and test file "
+            "they read by content, so its answers cannot be checked against this model; "
+            "evaluate into a new -o (or delete the folder)"
+        )
     diff = "; ".join(_CHANGED[k] if k in _CHANGED and k in theirs else
                      f"{k} {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)  # fmt: skip
     raise RationaleError(
-        f"{folder.path} holds an eval of another model, test file or settings ({diff}); its "
-        "answers are not this model's: evaluate into a new -o (or delete the folder), or give "
-        "the same model, file and flags to resume it"
+        f"{folder.path} holds an eval of another model, test file or settings ({diff}): "
+        "evaluate into a new -o (or delete the folder), or give the same model, file and flags "
+        "to resume it"
     )

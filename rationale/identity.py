@@ -9,7 +9,8 @@ are two endpoints, and the hash does not give a password away to a quick search)
 A path says where a model or a test file is, not what it holds: weights retrained at the same
 path, or a test file edited in place, are other content. `file_digest` is the sha256 of a
 file's bytes; a model file's is cached beside it (``.rationale-digests.json``, keyed by size,
-mtime, ctime and inode, so a 16 GB base is read once) or, where that folder is read-only, under
+mtime, ctime and inode, so a 16 GB base is read once) or, where that folder is read-only or
+another tool's (an installed package, the Hugging Face cache), under
 ``$RATIONALE_HOME/digests/``. `model_digest` is the digest of the files that decide a model's
 answers: its weights, configs and tokenizer (a student: its adapter and its base).
 """
@@ -24,7 +25,14 @@ from typing import Any
 
 from rationale.errors import redact
 
-__all__ = ["answered_by", "endpoint", "file_digest", "folder_digest", "model_digest"]
+__all__ = [
+    "answered_by",
+    "effective_api_base",
+    "endpoint",
+    "file_digest",
+    "folder_digest",
+    "model_digest",
+]
 
 SIDECAR = ".rationale-digests.json"
 #: The files of a model folder that decide its answers (top level only: a hub folder's
@@ -40,6 +48,23 @@ def endpoint(api_base: str | None) -> dict[str, str] | None:
     if not api_base:
         return None
     return {"api_base": redact(api_base), "sha256": _slow_hash(api_base)}
+
+
+def effective_api_base(model: str, api_base: str | None) -> str | None:
+    """The endpoint litellm sends ``model``'s requests to: ``api_base``, else its global
+    setting or the environment (``<PROVIDER>_API_BASE`` / ``_BASE_URL``; OpenAI's also
+    ``OPENAI_BASE_URL``, ``OPENAI_API_BASE``); None: the provider's own."""
+    import sys
+
+    if api_base:
+        return api_base
+    provider = model.split("/", 1)[0].upper().replace("-", "_") if "/" in model else "OPENAI"
+    names = [f"{provider}_API_BASE", f"{provider}_BASE_URL"]
+    if provider in ("OPENAI", "TEXT_COMPLETION_OPENAI", "CUSTOM_OPENAI"):
+        names += ["OPENAI_BASE_URL", "OPENAI_API_BASE"]
+    litellm = sys.modules.get("litellm")  # its global, where a library caller set one
+    found = [getattr(litellm, "api_base", None), *(os.environ.get(n) for n in names)]
+    return next((str(v) for v in found if v), None)
 
 
 _hashes: dict[str, str] = {}
@@ -97,10 +122,17 @@ def file_digest(path: str | Path, *, remember: bool = True) -> str:
 
 
 def _sidecar_paths(folder: Path) -> list[Path]:
+    """Beside the files, unless they belong to another tool (an installed package, the Hugging
+    Face cache), then in the state folder only."""
     from rationale.paths import state_dir
 
     mine = hashlib.sha256(str(folder).encode()).hexdigest()[:24]
-    return [folder / SIDECAR, state_dir() / "digests" / f"{mine}.json"]
+    ours = state_dir() / "digests" / f"{mine}.json"
+    parts = set(folder.parts)  # a hub cache's files resolve into its blobs/
+    theirs = {"site-packages", "dist-packages", "snapshots"} & parts or (
+        "blobs" in parts and any(p.startswith("models--") for p in parts)
+    )
+    return [ours] if theirs else [folder / SIDECAR, ours]
 
 
 def _sidecar(folder: Path) -> dict[str, Any]:

@@ -61,10 +61,13 @@ class LiteLLMTeacher(PriceMap):
         litellm = _quiet_litellm()
         import instructor
 
+        from rationale.identity import effective_api_base
         from rationale.schema import Rationale
 
         self.model_id = model
-        self.endpoint_url = api_base  # whole, for `rationale.identity.answered_by`
+        # whole, for `rationale.identity.answered_by`; litellm's own default comes from the
+        # environment (HOSTED_VLLM_API_BASE, OPENAI_BASE_URL, ...), and is an endpoint too
+        self.endpoint_url = effective_api_base(model, api_base)
         self.api_base, self._headers = _split_credentials(api_base)
         self.timeout = timeout
         self._default_model = Rationale

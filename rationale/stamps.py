@@ -7,7 +7,9 @@ A stage's fingerprint covers what decides its result and nothing else:
 - the bytes of each input no earlier stage writes (the raw logs, a record file, a synth run
   named directly), so an edited input file is seen;
 - the stamps of the stages it reads (fingerprint and finish time), so a stage that ran again
-  makes every stage reading it run again, even when it ran with ``--from``/``--until``.
+  makes every stage reading it run again, even when it ran with ``--from``/``--until``;
+- an eval's identity (`rationale.eval_config`): its model by content (weights, endpoint) and
+  its template, so a model retrained at the same path outside the workflow is seen.
 
 A stamp is written only when a stage finished; it also keeps the resolved settings (secrets
 redacted) and the wall time, so ``runs/.stamps/`` says what made each output.
@@ -61,9 +63,13 @@ def digest(path: Path) -> str:
 
 def fingerprint(name: str, kind: str, config: Any, external: list[Path],
                 producers: list[dict[str, Any]]) -> str:  # fmt: skip
-    """A stage's fingerprint: settings, the bytes of its external inputs, its producers' stamps."""
+    """A stage's fingerprint: settings, the bytes of its external inputs, its producers' stamps;
+    an eval's also what it reads by content (its identity: the model's weights or endpoint, the
+    template), so weights replaced at the same path make it run again."""
     h = hashlib.sha256(name.encode())
     h.update(json.dumps(settings(kind, config), sort_keys=True).encode())
+    if kind == "eval":
+        h.update(json.dumps(config.identity(), sort_keys=True).encode())
     for path in external:
         h.update(f"{path}\0{digest(path)}".encode())
     for stamp in producers:

