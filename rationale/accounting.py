@@ -1,18 +1,20 @@
 """Money and counts of one invocation: the budget, the tally, and the ledger they feed.
 
-``--max-cost`` is a hard cap on what one invocation is billed. The unit is the request, not
-the record or the retried call: before each request (each retry too) the worst case it could
-cost (its prompt, with a margin for the provider's own count, plus ``max_tokens`` of completion)
-is reserved, and no request starts that could take spent + reserved over the cap. After it,
-the reservation is settled with what the provider billed, also for answers that were paid for but
-did not validate (their usage rides on the `TeacherError`); an answer that reports no usage is
-settled at its whole reservation. Each request is one ledger line, so the ledger's tokens are the
-provider's.
+``--max-cost`` is a hard cap on what a run folder is billed, over every invocation on it (a batch
+run is finished by reruns, an interrupted run resumed by one): the budget starts from what the
+ledger holds and from the worst case of the jobs earlier invocations left out. The unit is the
+request, not the record or the retried call: before each request (each retry too) the worst case
+it could cost (its prompt, with a margin for the provider's own count, plus ``max_tokens`` of
+completion) is reserved, and no request starts that could take spent + reserved over the cap.
+After it, the reservation is settled with what the provider billed, also for answers that were
+paid for but did not validate (their usage rides on the `TeacherError`); an answer that reports
+no usage is settled at its whole reservation. Each request is one ledger line, so the ledger's
+tokens are the provider's.
 
 Our tokenizer is not the provider's (and a client may add a JSON schema to the prompt), so the
 margin is learned: `PromptMargin` starts at `PROMPT_MARGIN` and rises to the largest ratio of
-billed to estimated prompt tokens seen; until the first answer has calibrated it, a capped run
-sends one request at a time.
+billed to estimated prompt tokens seen (a rerun starts from the ledger's, whose lines carry our
+estimate); until the first answer has calibrated it, a capped run sends one request at a time.
 """
 
 from __future__ import annotations
@@ -28,20 +30,27 @@ PROMPT_MARGIN = 1.15
 
 @dataclass
 class Budget:
-    """Money this invocation may spend, with reservations for requests in flight."""
+    """Money the run folder may still be billed, with reservations for requests in flight."""
 
     limit: float | None
     spent: float = 0.0
     reserved: float = 0.0
     exhausted: bool = False
 
-    def reserve(self, worst: float) -> bool:
-        """Hold ``worst`` for one request; False (and exhausted) when it would pass the cap."""
+    def reserve(self, worst: float, *, final: bool = True) -> bool:
+        """Hold ``worst`` for one request; False when it would pass the cap (and exhausted,
+        unless not ``final``: the caller waits for requests in flight to settle for less)."""
         if self.limit is not None and self.spent + self.reserved + worst > self.limit:
-            self.exhausted = True
+            self.exhausted = self.exhausted or final
             return False
         self.reserved += worst
         return True
+
+    def resume(self, billed: float, held: float = 0.0) -> None:
+        """Count what earlier invocations were billed (``billed``, from the ledger) and the worst
+        case of their jobs still out (``held``): the cap is the run folder's, not one call's."""
+        self.spent += billed
+        self.reserved += held
 
     def settle(self, worst: float, actual: float) -> None:
         self.reserved -= worst

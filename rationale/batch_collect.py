@@ -94,7 +94,8 @@ async def _take(engine: Any, part: Part, provider: Any, state: Any) -> None:
     total = {f: sum(k[f] for k in by_kind.values()) for f in ("prompt_tokens", "completion_tokens")}
     costs = [k["cost_usd"] for k in by_kind.values()]
     cost_usd = None if None in costs else sum(costs)
-    if part.job not in engine._charged:
+    billed_now = part.job not in engine._charged
+    if billed_now:
         engine.run_dir.charge({
             "kind": "batch", "batch": part.job, "part": part.part, "requests": part.requests,
             "ok": answered, **total, "cost_usd": cost_usd, "by_kind": by_kind,
@@ -102,7 +103,8 @@ async def _take(engine: Any, part: Part, provider: Any, state: Any) -> None:
         engine._charged.add(part.job)
         _tally(engine, part, answered, total, cost_usd, by_kind)
     if part.part in engine._reserved:
-        engine.budget.settle(engine._reserved.pop(part.part), cost_usd or 0.0)
+        engine.budget.settle(engine._reserved.pop(part.part), (cost_usd or 0.0) * billed_now)
+        engine.budget.exhausted = False  # held at its worst case, billed less: room came back
     engine._collected_now.add(part.part)
     engine.store.collected(part, state.state, {
         "answered": answered, "errored": part.requests - answered,

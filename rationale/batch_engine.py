@@ -154,6 +154,23 @@ class BatchEngine(Engine):
             api_base = part.api_base
         return self._provider(part.model, api_base if part.api_base else None)
 
+    def resume_budget(self) -> None:
+        """The online engine's, and the worst case of the jobs earlier invocations left out is
+        held until they are collected (a rerun must not spend what they may still bill)."""
+        if self._resumed:
+            return
+        super().resume_budget()
+        for part in self.store.in_flight() + self.store.unsettled():
+            # (a job whose ledger line a kill wrote before `collected` is billed already)
+            if part.part not in self._reserved and part.job not in self._charged:
+                self._reserved[part.part] = part.reserved
+                self.budget.resume(0.0, part.reserved)
+
+    def release(self, part: Part) -> None:
+        """A part that will never bill (never made, refused): its hold goes back."""
+        if part.part in self._reserved:
+            self.budget.settle(self._reserved.pop(part.part), 0.0)
+
     def stopping(self) -> bool:
         """Only a fatal fault or an error stop a pass: ``--max-cost`` stops what is submitted
         (`rationale.batch_submit`), never the filing of answers already paid for."""
@@ -242,6 +259,7 @@ class BatchEngine(Engine):
             # --retry-failed (an eval always asks its failed cases again): fresh attempts
             if getattr(self.config, "retry_failed", True) and self.store.parts:
                 self.store.retry_failed()
+            self.resume_budget()
             await self._settle()
             if not self.stopping():
                 await self._collect(wait=False)
@@ -312,6 +330,7 @@ class BatchEngine(Engine):
                       "meanwhile)", file=sys.stderr)  # fmt: skip
             else:
                 self.store.abandon(part, "not at the provider: it was never made")
+                self.release(part)
 
     async def _ours(self, provider: Any, part: Part, found: list[Any]) -> tuple[Any, int]:
         """The job of ``part`` among ``found`` (or None), and how many could still be it."""

@@ -1,9 +1,9 @@
 """Provider batch APIs: OpenAI's Batch API and Anthropic's Message Batches, one interface.
 
 - `OpenAIBatches`: ``openai/...`` models, and any OpenAI-compatible ``--api-base`` that serves
-  the files and batches endpoints (vLLM's batch runner, a LiteLLM proxy), through litellm's file
-  and batch functions: a JSONL file is uploaded, a job is made of it, its output and error files
-  are read back.
+  the files and batches endpoints (a LiteLLM proxy), through litellm's file and batch functions:
+  a JSONL file is uploaded, a job is made of it, its output and error files are read back.
+  ``hosted_vllm/...`` is refused: vLLM's server has no such endpoints (`NO_VLLM_BATCHES`).
 - `AnthropicBatches`: ``anthropic/...`` models through the anthropic SDK (litellm can read an
   Anthropic batch but not create one).
 
@@ -26,6 +26,7 @@ from rationale.errors import ConfigError, TeacherError, redact
 from rationale.retry import classify
 
 __all__ = [
+    "NO_VLLM_BATCHES",
     "SUPPORTED",
     "AnthropicBatches",
     "JobState",
@@ -41,6 +42,12 @@ UPLOAD_TIMEOUT = 600.0
 
 SUPPORTED = "openai/... (OpenAI, or an OpenAI-compatible --api-base with the batches endpoints) "
 SUPPORTED += "and anthropic/... (Message Batches)"
+#: Why ``hosted_vllm/...`` is refused: its OpenAI-compatible server serves chat completions only
+#: (vLLM's offline ``run_batch`` reads a file, it is no HTTP Batch API).
+NO_VLLM_BATCHES = (
+    "vLLM's OpenAI-compatible server has no /v1/files and /v1/batches routes; run without --batch "
+    "(the online path is already fast against vLLM)"
+)
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,10 @@ def provider_for(model: str, api_base: str | None = None, *, timeout: float = 60
         wire, provider, _, _ = litellm.get_llm_provider(model)
     except Exception:
         provider, wire = model.split("/", 1)[0], model.split("/", 1)[-1]
-    if provider in ("openai", "hosted_vllm", "text-completion-openai"):
-        # the key the online client reads for this prefix (rationale.fast_teacher)
-        key = os.environ.get("HOSTED_VLLM_API_KEY") if provider == "hosted_vllm" else None
-        return OpenAIBatches(wire, api_base=api_base, timeout=timeout, api_key=key)
+    if provider == "hosted_vllm":
+        raise ConfigError(f"--batch with {model!r}: {NO_VLLM_BATCHES}")
+    if provider in ("openai", "text-completion-openai"):
+        return OpenAIBatches(wire, api_base=api_base, timeout=timeout)
     if provider == "anthropic":
         return AnthropicBatches(wire, api_base=api_base, timeout=timeout)
     raise ConfigError(f"--batch: no batch API for {model!r} (provider {provider!r}); {SUPPORTED}")

@@ -43,6 +43,7 @@ class Part:
     requests: int
     prepared_at: float
     estimate: int = 0  # our count of its prompt tokens (the budget's margin learns from it)
+    reserved: float = 0.0  # its worst case in USD: a rerun holds it against --max-cost till it ends
     job: str | None = None
     state: str = "prepared"  # the provider's last word, or prepared / abandoned
     created: float | None = None
@@ -115,6 +116,7 @@ class BatchStore:
                 part=e["part"], tag=e["tag"], round=e["round"], provider=e["provider"],
                 model=e["model"], api_base=e.get("api_base"), requests=e["requests"],
                 prepared_at=e["at"], estimate=e.get("estimate", 0),
+                reserved=e.get("reserved", 0.0),
             )  # fmt: skip
             return
         part = self.parts[e["part"]]
@@ -146,7 +148,7 @@ class BatchStore:
 
     def prepare(
         self, *, provider: str, model: str, api_base: str | None, round_: int,
-        requests: list[tuple[str, str, str]], estimate: int = 0,
+        requests: list[tuple[str, str, str]], estimate: int = 0, reserved: float = 0.0,
     ) -> Part:  # fmt: skip
         """Index a part's requests ((custom_id, key, kind) each) and record it as prepared."""
         n = len(self.parts) + 1
@@ -164,7 +166,7 @@ class BatchStore:
         self._event(
             event="prepared", part=part, tag=tag, round=round_, provider=provider, model=model,
             api_base=redact(api_base) if api_base else None, requests=len(requests),
-            estimate=estimate,
+            estimate=estimate, reserved=reserved,
         )  # fmt: skip
         return self.parts[part]
 

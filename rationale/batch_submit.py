@@ -42,7 +42,8 @@ def _body_tokens(body: dict[str, Any]) -> int:
 
 async def submit_round(engine: Any) -> None:
     """The deferred requests as new jobs: one round, split by model and provider limits.
-    Nothing goes out once ``--max-cost`` was reached in this invocation."""
+    Nothing goes out once ``--max-cost`` (the run folder's, every invocation's bills and the
+    jobs still out counted) was reached."""
     if engine.budget.exhausted:
         return
     round_ = engine.store.rounds() + 1
@@ -89,7 +90,7 @@ async def _send(
     part = engine.store.prepare(
         provider=provider.name, model=model, api_base=api_base, round_=round_,
         requests=[(str(i), key, kind) for i, (key, kind, _) in enumerate(chunk)],
-        estimate=estimate,
+        estimate=estimate, reserved=reserved,
     )  # fmt: skip
     ids = engine.store.custom_ids(part.part)
     lines = [provider.line(cid, body) for (cid, _, _), (_, _, body) in zip(ids, chunk, strict=True)]

@@ -7,8 +7,9 @@ that returns True when the item reached its final state (False: left pending for
 
 How a run stops, and what is kept:
 
-- the budget (``--max-cost``) or a fatal fault (bad key, unknown model): no new request starts;
-  requests in flight finish; their records are filed or left pending;
+- the budget (``--max-cost``, the run folder's cap: earlier invocations' bills count) or a fatal
+  fault (bad key, unknown model): no new request starts; requests in flight finish; their
+  records are filed or left pending;
 - an unexpected error in one worker or in the producer: the same, and the error is raised after
   every answer already paid for is in the cache, in the ledger, and its record's line is flushed;
 - a kill: whole lines only are on disk; answers already cached are not paid for again.
@@ -77,7 +78,14 @@ class Limited:
         worst = 0.0
         if capped:
             worst = worst_case_cost(self.price, estimate, max_tokens, self.margin.ratio) or 0.0
-        if engine.stopping() or not engine.budget.reserve(worst):
+        # what requests in flight hold at their worst case comes back when they settle: the run
+        # stops on the cap only when nothing is held, so a rerun with the same cap has no room
+        # (``reserved`` is a float sum of settled holds: near zero, not zero, when none is left)
+        while not engine.stopping() and not engine.budget.reserve(
+            worst, final=engine.budget.reserved < 1e-12
+        ):
+            await asyncio.sleep(0.005)
+        if engine.stopping():
             raise _Stopping
         usage: Usage | None = None
         ok = answered = False
@@ -101,6 +109,8 @@ class Limited:
                 "kind": self.kind, "requests": 1, "ok": ok,
                 **({"usage_unknown": True, "reserved_usd": worst} if answered else {}),
             }  # fmt: skip
+            if estimate:  # a rerun learns the provider's count from it (`Engine.resume_budget`)
+                entry["estimate"] = estimate
             engine.run_dir.charge(entry)
 
     def price(self, p: int, c: int) -> float | None:
@@ -129,9 +139,29 @@ class Engine:
         self.cache: Any = None
         self.rpm: Any = None
         self.tpm: Any = None
+        self._limited: list[Limited] = []
+        self._resumed = False
 
     def limited(self, client: Any, kind: str) -> Limited:
-        return Limited(client, self, kind)
+        limited = Limited(client, self, kind)
+        self._limited.append(limited)
+        return limited
+
+    def resume_budget(self) -> None:
+        """Once, under the folder's lock, before the first request: ``--max-cost`` caps the run
+        folder, so what earlier invocations were billed counts, and each client's prompt margin
+        starts from what the provider billed them against our estimate."""
+        from rationale.rundir import ledger_billed, ledger_entries
+
+        ledger = getattr(self.run_dir, "ledger", None)  # a library call keeps no ledger file
+        if self._resumed or ledger is None:
+            return
+        self._resumed = True
+        self.budget.resume(ledger_billed(ledger))
+        for entry in ledger_entries(ledger):
+            for limited in self._limited:
+                if entry.get("kind") == limited.kind and entry.get("estimate"):
+                    limited.margin.observe(entry["estimate"], entry.get("prompt_tokens") or 0)
 
     def check(self) -> None:
         """Before the run folder is touched (the batch engine checks its models here)."""
@@ -211,6 +241,7 @@ class Engine:
         """
         from rationale.cache import ResponseCache
 
+        self.resume_budget()
         self.cache = ResponseCache()
         self._limiters()
         bar = Progress(todo, label=label, unit=unit, show=progress)
@@ -288,7 +319,8 @@ class Engine:
             return f"fatal: {self.fatal}"
         if self.budget.exhausted:
             return (
-                "budget: the next request could take this run over "
-                f"--max-cost ${self.config.max_cost}"
+                f"budget: ${self.budget.spent:.6f} billed to this run folder over every "
+                f"invocation; the next request could pass --max-cost ${self.config.max_cost}: "
+                "rerun with a higher --max-cost to continue"
             )
         return None

@@ -1,9 +1,10 @@
 """`rationale merge`: the shard runs of one job (``--shard K/N``) joined into one folder.
 
-Synth and filter run folders, or eval folders: each must be finished, and all must come from
-the same job but for the shard (the same input, teacher or model, template version, seed, ...),
-with every shard 1..N there once. Anything else is refused with a message that names the
-shard that is missing or given twice, or the setting that differs. The merged folder reads as an
+Synth and filter run folders, or eval folders: each must be finished, and all must be one job
+(`rationale.merge_checks`): every shard 1..N once, the same settings but the operational ones,
+the input they were cut from unchanged, and together every step of it (an eval: every case).
+Anything else is refused with a message that names the shard that is missing or given twice,
+the setting that differs, or the steps that are missing. The merged folder reads as an
 unsharded run's: `rationale report`, `distill`, `export-sft` and `compare` take it.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rationale.errors import RationaleError
+from rationale.merge_checks import check_coverage, check_input, check_shards, eval_cases, run_steps
 from rationale.rundir import STATES, read_lines, read_run_json, read_synth_records, write_json
 
 __all__ = ["MergeResult", "merge"]
@@ -50,53 +52,15 @@ def merge(folders: list[str | Path], output: str | Path) -> MergeResult:
     )
 
 
-def _check_shards(paths: list[Path], infos: list[dict[str, Any]], what: str) -> int:
-    """Every shard 1..N once, all of one job, each finished; returns N."""
-    shards: dict[int, Path] = {}
-    n_seen: set[int] = set()
-    first = {k: v for k, v in infos[0]["identity"].items() if k != "shard"}
-    for path, info in zip(paths, infos, strict=True):
-        shard = info["identity"].get("shard")
-        if not shard:
-            raise RationaleError(f"{path}: not a shard ({what} without --shard); nothing to merge")
-        k, n = (int(x) for x in shard.split("/"))
-        n_seen.add(n)
-        if k in shards:
-            raise RationaleError(f"shard {shard} is given twice: {shards[k]} and {path}")
-        shards[k] = path
-        mine = {key: v for key, v in info["identity"].items() if key != "shard"}
-        changed = sorted(key for key in set(first) | set(mine) if first.get(key) != mine.get(key))
-        if changed:
-            diff = ", ".join(f"{key} {first.get(key)!r} vs {mine.get(key)!r}" for key in changed)
-            raise RationaleError(
-                f"{path} is a shard of another {what} than {paths[0]} ({diff}); merge the shards "
-                "of one job"
-            )
-        if info.get("pending"):
-            raise RationaleError(
-                f"{path} (shard {shard}) has {info['pending']} pending; finish it first (rerun "
-                "the same command)"
-            )
-    if len(n_seen) > 1:
-        raise RationaleError(f"the shards split into different N: {sorted(n_seen)}")
-    n = n_seen.pop()
-    missing = [k for k in range(1, n + 1) if k not in shards]
-    if missing:
-        raise RationaleError(
-            f"shard {missing[0]}/{n} is missing"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + f": run the {what} with --shard {missing[0]}/{n} and give its folder too"
-        )
-    return n
-
-
 def _merge_runs(paths: list[Path], output: Path) -> MergeResult:
     """Synth or filter shard runs: the three record files, the ledgers, run.json, the report."""
     from rationale.report import build_report, write_chart
     from rationale.rundir import ledger_totals
 
     infos = [read_run_json(p) or {} for p in paths]
-    n = _check_shards(paths, infos, infos[0].get("command", "run"))
+    n = check_shards(paths, infos, infos[0].get("command", "run"))
+    records_file = Path(infos[0].get("records_file") or infos[0]["config"]["input"])
+    check_input(paths, infos, records_file, [i.get("records_file_sha256") for i in infos])
     seen: dict[tuple[str, int], Path] = {}
     lines: dict[str, list[str]] = {state: [] for state in STATES}
     for path in paths:
@@ -109,6 +73,8 @@ def _merge_runs(paths: list[Path], output: Path) -> MergeResult:
                     )
                 seen[rec.key] = path
                 lines[state].append(rec.model_dump_json())
+    limits = [i.get("config", {}).get("limit") for i in infos]
+    check_coverage(seen, run_steps(infos[0], records_file), "steps", str(records_file), limits)
     output.mkdir(parents=True, exist_ok=True)
     try:
         for state in STATES:
@@ -124,7 +90,13 @@ def _merge_runs(paths: list[Path], output: Path) -> MergeResult:
         counts = {state: len(lines[state]) for state in STATES}
         data = {
             **base,
-            "config": {**base.get("config", {}), "output": str(output.resolve()), "shard": None},
+            # the whole input (checked above), whatever --limit each shard stayed within
+            "config": {
+                **base.get("config", {}),
+                "output": str(output.resolve()),
+                "shard": None,
+                "limit": None,
+            },
             "identity": {**base["identity"], "shard": None},
             "records": sum(counts.values()),
             "counts": counts,
@@ -155,7 +127,9 @@ def _merge_evals(paths: list[Path], output: Path) -> MergeResult:
     from rationale.scoring import case_set_digest, score, write_type_chart
 
     infos = [json.loads((p / "eval.json").read_text(encoding="utf-8")) for p in paths]
-    n = _check_shards(paths, infos, "eval")
+    n = check_shards(paths, infos, "eval")
+    data_file = Path(infos[0]["config"]["data"])
+    check_input(paths, infos, data_file, [i["identity"].get("data_digest") for i in infos])
     seen: dict[tuple[str, int], Path] = {}
     cases: list[dict[str, Any]] = []
     for path, info in zip(paths, infos, strict=True):
@@ -170,6 +144,10 @@ def _merge_evals(paths: list[Path], output: Path) -> MergeResult:
             cases.append(case)
     base = infos[0]
     config = base.get("config", {})
+    where = f"{data_file} (--cases {config.get('cases', 'from-second')})"
+    limits = [i.get("config", {}).get("limit") for i in infos]
+    check_coverage(seen, eval_cases(config), "cases", where, limits)
+    config = {**config, "limit": None}  # the whole case set (checked above)
     space = ActionSpace.from_declaration(base["action_space"]) if base.get("action_space") else None
     metrics = score(cases, space, seed=config.get("seed", 0), n_boot=config.get("bootstrap", 1000))
     output.mkdir(parents=True, exist_ok=True)
@@ -187,6 +165,7 @@ def _merge_evals(paths: list[Path], output: Path) -> MergeResult:
             **base,
             "config": {**config, "output": str(output.resolve()), "shard": None},
             "identity": {**base["identity"], "shard": None},
+            "data": {**base.get("data", {}), "limit": None},
             "case_set": case_set_digest(cases),
             "n_cases": len(cases),
             "pending": 0,

@@ -347,3 +347,13 @@ def ledger_totals(ledger: Path) -> dict[str, float | int]:
         for k in total:
             total[k] += entry.get(k) or 0
     return total
+
+
+def ledger_billed(ledger: Path) -> float:
+    """USD billed over a ledger file, as ``--max-cost`` counts it: an answer that came without
+    usage counts the whole reservation it was charged."""
+    total = 0.0
+    for entry in ledger_entries(ledger):
+        cost = entry.get("cost_usd")
+        total += cost if cost is not None else entry.get("reserved_usd") or 0.0
+    return total

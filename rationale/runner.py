@@ -70,7 +70,8 @@ def summary_lines(command: str, result: RunSummary) -> list[str]:
             f"{b['in_flight_jobs']} jobs in flight"
         )
     if result.stopped:
-        lines.append(f"{command}: stopped early ({result.stopped}); rerun to continue")
+        again = "" if result.stopped.startswith("budget") else "; rerun to continue"
+        lines.append(f"{command}: stopped early ({result.stopped}){again}")
     return lines
 
 
@@ -238,6 +239,7 @@ def _write_run_json(
     skipped: Any,
     report: dict[str, Any] | None = None,
 ) -> dict[str, int]:
+    from rationale.identity import file_digest
     from rationale.tokens import tokenizer_info
 
     run_dir, tally = job.run_dir, job.engine.tally
@@ -250,6 +252,8 @@ def _write_run_json(
         "config": job.config.resolved(),
         "identity": job.identity(),
         "records_file": str(Path(job.records_file).resolve()),
+        # what the records were cut from, by content: merge refuses shards of a changed input
+        "records_file_sha256": file_digest(job.records_file, remember=False),
         "records_file_on_error": job.input_on_error,  # how readers must read it too
         "template": job.describe(),
         "tokenizer": tokenizer_info(),

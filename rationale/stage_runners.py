@@ -74,7 +74,11 @@ def _synth(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
         raise RationaleError(
             f"synth stopped with {result.pending} records pending ({result.stopped or 'unknown'}); "
             "`rationale run` again continues it"
-            + (" and may spend up to max-cost again" if config.max_cost is not None else "")
+            + (
+                "; max-cost caps the run folder over every invocation: raise it to spend more"
+                if config.max_cost is not None
+                else ""
+            )
         )
     c = result.counts
     if c["failed"]:
@@ -161,7 +165,11 @@ def _eval(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
         raise RationaleError(
             f"{stage.name}: {data['pending']} cases pending ({data.get('stopped') or 'stopped'}); "
             "`rationale run` again continues it"
-            + (" and may spend up to max-cost again" if config.max_cost is not None else "")
+            + (
+                "; max-cost caps the run folder over every invocation: raise it to spend more"
+                if config.max_cost is not None
+                else ""
+            )
         )
     exact = ((data.get("metrics") or {}).get("session_exact_match") or {}).get("value")
     shown = f", exact match (session average) {exact:.1%}" if exact is not None else ""

@@ -645,3 +645,47 @@ def test_eval_batch_of_a_local_model_is_refused(tmp_path) -> None:
     with pytest.raises(RationaleError, match="--batch is for API models"):
         run_eval(config)
     assert not (tmp_path / "ev").exists()
+
+
+def doubled(body: dict, index: int):
+    """test_filter's answers, each prompt billed at twice our own count (another tokenizer)."""
+    from dataclasses import replace
+
+    from openai_server import _text
+
+    from rationale.prompts import count_tokens
+
+    ours = sum(count_tokens(_text(m.get("content"))) + 4 for m in body["messages"])
+    return replace(responder(body, index), prompt_tokens=2 * ours)
+
+
+def server_billed(server: BatchServer, model: str = OPENAI) -> float:
+    from rationale.pricing import batch_price
+
+    price_in, price_out = batch_price(model)
+    billed = server.billed
+    return billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
+
+
+def test_max_cost_caps_the_run_folder_over_reruns(tmp_path, server) -> None:
+    """Issue 21.3: a rerun that collects round 1 and sends round 2 counts round 1's bill; the
+    same cap again sends nothing and says what was spent; a higher cap continues. (A large
+    max_tokens keeps the first round's worst case above what it bills: issue 21.2 is apart.)"""
+    server.responder = doubled
+    cap, settings = 0.002, {"max_tokens": 2000}
+    first = batch(tmp_path, server, max_cost=cap, **settings)  # submits round 1
+    assert first.batch["requests_submitted_this_invocation"] > 0
+    second = batch(tmp_path, server, max_cost=cap, wait=True, **settings)  # collects, round 2...
+    run = read_run_json(tmp_path / "run")
+    assert run["cost_usd"]["total"] <= cap, run["cost_usd"]
+    assert server_billed(server) <= cap
+    assert second.stopped and second.stopped.startswith("budget"), second.stopped
+    assert f"${run['cost_usd']['total']:.6f} billed to this run folder" in second.stopped
+    creates = server.creates
+    third = batch(tmp_path, server, max_cost=cap, wait=True, **settings)  # the same cap
+    assert server.creates == creates and third.tally.cost_usd == 0, third.batch
+    assert third.stopped and third.stopped.startswith("budget")
+    more = batch(tmp_path, server, max_cost=2 * cap, wait=True, **settings)  # a higher cap
+    assert server.creates > creates and more.pending < third.pending
+    assert read_run_json(tmp_path / "run")["cost_usd"]["total"] <= 2 * cap
+    assert server_billed(server) <= 2 * cap

@@ -92,17 +92,37 @@ def test_max_cost_holds_against_retries_and_paid_invalid_answers(
     assert invalid and all(e["cost_usd"] > 0 for e in invalid)
 
 
-def test_a_rerun_spends_a_new_cap_and_the_ledger_adds_up(tmp_path: Path, openai_server) -> None:
-    openai_server.responder = faulty(seed=5)
-    first = capped(tmp_path, openai_server, 0.002, concurrency=4, limit=60)
-    second = capped(tmp_path, openai_server, 0.002, concurrency=4, limit=60)
+def doubled(body: dict, index: int):
+    """A valid answer whose prompt is billed at twice our own count (another tokenizer)."""
+    from openai_server import _text, ok
+
+    from rationale.prompts import count_tokens
+
+    ours = sum(count_tokens(_text(m.get("content"))) + 4 for m in body["messages"])
+    return ok(prompt_tokens=2 * ours)
+
+
+def test_the_cap_is_the_run_folders_over_reruns(tmp_path: Path, openai_server) -> None:
+    """Issue 21.3: a rerun with the same --max-cost bills nothing more and says what was spent;
+    a higher one continues, and the folder's total stays under it."""
+    from rationale.runner import summary_lines
+
+    openai_server.responder = doubled
+    cap = 0.002
+    first = capped(tmp_path, openai_server, cap, concurrency=4)
     assert first.stopped and first.stopped.startswith("budget")
-    assert 0 < second.tally.cost_usd <= 0.002 and first.tally.cost_usd <= 0.002
-    assert second.counts["accepted"] > first.counts["accepted"]
-    billed_cost = billed_usd(openai_server)
+    sent, total = openai_server.count, read_run_json(tmp_path / "run")["cost_usd"]["total"]
+    assert 0 < total <= cap and billed_usd(openai_server) <= cap
+    second = capped(tmp_path, openai_server, cap, concurrency=4)  # the same cap
+    assert openai_server.count == sent and second.tally.cost_usd == 0
+    assert second.stopped and f"${total:.6f} billed to this run folder" in second.stopped
+    said = [x for x in summary_lines("synth", second) if "stopped early" in x]
+    assert len(said) == 1 and "higher --max-cost" in said[0], said
+    third = capped(tmp_path, openai_server, 2 * cap, concurrency=4)  # a higher cap continues
+    assert openai_server.count > sent and third.counts["accepted"] > second.counts["accepted"]
     total = read_run_json(tmp_path / "run")["cost_usd"]["total"]
-    assert total == pytest.approx(billed_cost, abs=1e-8)
-    assert total == pytest.approx(first.tally.cost_usd + second.tally.cost_usd, abs=1e-8)
+    assert total == pytest.approx(billed_usd(openai_server), abs=1e-8)
+    assert total <= 2 * cap and third.tally.cost_usd <= cap
 
 
 def test_an_unpriced_verifier_makes_max_cost_refuse_to_start(tmp_path: Path, openai_server) -> None:

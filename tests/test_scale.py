@@ -4,10 +4,16 @@ folder, every record ends once and no answered request is paid for again."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +50,84 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _kill_shard_workers() -> None:
-    subprocess.run(["pkill", "-9", "-f", "ray::_run_shard"], check=False)
+#: The title Ray gives a worker while it runs a shard task (`rationale.scale._run_shard`).
+SHARD_TITLE = "ray::_run_shard"
 
 
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:  # gone
+        return ""
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process under ``root``, from the parent pids in /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # the field after the ")" that closes the name is the state, then the parent
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(stat[1])
+    tree = {root}
+    while grown := {pid for pid, parent in parents.items() if parent in tree} - tree:
+        tree |= grown
+    return tree - {root}
+
+
+def _kill_shard_workers() -> list[int]:
+    """SIGKILL this test's own shard workers, by pid; returns them. The local cluster's raylet
+    is a child of this process (`ray.init` in `ray_cluster`) and forks its workers, so they are
+    the processes under this one that run a shard task: a Ray worker of any other cluster on
+    the machine is not among them."""
+    pids = [pid for pid in _descendants(os.getpid()) if _title(pid) == SHARD_TITLE]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+@contextlib.contextmanager
+def _decoy_worker() -> Iterator[int]:
+    """A process outside this test's cluster under a shard worker's title (as another run's Ray
+    worker on this machine would be): the kill must leave it alone. Forked twice and in a
+    session of its own, so it is no descendant of this process; killed by its pid after."""
+    script = (
+        "import os\n"
+        "pid = os.fork()\n"
+        "if pid:\n"
+        "    os.write(1, str(pid).encode())\n"
+        "    os._exit(0)\n"
+        "os.setsid()\n"
+        "null = os.open(os.devnull, os.O_RDWR)\n"
+        "for fd in (0, 1, 2):\n"
+        "    os.dup2(null, fd)\n"
+        f"os.execv({shutil.which('sleep')!r}, [{SHARD_TITLE!r}, '600'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    pid = int(out.stdout)
+    for _ in range(100):  # until it has taken the title
+        if _title(pid) == SHARD_TITLE:
+            break
+        time.sleep(0.05)
+    assert pid not in _descendants(os.getpid()), "the decoy is under this process"
+    try:
+        yield pid
+    finally:
+        if _title(pid) == SHARD_TITLE:  # still the decoy, not a pid reused since
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds its own Ray workers in /proc (Linux)"
+)
 def test_a_ray_run_with_a_killed_worker_files_every_record_once_and_pays_nothing_twice(
     tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
     killed: list[bool] = []
+    shot: list[int] = []  # the pids of the shard workers killed
     holding = threading.Event()
     held: set[str] = set()
 
@@ -60,7 +135,7 @@ def test_a_ray_run_with_a_killed_worker_files_every_record_once_and_pays_nothing
         # every request arriving now is held unanswered, so once each worker is waiting on one
         # (its earlier answers received and cached), no answer is in flight when they die
         time.sleep(1.5)
-        _kill_shard_workers()
+        shot.extend(_kill_shard_workers())
         holding.clear()
 
     def respond(body: dict, index: int):
@@ -78,8 +153,10 @@ def test_a_ray_run_with_a_killed_worker_files_every_record_once_and_pays_nothing
     config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
                          teacher="openai/test-model", api_base=openai_server.url,
                          concurrency=1, timeout=60.0)  # fmt: skip
-    result = run_on_ray("synth", config, shards=2)
-    assert killed, "no worker was killed: the test did not test a retry"
+    with _decoy_worker() as decoy:
+        result = run_on_ray("synth", config, shards=2)
+        assert _title(decoy) == SHARD_TITLE, "a process outside the test's cluster was killed"
+    assert killed and shot, "no worker was killed: the test did not test a retry"
     merged = records(tmp_path / "run")
     assert len(merged) == SESSIONS * STEPS and result.records == SESSIONS * STEPS
     run = read_run_json(tmp_path / "run")

@@ -12,7 +12,7 @@ from helpers import record, write_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_batch import records
-from test_filter import FAST, records_file, responder
+from test_filter import FAST, PAGE, records_file, responder
 
 from rationale import RationaleError
 from rationale.merge import merge
@@ -32,6 +32,23 @@ def test_shards_are_disjoint_complete_and_stable(ids: list[str], n: int) -> None
     shuffled = random.Random(0).sample(ids, len(ids))
     assert all(shard_of(s, n) == shard_of(s, n) for s in shuffled)  # by the id alone
     assert shard_of(ids[0], n) == shard_of(str(ids[0]), n) and 1 <= shard_of(ids[0], n) <= n
+
+
+#: Computed once (sha256 of the id, first 8 bytes, mod N, + 1) and written down: a shard must be
+#: the same in every process and on every machine, so a per-process hash (Python's `hash()`,
+#: salted by PYTHONHASHSEED) or a changed hash would move some of them.
+PINNED = {
+    ("s0", 2): 2, ("s0", 3): 3, ("s0", 7): 1, ("s1", 2): 2, ("s1", 3): 1, ("s1", 7): 4,
+    ("s2", 2): 1, ("s2", 3): 2, ("s2", 7): 3, ("s3", 2): 1, ("s3", 3): 3, ("s3", 7): 1,
+    ("session-042", 2): 2, ("session-042", 3): 1, ("session-042", 7): 1,
+    ("user/7", 2): 2, ("user/7", 3): 3, ("user/7", 7): 1,
+    ("\u00fcn\u00efcode", 2): 1, ("\u00fcn\u00efcode", 3): 3, ("\u00fcn\u00efcode", 7): 2,
+    ("a" * 40, 2): 2, ("a" * 40, 3): 2, ("a" * 40, 7): 3,
+}  # fmt: skip
+
+
+def test_a_session_has_the_same_shard_in_every_process() -> None:
+    assert {key: shard_of(*key) for key in PINNED} == PINNED
 
 
 def test_a_shard_of_a_file_does_not_depend_on_its_line_order(tmp_path: Path) -> None:
@@ -56,8 +73,9 @@ def server(openai_server, monkeypatch: pytest.MonkeyPatch):
     return openai_server
 
 
-def synth(tmp_path: Path, server, out: str, **kw):
-    config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / out),
+def synth(tmp_path: Path, server, out: str, input_file: Path | None = None, **kw):
+    source = input_file or records_file(tmp_path)
+    config = SynthConfig(input=str(source), output=str(tmp_path / out),
                          teacher="openai/test-model", api_base=server.url, concurrency=4,
                          timeout=5.0, max_attempts=2, **kw)  # fmt: skip
     return run_synth(config, retry_policy=FAST)
@@ -117,6 +135,56 @@ def test_merge_refuses_a_shard_with_records_pending(tmp_path: Path, server) -> N
         merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m")
 
 
+def sixteen_steps(tmp_path: Path) -> Path:
+    """4 sessions of 4 steps: shard 1/2 holds s2 and s3, shard 2/2 s0 and s1 (see PINNED)."""
+    lines = [record(f"s{i}", j, context=PAGE, action={"type": "click", "name": f"item.good_{j}"})
+             for i in range(4) for j in range(4)]  # fmt: skip
+    return write_lines(tmp_path / "sixteen.jsonl", lines)
+
+
+def test_merge_refuses_shards_run_with_other_settings(tmp_path: Path, server) -> None:
+    data = sixteen_steps(tmp_path)
+    synth(tmp_path, server, "s1", data, shard="1/2", limit=1)  # the reproduction of issue 21
+    synth(tmp_path, server, "s2", data, shard="2/2")
+    with pytest.raises(RationaleError, match=r"another synth .*\(limit 1 vs None\)"):
+        merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m1")
+    synth(tmp_path, server, "f1", data, shard="1/2", max_tokens=100)
+    with pytest.raises(RationaleError, match=r"another synth .*\(max_tokens 100 vs 200\)"):
+        merge([tmp_path / "f1", tmp_path / "s2"], tmp_path / "m2")
+    synth(tmp_path, server, "o1", data, shard="1/2", on_error="skip", request_attempts=3, rpm=6000)
+    with pytest.raises(RationaleError, match=r"\(on_error 'skip' vs 'fail'\)"):  # not the rpm
+        merge([tmp_path / "o1", tmp_path / "s2"], tmp_path / "m3")
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
+
+
+def test_merge_of_limited_shards_names_the_steps_they_left_out(tmp_path: Path, server) -> None:
+    data = sixteen_steps(tmp_path)
+    for k in (1, 2):
+        synth(tmp_path, server, f"s{k}", data, shard=f"{k}/2", limit=1)
+    with pytest.raises(RationaleError) as refused:
+        merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m")
+    message = str(refused.value)
+    assert "cover 2 of the 16 steps of" in message and str(data.resolve()) in message, message
+    assert "session 's0' step 1, session 's0' step 2, session 's0' step 3" in message, message
+    assert "and 11 more" in message and not (tmp_path / "m").exists()
+    for k in (1, 2):  # a limit each shard stays within: the shards are the whole input
+        synth(tmp_path, server, f"w{k}", data, shard=f"{k}/2", limit=8)
+    result = merge([tmp_path / "w1", tmp_path / "w2"], tmp_path / "whole")
+    assert result.records == 16 and read_run_json(tmp_path / "whole")["config"]["limit"] is None
+
+
+def test_merge_refuses_shards_of_an_input_that_changed_since(tmp_path: Path, server) -> None:
+    data = sixteen_steps(tmp_path)
+    for k in (1, 2):
+        synth(tmp_path, server, f"s{k}", data, shard=f"{k}/2")
+    lines = data.read_text().splitlines()
+    lines[5] = lines[5].replace("item.good_1", "item.good_9")  # the same steps, other content
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RationaleError, match=r"sixteen.jsonl changed since .*s1 ran"):
+        merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_merged_eval_shards_score_as_the_unsharded_eval(tmp_path: Path, openai_server) -> None:
     from test_eval_api import first_element, make_test_file
 
@@ -141,6 +209,17 @@ def test_merged_eval_shards_score_as_the_unsharded_eval(tmp_path: Path, openai_s
     assert merged["case_set"] == whole["case_set"] and merged["metrics"] == whole["metrics"]
     table = compare([tmp_path / "whole", tmp_path / "merged"])
     assert table.n_cases == whole["n_cases"]
+    for k in (1, 2):  # --limit is per shard: 1 case each, of the 12 the test file has
+        ev(f"l{k}", shard=f"{k}/2", limit=1)
+    with pytest.raises(RationaleError, match=r"cover 2 of the 12 cases .*and 7 more"):
+        merge([tmp_path / "l1", tmp_path / "l2"], tmp_path / "m1")
+    ev("t2", shard="2/2", on_error="skip", concurrency=2)  # on_error decides which cases exist
+    with pytest.raises(RationaleError, match=r"another eval .*\(on_error 'fail' vs 'skip'\)"):
+        merge([tmp_path / "e1", tmp_path / "t2"], tmp_path / "m2")
+    data.write_text(data.read_text().replace('"Task 0"', '"Task zero"'))
+    with pytest.raises(RationaleError, match=r"test.jsonl changed since .*e1 ran"):
+        merge([tmp_path / "e1", tmp_path / "e2"], tmp_path / "m3")
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
 
 
 def test_merged_filter_shards_are_the_unsharded_filter(tmp_path: Path, server) -> None:
