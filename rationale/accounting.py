@@ -12,13 +12,16 @@ no usage is settled at its whole reservation. Each request is one ledger line, s
 tokens are the provider's.
 
 Our tokenizer is not the provider's (and a client may add a JSON schema to the prompt), so the
-margin is learned: `PromptMargin` starts at `PROMPT_MARGIN` and rises to the largest ratio of
-billed to estimated prompt tokens seen (a rerun starts from the ledger's, whose lines carry our
-estimate); until the first answer has calibrated it, a capped run sends one request at a time.
+margin is learned: `PromptMargin` rises from `PROMPT_MARGIN` to the largest ratio of billed to
+estimated prompt tokens seen (a rerun starts from the ledger's, whose lines carry our estimate).
+Until an answer has calibrated it, nothing is assumed of the provider's count: a request is
+reserved at `worst_prompt_tokens` of its body (a token per byte), and a capped online run sends
+one request at a time; a batch run's first round is reserved so too.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,11 +40,13 @@ class Budget:
     reserved: float = 0.0
     exhausted: bool = False
 
-    def reserve(self, worst: float, *, final: bool = True) -> bool:
-        """Hold ``worst`` for one request; False when it would pass the cap (and exhausted,
-        unless not ``final``: the caller waits for requests in flight to settle for less)."""
+    def reserve(self, worst: float, *, wait: bool = False) -> bool:
+        """Hold ``worst`` for one request; False when it would pass the cap, and exhausted
+        unless ``wait`` and requests in flight hold part of the cap (the caller waits for them
+        to settle for less; ``reserved`` is a float sum of settled holds: near zero, not zero,
+        when none is left)."""
         if self.limit is not None and self.spent + self.reserved + worst > self.limit:
-            self.exhausted = self.exhausted or final
+            self.exhausted = self.exhausted or not wait or self.reserved < 1e-12
             return False
         self.reserved += worst
         return True
@@ -153,3 +158,11 @@ def worst_case_cost(
     """The most one request could cost: the prompt times ``margin`` plus a full completion.
     None when the model's price is unknown."""
     return price(int(prompt_tokens * margin) + 16, max_tokens)  # type: ignore[no-any-return]
+
+
+def worst_prompt_tokens(prompt: Any) -> int:
+    """The most prompt tokens a provider can bill for ``prompt`` (a request body, or its
+    messages) when nothing is known of its tokenizer: one per byte of the prompt as JSON. A
+    byte-level tokenizer never makes a token of less than a byte, and the JSON's keys and quotes
+    (some 30 bytes a message) outweigh the few tokens of chat framing a provider adds."""
+    return len(json.dumps(prompt, ensure_ascii=False).encode("utf-8"))

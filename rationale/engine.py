@@ -21,12 +21,24 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from rationale.accounting import Budget, PromptMargin, Tally, Usage, worst_case_cost
+from rationale.accounting import (
+    Budget,
+    PromptMargin,
+    Tally,
+    Usage,
+    worst_case_cost,
+    worst_prompt_tokens,
+)
 from rationale.errors import FatalTeacherError, TeacherError
 from rationale.progress import Progress
 from rationale.rundir import RunDir
 
 TPM_WINDOW_S = 60.0  # the --tpm bucket's period (tests shorten it)
+
+#: Where a shard of a ``--ray`` invocation takes its budget and rate limits from
+#: (`rationale.shared_limits.SharedLimits`, set in the shard's process by `rationale.scale`);
+#: None: this process has its own.
+shared_limits: Any = None
 
 
 class Pending(Exception):
@@ -76,15 +88,15 @@ class Limited:
             need = estimate + max_tokens
             await engine.tpm.acquire(min(need, engine.config.tpm or need))
         worst = 0.0
-        if capped:
+        if capped and self.margin.calibrated:
             worst = worst_case_cost(self.price, estimate, max_tokens, self.margin.ratio) or 0.0
+        elif capped:  # nothing known yet of the provider's count: a token per byte of the body
+            body = self._body(messages, kwargs)
+            worst = worst_case_cost(self.price, worst_prompt_tokens(body), max_tokens, 1.0) or 0.0
         # what requests in flight hold at their worst case comes back when they settle: the run
         # stops on the cap only when nothing is held, so a rerun with the same cap has no room
-        # (``reserved`` is a float sum of settled holds: near zero, not zero, when none is left)
-        while not engine.stopping() and not engine.budget.reserve(
-            worst, final=engine.budget.reserved < 1e-12
-        ):
-            await asyncio.sleep(0.005)
+        while not engine.stopping() and not engine.budget.reserve(worst, wait=True):
+            await asyncio.sleep(engine.poll)
         if engine.stopping():
             raise _Stopping
         usage: Usage | None = None
@@ -116,6 +128,12 @@ class Limited:
     def price(self, p: int, c: int) -> float | None:
         return self.client.price(p, c)  # type: ignore[no-any-return]
 
+    def _body(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> Any:
+        """What the client sends for ``messages`` (its schema message or tools included), or
+        the messages where the client cannot tell."""
+        request_body = getattr(self.client, "request_body", None)
+        return messages if request_body is None else request_body(messages, **kwargs)
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -126,10 +144,17 @@ class Engine:
     def __init__(self, config: Any, run_dir: RunDir, *, retry_policy: Any = None) -> None:
         from rationale.teacher import RetryPolicy
 
+        shared = shared_limits
+
         self.config = config
         self.run_dir = run_dir
         self.tally = Tally()
-        self.budget = Budget(config.max_cost)
+        # one budget and rate limits for every shard of a --ray invocation (`shared_limits`)
+        self.shared = shared
+        scope = str(getattr(run_dir, "path", ""))  # which shard: its folder
+        self.budget: Any = (Budget(config.max_cost) if shared is None
+                            else shared.budget(config.max_cost, scope))  # fmt: skip
+        self.poll = 0.005 if shared is None else 0.05  # how often a request waits for room
         self.policy = retry_policy or RetryPolicy(
             max_attempts=config.request_attempts, backoff=config.backoff
         )
@@ -218,6 +243,9 @@ class Engine:
         # many providers enforce their limit per second; tokens use the whole minute as bucket,
         # since one request may need more than a second's share.
         rpm = self.config.rpm
+        if self.shared is not None:
+            self.rpm, self.tpm = self.shared.limiters(rpm, self.config.tpm)
+            return
         self.rpm = AsyncLimiter(max(1.0, rpm / 60), max(1.0, rpm / 60) * 60 / rpm) if rpm else None
         tpm = self.config.tpm
         self.tpm = AsyncLimiter(tpm, TPM_WINDOW_S) if tpm else None

@@ -27,8 +27,20 @@ __all__ = ["run_on_ray"]
 RETRIES = 3  # a shard task is retried this many times (a worker killed, a node lost)
 
 
-def _run_shard(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    """One shard, in a Ray worker: the job's own run (and resume) on its shard folder."""
+def _run_shard(kind: str, config: dict[str, Any], limits: Any = None) -> dict[str, Any]:
+    """One shard, in a Ray worker: the job's own run (and resume) on its shard folder, under the
+    invocation's one budget and rate limits (``limits``, the `Limits` actor) when it has them."""
+    from rationale import engine
+    from rationale.shared_limits import SharedLimits
+
+    engine.shared_limits = None if limits is None else SharedLimits(limits)
+    try:
+        return _run(kind, config)
+    finally:
+        engine.shared_limits = None
+
+
+def _run(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     if kind == "eval":
         from rationale.evaluate import EvalConfig, run_eval
 
@@ -36,7 +48,7 @@ def _run_shard(kind: str, config: dict[str, Any]) -> dict[str, Any]:
             data = run_eval(EvalConfig(**config)).data
         except RationaleError as exc:  # cases failed: they are in the folder, counted wrong
             return {"error": str(exc)}
-        return {"pending": data["pending"]}
+        return {"pending": data["pending"], "stopped": data.get("stopped")}
     from rationale.synth import SynthConfig
 
     if kind == "filter":
@@ -44,7 +56,7 @@ def _run_shard(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     else:
         from rationale.synth import run_synth as run
     summary = run(SynthConfig(**config))
-    return {"pending": summary.pending, "counts": summary.counts}
+    return {"pending": summary.pending, "counts": summary.counts, "stopped": summary.stopped}
 
 
 def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") -> Any:
@@ -73,21 +85,32 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
         task = task.options(
             runtime_env={"env_vars": {"RATIONALE_HOME": os.environ["RATIONALE_HOME"]}}
         )
-    refs = [task.remote(kind, c.model_dump()) for c in configs]
-    pending = list(refs)
-    while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=5.0)
-        print(_progress(kind, folders), file=sys.stderr)
+    limits = _limits(ray, config)
     try:
-        results = ray.get(refs)  # a task that failed (after its retries) raises here
-    except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-        raise RationaleError(
-            f"a shard stopped ({redact(first)}); fix the cause and rerun the same command: every "
-            "shard resumes from its folder"
-        ) from None
+        refs = [task.remote(kind, c.model_dump(), limits) for c in configs]
+        pending = list(refs)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=5.0)
+            print(_progress(kind, folders), file=sys.stderr)
+        try:
+            results = ray.get(refs)  # a task that failed (after its retries) raises here
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None) or exc
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+            raise RationaleError(
+                f"a shard stopped ({redact(first)}); fix the cause and rerun the same command: "
+                "every shard resumes from its folder"
+            ) from None
+    finally:
+        if limits is not None:
+            ray.kill(limits)
     left = [(k, r) for k, r in enumerate(results, start=1) if r.get("pending") or r.get("error")]
+    budget = [r["stopped"] for r in results if str(r.get("stopped") or "").startswith("budget")]
+    if budget:  # every shard stops on the one cap: one of them says what was billed in all
+        raise RationaleError(
+            f"stopped early ({budget[0]}); {sum(r.get('pending') or 0 for r in results)} records "
+            f"pending over {shards} shards"
+        )
     if left:
         k, why = left[0]
         raise RationaleError(
@@ -95,6 +118,19 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
             "rerun the same command: every shard resumes from its folder"
         )
     return _merge_into(merge, folders, output)
+
+
+def _limits(ray: Any, config: Any) -> Any:
+    """The `Limits` actor of this invocation: one ``--max-cost``, ``--rpm`` and ``--tpm`` for
+    all its shards (`rationale.shared_limits`); None when none is set."""
+    from rationale.engine import TPM_WINDOW_S
+    from rationale.shared_limits import Limits
+
+    rpm, tpm = getattr(config, "rpm", None), getattr(config, "tpm", None)
+    if config.max_cost is None and not rpm and not tpm:
+        return None
+    actor = ray.remote(num_cpus=0)(Limits)
+    return actor.remote(config.max_cost, rpm, tpm, TPM_WINDOW_S)
 
 
 def _init(ray: Any, address: str) -> None:

@@ -183,3 +183,27 @@ def test_a_failed_request_is_not_a_paid_invalid_answer(tmp_path: Path) -> None:
     cost = read_run_json(tmp_path / "run")["cost_usd"]
     assert cost["paid_invalid_answers"] == 0 and cost["unknown_for_requests"] == 0
     assert cost["total"] == 0
+
+
+@pytest.mark.parametrize("client", ["fast", "litellm"])
+def test_the_first_request_is_reserved_at_its_worst(tmp_path: Path, openai_server, client) -> None:
+    """Issue 21.2, online: before any answer has told how the provider counts, the first request
+    is reserved as if every byte of its body were a token, so a provider that bills 3x our count
+    and every token of max_tokens cannot take a fresh run past caps just above our own estimate."""
+    from openai_server import _text, ok
+
+    from rationale.prompts import count_tokens
+
+    def greedy(body: dict, index: int):
+        ours = sum(count_tokens(_text(m.get("content"))) + 4 for m in body["messages"])
+        return ok(prompt_tokens=3 * ours, completion_tokens=body["max_tokens"])
+
+    openai_server.responder = greedy
+    over, spent = [], 0.0
+    for seed, cap in enumerate([0.00018, 0.0002, 0.00022, 0.00025, 0.0003, 0.0004, 0.0015]):
+        before = billed_usd(openai_server)
+        capped(tmp_path / str(seed), openai_server, cap, client=client, seed=seed, limit=2)
+        if (spent := billed_usd(openai_server) - before) > cap:
+            over.append((cap, spent))
+    assert not over, over
+    assert spent > 0  # a cap that holds the worst case lets the run go on

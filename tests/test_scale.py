@@ -207,3 +207,70 @@ def test_a_shard_that_stops_is_one_line_and_a_rerun_resumes(
     openai_server.responder = responder  # the key fixed
     result = run_on_ray("synth", config, shards=2)
     assert result.records == SESSIONS * STEPS
+
+
+def _arrivals(server) -> list[float]:
+    return sorted(r["time"] for r in server.requests)
+
+
+def _most_within(times: list[float], seconds: float) -> int:
+    """The most requests that arrived within any ``seconds`` (a closed window)."""
+    return max((sum(1 for u in times if t <= u <= t + seconds) for t in times), default=0)
+
+
+def test_one_max_cost_for_every_shard(
+    tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
+) -> None:
+    """Issue 21.1: ``--max-cost C`` over 4 shards bills at most C in all (not 4 x C), with a
+    provider that bills prompts at 2x our count; a rerun with the same cap sends nothing and a
+    higher cap finishes the job."""
+    from test_batch import doubled
+    from test_budget import billed_usd
+
+    from rationale import RationaleError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
+    openai_server.responder = doubled
+    cap = 0.002
+    config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
+                         teacher="openai/gpt-4o-mini", api_base=openai_server.url,
+                         concurrency=2, max_cost=cap, max_tokens=400)  # fmt: skip
+    with pytest.raises(RationaleError, match=r"stopped early \(budget: \$0\.00\d+ billed"):
+        run_on_ray("synth", config, shards=4)
+    assert 0 < billed_usd(openai_server) <= cap, billed_usd(openai_server)
+    shard_ledgers = sum(
+        read_run_json(folder)["cost_usd"]["total"]
+        for folder in (tmp_path / "run" / "shards").iterdir()
+    )  # fmt: skip
+    assert shard_ledgers == pytest.approx(billed_usd(openai_server))
+    asked = openai_server.count
+    with pytest.raises(RationaleError, match="budget"):  # the same cap: no room left
+        run_on_ray("synth", config, shards=4)
+    assert openai_server.count == asked
+    result = run_on_ray("synth", config.model_copy(update={"max_cost": 1.0}), shards=4)
+    assert result.records == SESSIONS * STEPS
+
+
+def test_rpm_holds_across_shards_and_concurrency_is_per_shard(
+    tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
+) -> None:
+    """Issue 21.1: ``--rpm`` is the provider's limit, so 2 shards together send no faster than
+    it allows (a burst of rpm/60, then rpm/60 a second); ``--concurrency`` is per shard, as the
+    README says: 2 shards of ``--concurrency 2`` have at most 4 requests out at once."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
+    openai_server.responder = responder
+    rpm = 240  # 4 a second
+    config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
+                         teacher="openai/test-model", api_base=openai_server.url, rpm=rpm,
+                         concurrency=2, verifier="none")  # fmt: skip
+    run_on_ray("synth", config, shards=2)
+    times = _arrivals(openai_server)
+    assert len(times) == SESSIONS * STEPS
+    for seconds in (1.0, 2.0):  # what one limiter would let through in that time, + 1 of jitter
+        assert _most_within(times, seconds) <= rpm / 60 * (1 + seconds) + 1, times
+    openai_server.responder = lambda body, index: delay(0.4)  # every answer takes 0.4 s
+    run_on_ray("synth", config.model_copy(update={"rpm": None, "output": str(tmp_path / "b"),
+                                                  "seed": 1}), shards=2)  # fmt: skip
+    late = _arrivals(openai_server)[len(times) :]
+    # a worker sends its next request only after its answer: 0.4 s apart at the least
+    assert _most_within(late, 0.35) <= 2 * 2, late

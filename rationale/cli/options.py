@@ -124,13 +124,18 @@ model_call_options = _stack(
         type=click.IntRange(min=1),
         default=16,
         show_default=True,
-        help="Requests in flight.",
+        help="Requests in flight (per shard under --ray).",
     ),
-    click.option("--rpm", type=click.IntRange(min=1), help="At most this many requests a minute."),
+    click.option(
+        "--rpm",
+        type=click.IntRange(min=1),
+        help="At most this many requests a minute (all --ray shards together).",
+    ),
     click.option(
         "--tpm",
         type=click.IntRange(min=1),
-        help="At most this many tokens a minute (prompt + max completion).",
+        help="At most this many tokens a minute (prompt + max completion; all --ray shards "
+        "together).",
     ),
     click.option(
         "--max-context-tokens",
@@ -148,7 +153,12 @@ model_call_options = _stack(
         show_default=True,
         help="Seconds per request.",
     ),
-    click.option("--max-cost", type=click.FloatRange(min=0), help="USD budget of this invocation."),
+    click.option(
+        "--max-cost",
+        type=click.FloatRange(min=0),
+        help="USD cap on what the run folder is billed, over every invocation (and every --ray "
+        "shard together).",
+    ),
     click.option(
         "--history-rationales",
         is_flag=True,

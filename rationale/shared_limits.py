@@ -1,0 +1,188 @@
+"""One ``--max-cost``, ``--rpm`` and ``--tpm`` for every shard of a ``--ray`` invocation.
+
+The shards run in separate processes (on separate machines), so the budget and the rate limits
+cannot live in any one of them: `Limits` holds them in one place (a Ray actor, made by
+`rationale.scale`), and each shard's engine talks to it through `RemoteBudget` and
+`RemoteLimiter`, which have the interface of `rationale.accounting.Budget` and of aiolimiter's
+``AsyncLimiter``. An actor that reserves and settles each request, rather than a split of the cap
+into N parts that hands unspent money back, because a split either idles a shard whose part is
+spent while another's is unused, or has to move money between shards as they go: the actor does
+the same with one call per request, and the cap is then exactly the unsharded run's.
+
+The cap is the run folder's over every invocation (`rationale.accounting`): each shard's engine
+adds what its shard folder's ledger holds. When Ray retries a shard task whose worker died, the
+new engine of that shard replaces the old one: the old one's settled requests are in the shard's
+ledger, which the new one reads again, and what it held for requests in flight at the kill stays
+counted as spent, since the provider bills a request whose client went away.
+
+``--concurrency`` stays per process: each shard has its own N workers (``--shards S`` makes up to
+S x N requests at once); the provider's limits, ``--rpm`` and ``--tpm``, hold across all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Limits", "RemoteBudget", "RemoteLimiter", "SharedLimits"]
+
+
+@dataclass
+class _Bucket:
+    """A rate limit as aiolimiter's: ``capacity`` units per ``period`` seconds, in bursts of at
+    most ``capacity``. Kept as the virtual time at which the bucket is empty again (GCRA), so
+    each request is told how long to wait instead of being polled."""
+
+    capacity: float
+    period: float
+    empty_at: float = 0.0
+
+    def slot(self, amount: float, now: float) -> float:
+        step = min(amount, self.capacity) * self.period / self.capacity
+        start = max(self.empty_at, now)
+        wait = max(0.0, start + step - self.period - now)
+        self.empty_at = start + step
+        return wait
+
+
+@dataclass
+class _Engine:
+    """What one shard's engine has added to the budget."""
+
+    scope: str
+    billed: float = 0.0  # from its folder's ledger, and settled since
+    held: float = 0.0  # worst cases of its requests in flight (and of its batch jobs out)
+
+
+@dataclass
+class Limits:
+    """The budget and rate limits of one invocation's shards (the body of the Ray actor)."""
+
+    limit: float | None
+    rpm: int | None = None
+    tpm: int | None = None
+    tpm_window: float = 60.0
+    abandoned: float = 0.0  # held by engines whose worker died: may have been billed
+    exhausted: bool = False
+    engines: dict[str, _Engine] = field(default_factory=dict)
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rpm:  # as `rationale.engine.Engine._limiters` builds them
+            burst = max(1.0, self.rpm / 60)
+            self.buckets["rpm"] = _Bucket(burst, burst * 60 / self.rpm)
+        if self.tpm:
+            self.buckets["tpm"] = _Bucket(float(self.tpm), self.tpm_window)
+
+    def state(self) -> tuple[float, float, bool]:
+        """(spent, reserved, exhausted) over every shard."""
+        spent = sum(e.billed for e in self.engines.values()) + self.abandoned
+        return spent, sum(e.held for e in self.engines.values()), self.exhausted
+
+    def open(self, engine: str, scope: str) -> None:
+        """A shard's engine starts; an earlier one of the same shard (a dead worker's) ends."""
+        for key, old in list(self.engines.items()):
+            if old.scope == scope:
+                self.abandoned += old.held
+                del self.engines[key]
+        self.engines[engine] = _Engine(scope)
+
+    def resume(self, engine: str, billed: float, held: float) -> tuple[float, float, bool]:
+        e = self.engines[engine]
+        e.billed, e.held = e.billed + billed, e.held + held
+        return self.state()
+
+    def reserve(self, engine: str, worst: float, wait: bool) -> tuple[bool, bool]:
+        """(reserved, exhausted): as `rationale.accounting.Budget.reserve`, over every shard."""
+        spent, reserved, _ = self.state()
+        if self.limit is not None and spent + reserved + worst > self.limit:
+            self.exhausted = self.exhausted or not wait or reserved < 1e-12
+            return False, self.exhausted
+        self.engines[engine].held += worst
+        return True, self.exhausted
+
+    def settle(self, engine: str, worst: float, actual: float) -> bool:
+        e = self.engines[engine]
+        e.held, e.billed = e.held - worst, e.billed + actual
+        return self.exhausted
+
+    def reopen(self) -> None:
+        """Room came back (a batch job billed less than it held)."""
+        self.exhausted = False
+
+    def slot(self, which: str, amount: float) -> float:
+        """Seconds to wait before sending ``amount`` (1 request, or its tokens)."""
+        return self.buckets[which].slot(amount, time.monotonic())
+
+
+class RemoteBudget:
+    """`rationale.accounting.Budget` for one shard's engine, kept by the `Limits` actor."""
+
+    def __init__(self, actor: Any, limit: float | None, scope: str) -> None:
+        self.actor, self.limit = actor, limit
+        self.engine = uuid.uuid4().hex
+        self._exhausted = False
+        self._call("open", self.engine, scope)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        return ray.get(getattr(self.actor, method).remote(*args))
+
+    @property
+    def spent(self) -> float:
+        return float(self._call("state")[0])
+
+    @property
+    def reserved(self) -> float:
+        return float(self._call("state")[1])
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    @exhausted.setter
+    def exhausted(self, value: bool) -> None:
+        if not value:
+            self._call("reopen")
+        self._exhausted = value
+
+    def reserve(self, worst: float, *, wait: bool = False) -> bool:
+        ok, self._exhausted = self._call("reserve", self.engine, worst, wait)
+        return bool(ok)
+
+    def resume(self, billed: float, held: float = 0.0) -> None:
+        self._exhausted = self._call("resume", self.engine, billed, held)[2]
+
+    def settle(self, worst: float, actual: float) -> None:
+        self._exhausted = self._call("settle", self.engine, worst, actual)
+
+
+class RemoteLimiter:
+    """aiolimiter's ``AsyncLimiter`` interface over one of the actor's buckets."""
+
+    def __init__(self, actor: Any, which: str) -> None:
+        self.actor, self.which = actor, which
+
+    async def acquire(self, amount: float = 1) -> None:
+        wait = await self.actor.slot.remote(self.which, amount)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+@dataclass(frozen=True)
+class SharedLimits:
+    """What a shard's engine takes its budget and rate limits from (set in the shard's
+    process by `rationale.scale`: `rationale.engine.shared_limits`)."""
+
+    actor: Any
+
+    def budget(self, limit: float | None, scope: str) -> RemoteBudget:
+        return RemoteBudget(self.actor, limit, scope)
+
+    def limiters(self, rpm: int | None, tpm: int | None) -> tuple[Any, Any]:
+        return (RemoteLimiter(self.actor, "rpm") if rpm else None,
+                RemoteLimiter(self.actor, "tpm") if tpm else None)  # fmt: skip

@@ -1,0 +1,42 @@
+"""`rationale.shared_limits.Limits`, the one budget and rate limits of a ``--ray`` invocation's
+shards, without Ray (test_scale.py runs it as the actor it is)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rationale.shared_limits import Limits, _Bucket
+
+
+def test_a_tpm_bucket_lets_a_minutes_tokens_through_then_paces_them() -> None:
+    bucket = _Bucket(1000.0, 60.0)
+    assert bucket.slot(600, now=100.0) == 0.0
+    assert bucket.slot(400, now=100.0) == 0.0  # the whole minute's tokens at once
+    assert bucket.slot(200, now=100.0) == pytest.approx(12.0)  # then 1000 a minute
+    assert bucket.slot(5000, now=200.0) == 0.0  # a request over the limit waits for it all
+
+
+def test_an_rpm_bucket_is_the_engines_limiter() -> None:
+    limits = Limits(None, rpm=120)  # a burst of 2, then 2 a second
+    bucket = limits.buckets["rpm"]
+    waits = [bucket.slot(1, now=0.0) for _ in range(6)]
+    assert waits == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+def test_shards_share_the_cap_and_a_dead_workers_holds_stay_spent() -> None:
+    limits = Limits(1.0)
+    limits.open("a1", "shard-a")
+    limits.open("b1", "shard-b")
+    limits.resume("a1", 0.2, 0.0)  # what shard a's ledger holds
+    assert limits.reserve("a1", 0.3, False) == (True, False)
+    assert limits.reserve("b1", 0.6, True) == (False, False)  # a request of a is in flight: wait
+    limits.settle("a1", 0.3, 0.1)
+    assert limits.reserve("b1", 0.6, True) == (True, False)
+    assert limits.state()[:2] == pytest.approx((0.3, 0.6))
+    # shard b's worker dies with its request in flight; Ray's retry opens a new engine for b,
+    # which reads b's ledger (nothing settled there); the held 0.6 may have been billed
+    limits.open("b2", "shard-b")
+    assert limits.state()[:2] == pytest.approx((0.9, 0.0))
+    assert limits.reserve("a1", 0.2, True) == (False, True)  # nothing in flight: exhausted
+    limits.reopen()
+    assert limits.reserve("b2", 0.1, False) == (True, False)
