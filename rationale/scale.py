@@ -22,7 +22,13 @@ from typing import Any
 
 from rationale.errors import ConfigError, RationaleError, redact
 
-__all__ = ["run_on_ray"]
+__all__ = ["BudgetStop", "run_on_ray"]
+
+
+class BudgetStop(RationaleError):
+    """``--max-cost`` stopped the shards (a normal end, as for one process: the CLI exits 0);
+    the shards keep what they did, a rerun with a higher cap continues and merges."""
+
 
 RETRIES = 3  # a shard task is retried this many times (a worker killed, a node lost)
 
@@ -85,7 +91,7 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
         task = task.options(
             runtime_env={"env_vars": {"RATIONALE_HOME": os.environ["RATIONALE_HOME"]}}
         )
-    limits = _limits(ray, config)
+    limits = _limits(ray, config, folders)
     try:
         refs = [task.remote(kind, c.model_dump(), limits) for c in configs]
         pending = list(refs)
@@ -105,11 +111,16 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
         if limits is not None:
             ray.kill(limits)
     left = [(k, r) for k, r in enumerate(results, start=1) if r.get("pending") or r.get("error")]
-    budget = [r["stopped"] for r in results if str(r.get("stopped") or "").startswith("budget")]
-    if budget:  # every shard stops on the one cap: one of them says what was billed in all
-        raise RationaleError(
-            f"stopped early ({budget[0]}); {sum(r.get('pending') or 0 for r in results)} records "
-            f"pending over {shards} shards"
+    if any(str(r.get("stopped") or "").startswith("budget") for r in results):
+        from rationale.rundir import ledger_billed
+
+        billed = sum(ledger_billed(folder / "ledger.jsonl") for folder in folders)
+        pending = sum(r.get("pending") or 0 for r in results)
+        raise BudgetStop(
+            f"stopped early (budget: ${billed:.6f} billed to this run folder over every "
+            f"invocation and shard; the next request could pass --max-cost ${config.max_cost}): "
+            f"{pending} {'cases' if kind == 'eval' else 'records'} pending over {shards} shards, "
+            "not merged; rerun with a higher --max-cost to continue"
         )
     if left:
         k, why = left[0]
@@ -120,17 +131,21 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
     return _merge_into(merge, folders, output)
 
 
-def _limits(ray: Any, config: Any) -> Any:
+def _limits(ray: Any, config: Any, folders: list[Path]) -> Any:
     """The `Limits` actor of this invocation: one ``--max-cost``, ``--rpm`` and ``--tpm`` for
-    all its shards (`rationale.shared_limits`); None when none is set."""
+    all its shards (`rationale.shared_limits`), holding from the start what each shard folder
+    was billed before; None when none is set."""
     from rationale.engine import TPM_WINDOW_S
-    from rationale.shared_limits import Limits
+    from rationale.rundir import ledger_billed
+    from rationale.shared_limits import Limits, shard_scope
 
     rpm, tpm = getattr(config, "rpm", None), getattr(config, "tpm", None)
     if config.max_cost is None and not rpm and not tpm:
         return None
-    actor = ray.remote(num_cpus=0)(Limits)
-    return actor.remote(config.max_cost, rpm, tpm, TPM_WINDOW_S)
+    actor = ray.remote(num_cpus=0)(Limits).remote(config.max_cost, rpm, tpm, TPM_WINDOW_S)
+    ray.get([actor.preload.remote(shard_scope(f), ledger_billed(f / "ledger.jsonl"), 0.0)
+             for f in folders])  # fmt: skip
+    return actor
 
 
 def _init(ray: Any, address: str) -> None:

@@ -9,11 +9,13 @@ into N parts that hands unspent money back, because a split either idles a shard
 spent while another's is unused, or has to move money between shards as they go: the actor does
 the same with one call per request, and the cap is then exactly the unsharded run's.
 
-The cap is the run folder's over every invocation (`rationale.accounting`): each shard's engine
-adds what its shard folder's ledger holds. When Ray retries a shard task whose worker died, the
-new engine of that shard replaces the old one: the old one's settled requests are in the shard's
-ledger, which the new one reads again, and what it held for requests in flight at the kill stays
-counted as spent, since the provider bills a request whose client went away.
+The cap is the run folder's over every invocation (`rationale.accounting`): the driver counts
+what every shard folder was billed before any shard starts (a shard may start only when another
+has finished), and each shard's engine, when it starts, replaces that with its own reading. When
+Ray retries a shard task whose worker died, the new engine of that shard replaces the old one:
+the old one's settled requests are in the shard's ledger, which the new one reads again, and
+what it held for requests in flight at the kill stays counted as spent, since the provider
+bills a request whose client went away.
 
 ``--concurrency`` stays per process: each shard has its own N workers (``--shards S`` makes up to
 S x N requests at once); the provider's limits, ``--rpm`` and ``--tpm``, hold across all of them.
@@ -25,9 +27,10 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Limits", "RemoteBudget", "RemoteLimiter", "SharedLimits"]
+__all__ = ["Limits", "RemoteBudget", "RemoteLimiter", "SharedLimits", "shard_scope"]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Engine:
     scope: str
     billed: float = 0.0  # from its folder's ledger, and settled since
     held: float = 0.0  # worst cases of its requests in flight (and of its batch jobs out)
+    preload: bool = False  # the driver's reading of a shard folder that has no engine yet
 
 
 @dataclass
@@ -82,16 +86,25 @@ class Limits:
         spent = sum(e.billed for e in self.engines.values()) + self.abandoned
         return spent, sum(e.held for e in self.engines.values()), self.exhausted
 
+    def preload(self, scope: str, billed: float, held: float) -> None:
+        """What a shard folder was billed before this invocation, counted from the start: a
+        shard that starts late (more shards than CPUs) must not find its money spent."""
+        self.engines[f"preload:{scope}"] = _Engine(scope, billed, held, preload=True)
+
     def open(self, engine: str, scope: str) -> None:
-        """A shard's engine starts; an earlier one of the same shard (a dead worker's) ends."""
+        """A shard's engine starts; an earlier engine of the same shard (a dead worker's) ends,
+        and what it held for requests in flight stays spent: they may have been billed."""
         for key, old in list(self.engines.items()):
-            if old.scope == scope:
+            if old.scope == scope and not old.preload:
                 self.abandoned += old.held
                 del self.engines[key]
         self.engines[engine] = _Engine(scope)
 
     def resume(self, engine: str, billed: float, held: float) -> tuple[float, float, bool]:
+        """The engine's reading of its folder (its ledger, its batch jobs out), which replaces
+        the driver's in the same step: the shard's bill is never missing in between."""
         e = self.engines[engine]
+        self.engines.pop(f"preload:{e.scope}", None)
         e.billed, e.held = e.billed + billed, e.held + held
         return self.state()
 
@@ -125,7 +138,7 @@ class RemoteBudget:
         self.actor, self.limit = actor, limit
         self.engine = uuid.uuid4().hex
         self._exhausted = False
-        self._call("open", self.engine, scope)
+        self._call("open", self.engine, shard_scope(scope))
 
     def _call(self, method: str, *args: Any) -> Any:
         import ray
@@ -159,6 +172,12 @@ class RemoteBudget:
 
     def settle(self, worst: float, actual: float) -> None:
         self._exhausted = self._call("settle", self.engine, worst, actual)
+
+
+def shard_scope(folder: str | Path) -> str:
+    """The key of a shard in `Limits`: its folder, resolved (the driver and the shard's engine
+    name it alike)."""
+    return str(Path(folder).resolve())
 
 
 class RemoteLimiter:

@@ -221,9 +221,10 @@ def _most_within(times: list[float], seconds: float) -> int:
 def test_one_max_cost_for_every_shard(
     tmp_path: Path, openai_server, monkeypatch: pytest.MonkeyPatch, ray_cluster
 ) -> None:
-    """Issue 21.1: ``--max-cost C`` over 4 shards bills at most C in all (not 4 x C), with a
-    provider that bills prompts at 2x our count; a rerun with the same cap sends nothing and a
-    higher cap finishes the job."""
+    """Issue 21.1: ``--max-cost C`` over the shards bills at most C in all (not N x C), with a
+    provider that bills prompts at 2x our count; a rerun with the same cap stops on it (each
+    shard counts what the others were billed before, even before they start); a higher cap
+    finishes the job."""
     from test_batch import doubled
     from test_budget import billed_usd
 
@@ -231,24 +232,53 @@ def test_one_max_cost_for_every_shard(
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ray")
     openai_server.responder = doubled
-    cap = 0.002
+    cap = 0.004
     config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
                          teacher="openai/gpt-4o-mini", api_base=openai_server.url,
-                         concurrency=2, max_cost=cap, max_tokens=400)  # fmt: skip
+                         concurrency=4, max_cost=cap, max_tokens=100)  # fmt: skip
     with pytest.raises(RationaleError, match=r"stopped early \(budget: \$0\.00\d+ billed"):
-        run_on_ray("synth", config, shards=4)
+        run_on_ray("synth", config, shards=2)
     assert 0 < billed_usd(openai_server) <= cap, billed_usd(openai_server)
-    shard_ledgers = sum(
-        read_run_json(folder)["cost_usd"]["total"]
-        for folder in (tmp_path / "run" / "shards").iterdir()
-    )  # fmt: skip
-    assert shard_ledgers == pytest.approx(billed_usd(openai_server))
-    asked = openai_server.count
+    by_shard = [read_run_json(folder)["cost_usd"]["total"]
+                for folder in sorted((tmp_path / "run" / "shards").iterdir())]  # fmt: skip
+    assert sum(by_shard) == pytest.approx(billed_usd(openai_server))
+    assert all(by_shard), by_shard  # both shards spent: each must count the other's bill
     with pytest.raises(RationaleError, match="budget"):  # the same cap: no room left
-        run_on_ray("synth", config, shards=4)
-    assert openai_server.count == asked
-    result = run_on_ray("synth", config.model_copy(update={"max_cost": 1.0}), shards=4)
+        run_on_ray("synth", config, shards=2)
+    # (a request smaller than the one the first run stopped on may still fit: never past the cap)
+    assert billed_usd(openai_server) <= cap, billed_usd(openai_server)
+    result = run_on_ray("synth", config.model_copy(update={"max_cost": 1.0}), shards=2)
     assert result.records == SESSIONS * STEPS
+
+
+def test_a_shard_that_starts_late_finds_the_others_bills_counted(
+    tmp_path: Path, ray_cluster
+) -> None:
+    """With more shards than CPUs a shard starts when another has finished: what every shard
+    folder was billed before is counted from the start, and a shard's own reading replaces the
+    driver's when it starts (not counted twice)."""
+    import json
+
+    from rationale.scale import _limits
+    from rationale.shared_limits import shard_scope
+
+    folders = [tmp_path / "shards" / f"{k}-of-3" for k in (1, 2, 3)]
+    for folder, cost in zip(folders, (0.0015, 0.002, 0.0), strict=True):
+        folder.mkdir(parents=True)
+        line = {"kind": "teacher", "requests": 1, "ok": True, "cost_usd": cost}
+        (folder / "ledger.jsonl").write_text(json.dumps(line) + "\n")
+    config = SynthConfig(input="in.jsonl", output=str(tmp_path), teacher="openai/gpt-4o-mini",
+                         max_cost=0.004)  # fmt: skip
+    actor = _limits(ray_cluster, config, folders)
+    try:
+        assert ray_cluster.get(actor.state.remote())[0] == pytest.approx(0.0035)
+        actor.open.remote("engine-of-3", shard_scope(folders[2]))  # shard 3 starts first
+        assert not ray_cluster.get(actor.reserve.remote("engine-of-3", 0.001, False))[0]
+        actor.open.remote("engine-of-1", shard_scope(folders[0]))
+        actor.resume.remote("engine-of-1", 0.0015, 0.0)  # its own reading of its ledger
+        assert ray_cluster.get(actor.state.remote())[0] == pytest.approx(0.0035)
+    finally:
+        ray_cluster.kill(actor)
 
 
 def test_rpm_holds_across_shards_and_concurrency_is_per_shard(

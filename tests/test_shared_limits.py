@@ -40,3 +40,14 @@ def test_shards_share_the_cap_and_a_dead_workers_holds_stay_spent() -> None:
     assert limits.reserve("a1", 0.2, True) == (False, True)  # nothing in flight: exhausted
     limits.reopen()
     assert limits.reserve("b2", 0.1, False) == (True, False)
+
+
+def test_the_drivers_reading_of_a_shard_holds_until_the_shard_has_read_its_own() -> None:
+    limits = Limits(0.004)
+    limits.preload("shard-a", 0.0015, 0.0)
+    limits.preload("shard-b", 0.002, 0.0)
+    limits.open("a1", "shard-a")  # shard a starts: the driver's reading stays until a's own
+    assert limits.state()[0] == pytest.approx(0.0035)
+    limits.resume("a1", 0.0015, 0.0)
+    assert limits.state()[0] == pytest.approx(0.0035)
+    assert limits.reserve("a1", 0.001, True) == (False, True)  # b's bill counts: no room

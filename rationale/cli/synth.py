@@ -119,9 +119,13 @@ def synth(ctx: click.Context, input_file: str | None, **flags: Any) -> None:
 
 def _on_ray(kind: str, config: Any, address: str, shards: int | None) -> None:
     """The job's shards on a Ray cluster, merged into -o (`rationale.scale`)."""
-    from rationale.scale import run_on_ray
+    from rationale.scale import BudgetStop, run_on_ray
 
-    result = run_on_ray(kind, config, shards=shards or os.cpu_count() or 2, address=address)
+    try:
+        result = run_on_ray(kind, config, shards=shards or os.cpu_count() or 2, address=address)
+    except BudgetStop as stop:  # as a run in one process: said, and not an error
+        click.echo(f"{kind}: {stop}", err=True)
+        return
     click.echo(
         f"{kind}: {result.shards} shards on Ray, {result.records} "
         f"{'records' if result.kind == 'run' else 'cases'} merged -> {result.output}",
