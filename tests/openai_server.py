@@ -21,6 +21,11 @@ prints exactly one line ``PORT <n>`` on stdout once it listens, then serves unti
 Which reply a request gets, first match wins: a matching ``fault()``, the next ``script()``ed
 reply, ``fail_every``, the ``responder`` option, the default answer.
 
+Billing is a provider's: an answer is billed when it is complete, whether or not its client is
+still connected (a client that hangs up, or is killed, mid-request is billed all the same); an
+answer billed but never delivered is counted in ``billed["abandoned"]``. ``GET /_billed`` returns
+``billed`` and ``count`` as JSON, for a test that runs the server as a program.
+
 Only stdlib and aiohttp are used.
 """
 
@@ -280,7 +285,9 @@ class ScriptedServer:
         self._faults: list[list[Any]] = []  # [predicate, reply, times left or None]
         self._records: list[dict] = []
         self._count = 0
-        self._billed = [0, 0, 0]  # answers sent with usage, prompt tokens, completion tokens
+        self._billed = [0, 0, 0]  # answers completed (delivered or not), prompt, completion tokens
+        self._abandoned = 0  # billed answers whose client had gone
+        self._working: set[asyncio.Task] = set()  # answers being worked out (shielded)
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -310,6 +317,7 @@ class ScriptedServer:
             self._records.clear()
             self._count = 0
             self._billed = [0, 0, 0]
+            self._abandoned = 0
 
     @property
     def requests(self) -> list[dict]:
@@ -325,11 +333,28 @@ class ScriptedServer:
 
     @property
     def billed(self) -> dict[str, int]:
-        """What the server billed: every answer it sent with a usage block (valid or not),
-        as a provider bills, and the tokens in those blocks."""
+        """What the server billed: every answer it completed (valid or not, delivered or not),
+        as a provider bills, and their tokens; ``abandoned``: how many of those answers were
+        never delivered because the client had gone (hung up, timed out, killed)."""
         with self._lock:
             answers, prompt, completion = self._billed
-        return {"answers": answers, "prompt_tokens": prompt, "completion_tokens": completion}
+            abandoned = self._abandoned
+        return {
+            "answers": answers,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "abandoned": abandoned,
+        }
+
+    @property
+    def abandoned(self) -> int:
+        """How many billed answers were never delivered (``billed["abandoned"]``)."""
+        with self._lock:
+            return self._abandoned
+
+    def _abandon(self) -> None:
+        with self._lock:
+            self._abandoned += 1
 
     def _bill(self, completion: dict) -> dict:
         usage = completion["usage"]
@@ -389,6 +414,21 @@ class ScriptedServer:
             body = {}
         index = self._arrive(request, body, raw)
         reply = self._choose(body, index)  # on arrival: scripted replies go in arrival order
+        # aiohttp cancels this handler when the client hangs up; the answer is worked out and
+        # billed to the end all the same (shielded), as a provider bills a request whose client
+        # went away, and counted abandoned.
+        work = asyncio.ensure_future(self._work(reply, body, index))
+        self._working.add(work)
+        work.add_done_callback(self._working.discard)
+        try:
+            reply, answer = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(self._abandon_if_billed)
+            raise
+        return await self._send(request, reply, body, index, answer)
+
+    async def _work(self, reply: Reply | None, body: dict, index: int) -> tuple[Reply, dict | None]:
+        """Sleep the latency and any delay; an ``ok`` answer is built and billed here, complete."""
         if self.latency > 0:
             await asyncio.sleep(self.latency)
         while reply is not None and reply.kind == "delay":
@@ -401,7 +441,29 @@ class ScriptedServer:
                     reply = reply.then
         if reply is None:
             reply = ok()
-        return await self._send(request, reply, body, index)
+        if reply.kind != "ok":
+            return reply, None
+        return reply, self._bill(_completion(reply, body, index))
+
+    def _abandon_if_billed(self, work: asyncio.Future) -> None:
+        if not work.cancelled() and work.exception() is None and work.result()[1] is not None:
+            self._abandon()
+
+    async def _deliver(
+        self, request: web.Request, response: web.StreamResponse, *chunks: bytes
+    ) -> web.StreamResponse:
+        """Write a billed answer; one whose client has gone is counted abandoned."""
+        try:
+            await response.prepare(request)
+            for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:  # aiohttp then finds the transport closed and gives up quietly
+            self._abandon()
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        return response
 
     def _arrive(self, request: web.Request, body: dict, raw: str) -> int:
         """Count (and record) a request that arrived; returns its index."""
@@ -422,15 +484,15 @@ class ScriptedServer:
         return index
 
     async def _send(
-        self, request: web.Request, reply: Reply, body: dict, index: int
+        self, request: web.Request, reply: Reply, body: dict, index: int, answer: dict | None
     ) -> web.StreamResponse:
         if reply.kind == "ok":
+            assert answer is not None  # built and billed by _work
             if body.get("stream"):
-                return await self._stream(request, reply, body, index)
-            answer = self._bill(_completion(reply, body, index))
+                return await self._stream(request, reply, body, answer)
             if not reply.usage:
                 answer.pop("usage")
-            return web.json_response(answer, headers=reply.headers)
+            return await self._deliver(request, web.json_response(answer, headers=reply.headers))
         if reply.kind == "status":
             if reply.body is None:
                 return web.json_response(
@@ -449,15 +511,13 @@ class ScriptedServer:
         raise ValueError(f"unknown reply kind {reply.kind!r}")
 
     async def _stream(
-        self, request: web.Request, reply: Reply, body: dict, index: int
+        self, request: web.Request, reply: Reply, body: dict, full: dict
     ) -> web.StreamResponse:
-        """The same answer as server-sent events (when the request asks for ``stream``)."""
-        full = self._bill(_completion(reply, body, index))
+        """The same (billed) answer as server-sent events (when the request asks for ``stream``)."""
         choice = full["choices"][0]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         if reply.headers:
             response.headers.update(reply.headers)
-        await response.prepare(request)
         base = {k: full[k] for k in ("id", "created", "model")} | {
             "object": "chat.completion.chunk"
         }
@@ -477,11 +537,11 @@ class ScriptedServer:
         )
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(dict(base, choices=[], usage=full["usage"]))
-        for event in events:
-            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        chunks = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+        return await self._deliver(request, response, *chunks, b"data: [DONE]\n\n")
+
+    async def _billed_json(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self.billed, count=self.count))
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -497,6 +557,7 @@ class ScriptedServer:
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/models", self._models)
+        app.router.add_get("/_billed", self._billed_json)
         return app
 
     async def _astart(self) -> None:
@@ -523,6 +584,8 @@ class ScriptedServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for work in list(self._working):  # a server that stops finishes no more answers
+            work.cancel()
 
     # -- running in a background thread ------------------------------------------------------
 

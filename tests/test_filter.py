@@ -384,3 +384,64 @@ def test_filter_refuses_source_records_it_would_lose(tmp_path: Path, server) -> 
     with pytest.raises(RationaleError, match=rf"line {len(accepted) + 1}: session 's1' step 0 "
                        r"is already at .*line 1"):  # fmt: skip
         run_filter(config, retry_policy=FAST)
+
+
+def test_a_kill_during_filter_pays_twice_only_for_the_requests_in_flight(
+    tmp_path: Path, server
+) -> None:
+    """Issue 21.5: `rationale filter` killed and rerun loses and repeats no record, and pays
+    twice only for the verifier requests in flight at the kill (at most --concurrency, 2),
+    which the server bills though its client was killed, as a provider does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    synth(tmp_path, server, EXAMPLES / "mind2web" / "shopping_sample.jsonl", verifier="none",
+          limit=30)  # fmt: skip
+    server.latency = 0.1
+    cli = Path(sys.executable).parent / "rationale"
+
+    def command(out: Path) -> list[str]:
+        return [str(cli), "filter", str(tmp_path / "run"), "-o", str(out),
+                "--api-base", server.url, "--concurrency", "2"]  # fmt: skip
+
+    def keys(run: Path) -> list[tuple[str, int]]:
+        files = [run / f"{state}.jsonl" for state in ("accepted", "rejected", "failed")]
+        rows = [json.loads(x) for f in files if f.exists() for x in f.read_text().splitlines()]
+        return [(r["record"]["session_id"], r["record"]["step"]) for r in rows]
+
+    # the uninterrupted run, with its own state folder (its cache cannot help the other): what
+    # the filter needs from the server
+    before = server.billed["answers"]
+    home = {"RATIONALE_HOME": str(tmp_path / "h1")}
+    done = subprocess.run(command(tmp_path / "reference"), env={**os.environ, **home},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    needed = server.billed["answers"] - before
+    assert needed >= 10 and server.billed["abandoned"] == 0
+
+    env = {**os.environ, "RATIONALE_HOME": str(tmp_path / "h2")}
+    killed, before = tmp_path / "killed", server.billed["answers"]
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        server.billed["answers"] - before < 4  # some verdicts paid for...
+        or server.count == server.billed["answers"]  # ...and a request in flight (0.1 s each)
+    ):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert server.billed["answers"] - before < needed  # killed midway
+    again = subprocess.run(command(killed), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(keys(killed)) == sorted(keys(tmp_path / "reference"))  # none lost, none twice
+    assert len(set(keys(killed))) == len(keys(killed))
+    # Paid twice: billed for the killed run and its rerun, less what the filter needs. The
+    # answers finished for the killed client (abandoned) are among them; so may be one the
+    # server delivered that the killed process had not yet cached (delivered, to the server),
+    # so abandoned is a lower bound.
+    billed = server.billed
+    assert 1 <= billed["abandoned"] <= billed["answers"] - before - needed <= 2, billed

@@ -472,14 +472,46 @@ def test_program_mode_prints_its_port_and_dies_on_kill_9() -> None:
                     async with session.post(url, json=body) as response:
                         await response.read()
                         codes.append(response.status)
-                return codes
+                async with session.get(f"http://127.0.0.1:{port}/_billed") as response:
+                    return codes, await response.json()
 
         started = time.monotonic()
-        assert run(go()) == [200, 200, 503, 200, 200, 503]
+        codes, billed = run(go())
+        assert codes == [200, 200, 503, 200, 200, 503]
         assert time.monotonic() - started >= 6 * 0.05
+        # what the program billed, for a test that kills its client: the 4 answers, none lost
+        assert (billed["count"], billed["answers"], billed["abandoned"]) == (6, 4, 0), billed
     finally:
         process.kill()
         rest, err = process.communicate(timeout=10)
     assert process.returncode == -9
     assert rest == ""  # exactly one line on stdout
     assert err == ""  # no per-request logging
+
+
+def test_a_client_that_hangs_up_is_billed_and_counted_abandoned(
+    openai_server: ScriptedServer,
+) -> None:
+    """A provider finishes (and bills) an answer whose client went away, as the real APIs do:
+    the server bills it on completion and counts it abandoned; a delivered one is not."""
+    openai_server.latency = 0.3
+
+    async def go():
+        url = f"{openai_server.url}/chat/completions"
+        body = {"messages": MESSAGES}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.05)) as session:
+            with pytest.raises(asyncio.TimeoutError):  # the client gives up and hangs up
+                await session.post(url, json=body)
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+            assert response.status == 200
+            await response.json()
+
+    run(go())
+    deadline = time.monotonic() + 5
+    while openai_server.billed["answers"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    billed = openai_server.billed
+    assert billed["answers"] == 2, billed  # the one nobody read is billed all the same
+    assert billed["abandoned"] == 1 == openai_server.abandoned, billed
+    openai_server.reset()
+    assert openai_server.billed["abandoned"] == 0

@@ -302,8 +302,19 @@ def _serve(latency: float) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{line.split()[1]}/v1"
 
 
+def server_billed(url: str) -> dict[str, int]:
+    """What a server started by `_serve` billed: answers (abandoned ones too), and count."""
+    from urllib.request import urlopen
+
+    with urlopen(url.removesuffix("/v1") + "/_billed", timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    server, url = _serve(latency=0.05)
+    """A kill pays twice for the requests in flight at it, at most --concurrency (4): the
+    server bills an answer whose client was killed, as a provider does; nothing else is paid
+    twice (the server's own counts, not our ledger)."""
+    server, url = _serve(latency=0.1)
     rationale = Path(sys.executable).parent / "rationale"
     env = {**os.environ, "OPENAI_API_KEY": KEY}
 
@@ -337,16 +348,20 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             timeout=300,
         )
         assert done.returncode == 0, done.stderr
+        reference_billed = server_billed(url)
+        assert (reference_billed["answers"], reference_billed["abandoned"]) == (60, 0)
         killed = tmp_path / "killed"
         env2 = {**env, "RATIONALE_HOME": str(tmp_path / "h2")}
         proc = subprocess.Popen(
             command(killed), env=env2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # kill once some records are written
+        while time.monotonic() < deadline:  # kill once some records are written...
             f = killed / "accepted.jsonl"
             if f.exists() and f.read_text().count("\n") >= 10:
-                break
+                at = server_billed(url)
+                if at["count"] > at["answers"]:  # ...and a request is in flight (0.1 s each)
+                    break
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -358,6 +373,14 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         assert len(keys(killed)) == len(set(keys(killed))) == 60
         assert sorted(keys(killed)) == sorted(keys(reference)) == sorted(expected_keys(60))
+        # Paid twice: what the server billed for the killed run and its rerun, less the 60
+        # answers the run needs; at most the requests in flight at the kill (--concurrency 4).
+        # The answers the server finished for the killed client (abandoned) are among them; so
+        # may be one the server delivered that the killed process had not yet put in its cache
+        # (delivered, to the server), so abandoned is a lower bound, not always all of it.
+        billed = server_billed(url)
+        paid_twice = billed["answers"] - reference_billed["answers"] - 60
+        assert 1 <= billed["abandoned"] <= paid_twice <= 4, billed
     finally:
         server.kill()
         server.wait()
