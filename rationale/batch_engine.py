@@ -29,9 +29,9 @@ from rationale.batch_collect import collect
 from rationale.batch_providers import batch_target
 from rationale.batch_store import BatchStore, Part
 from rationale.batch_submit import submit_round
+from rationale.batch_usage import answer_cost
 from rationale.engine import Engine, Limited, Pending
 from rationale.errors import FatalTeacherError, RationaleError, TeacherError, redact
-from rationale.pricing import batch_price
 from rationale.retry import FATAL, RETRYABLE
 
 __all__ = ["BatchEngine", "make_engine"]
@@ -73,9 +73,7 @@ def stored_answer(
         completion = client.parse(body, kwargs.get("response_model"))
     except TeacherError as exc:
         return None, exc
-    p, c = completion.prompt_tokens or 0, completion.completion_tokens or 0
-    price = batch_price(part.model)
-    cost = None if price is None else p * price[0] + c * price[1]
+    cost = answer_cost(part.model, body)  # cached prompt tokens at the cached price
     attempts = max(store.attempts(key), 1)
     return replace(completion, cost_usd=cost, attempts=attempts), None
 

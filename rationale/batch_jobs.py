@@ -2,8 +2,9 @@
 
 Reads the run folder's batch history (`rationale.batch_store`) without writing it; a job still
 out is asked for its state (validating, in progress, finalizing, ...). ``cancel`` cancels every
-job still out: a cancelled job's answered requests are kept when the run is next collected, and
-the rest go out again only if the run is rerun.
+job still out and waits while the provider is still cancelling (it may take minutes): a cancelled
+job's answered requests are kept (and billed) when the run is next collected, and the rest go out
+again only if the run is rerun.
 """
 
 from __future__ import annotations
@@ -19,19 +20,39 @@ from rationale.errors import RationaleError, TeacherError
 __all__ = ["batch_jobs", "forget", "render_jobs"]
 
 
+#: How long ``--cancel`` waits for jobs still cancelling, and its first and longest poll.
+CANCEL_WAIT_S, FIRST_POLL_S, LONGEST_POLL_S = 600.0, 0.2, 10.0
+
+
 def batch_jobs(
-    run_dir: str | Path, *, cancel: bool = False, api_base: str | None = None
-) -> list[dict[str, Any]]:
+    run_dir: str | Path, *, cancel: bool = False, api_base: str | None = None,
+    wait_s: float = CANCEL_WAIT_S,
+) -> list[dict[str, Any]]:  # fmt: skip
     """One row per job of the run (oldest first): provider id, state, counts, created/expires,
-    cost. ``api_base``: the endpoint, where the run's own was given with credentials."""
+    cost. ``api_base``: the endpoint, where the run's own was given with credentials.
+    ``cancel``: each job out is cancelled, and waited for up to ``wait_s`` seconds until it
+    ended (a job still cancelling then shows so)."""
     run_dir = Path(run_dir)
     store = BatchStore(run_dir / "batches")
     if not store.parts:
         raise RationaleError(f"{run_dir}: no batch jobs (was it run with --batch?)")
-    return asyncio.run(_rows(store, cancel, api_base))
+    return asyncio.run(_rows(store, cancel, api_base, wait_s))
 
 
-async def _rows(store: BatchStore, cancel: bool, api_base: str | None) -> list[dict[str, Any]]:
+async def _cancelled(provider: Any, job: str, wait_s: float) -> Any:
+    """Cancel ``job``, then read it until it ended (or ``wait_s`` passed)."""
+    state = await provider.cancel(job)
+    deadline, poll = time.monotonic() + wait_s, FIRST_POLL_S
+    while not state.ended and time.monotonic() < deadline:
+        await asyncio.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+        poll = min(poll * 2, LONGEST_POLL_S)
+        state = await provider.retrieve(job)
+    return state
+
+
+async def _rows(
+    store: BatchStore, cancel: bool, api_base: str | None, wait_s: float = CANCEL_WAIT_S
+) -> list[dict[str, Any]]:
     from rationale.batch_providers import provider_for
 
     providers: dict[tuple[str, str | None], Any] = {}
@@ -53,7 +74,10 @@ async def _rows(store: BatchStore, cancel: bool, api_base: str | None) -> list[d
                     providers[key] = provider_for(part.model, base)
                 provider = providers[key]
                 try:
-                    state = await (provider.cancel if cancel else provider.retrieve)(part.job)
+                    if cancel:
+                        state = await _cancelled(provider, part.job, wait_s)
+                    else:
+                        state = await provider.retrieve(part.job)
                 except TeacherError as exc:
                     row["state"] = f"unreachable ({exc.category}: {exc})"
                 else:

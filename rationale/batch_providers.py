@@ -4,8 +4,8 @@
   the files and batches endpoints (a LiteLLM proxy), through litellm's file and batch functions:
   a JSONL file is uploaded, a job is made of it, its output and error files are read back.
   ``hosted_vllm/...`` is refused: vLLM's server has no such endpoints (`NO_VLLM_BATCHES`).
-- `AnthropicBatches`: ``anthropic/...`` models through the anthropic SDK (litellm can read an
-  Anthropic batch but not create one).
+- `AnthropicBatches` (`rationale.batch_anthropic`): ``anthropic/...`` models through the
+  anthropic SDK (litellm can read an Anthropic batch but not create one).
 
 A provider submits request bodies as one job tagged with the run's own id, reads a job's state,
 reads its results, cancels it, and finds a job again by its tag: a kill between the provider's
@@ -17,28 +17,34 @@ have made a job, so the caller looks for it by tag before it sends the requests 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from rationale.batch_types import (
+    ACCOUNT_CODES,
+    ACCOUNT_HINT,
+    TOKEN_LIMIT,
+    UPLOAD_TIMEOUT,
+    JobState,
+    Result,
+    ResultsGone,
+    epoch,
+    http_category,
+)
 from rationale.errors import ConfigError, TeacherError, redact
 from rationale.retry import classify
 
 __all__ = [
     "NO_VLLM_BATCHES",
     "SUPPORTED",
-    "AnthropicBatches",
+    "TOKEN_LIMIT",
     "JobState",
     "OpenAIBatches",
     "Result",
+    "ResultsGone",
     "batch_target",
     "check_batchable",
     "provider_for",
 ]
-
-#: Seconds an upload (a job's requests, up to ~200 MB) may take, at least.
-UPLOAD_TIMEOUT = 600.0
 
 SUPPORTED = "openai/... (OpenAI, or an OpenAI-compatible --api-base with the batches endpoints) "
 SUPPORTED += "and anthropic/... (Message Batches)"
@@ -48,32 +54,6 @@ NO_VLLM_BATCHES = (
     "vLLM's OpenAI-compatible server has no /v1/files and /v1/batches routes; run without --batch "
     "(the online path is already fast against vLLM)"
 )
-
-
-@dataclass(frozen=True)
-class JobState:
-    """A job as the provider reports it; ``state`` is the provider's own word."""
-
-    id: str
-    state: str
-    ended: bool
-    total: int
-    answered: int
-    errored: int
-    created: float | None = None
-    expires: float | None = None
-    error: str | None = None  # why the whole job failed (OpenAI's validation errors)
-    tag: str | None = None
-
-
-@dataclass(frozen=True)
-class Result:
-    """One request's outcome in a finished job: the provider's answer, or its error."""
-
-    custom_id: str
-    body: dict[str, Any] | None = None
-    category: str | None = None  # as `rationale.retry` names faults, or expired / cancelled
-    message: str | None = None
 
 
 def provider_for(model: str, api_base: str | None = None, *, timeout: float = 60.0) -> Any:
@@ -92,6 +72,8 @@ def provider_for(model: str, api_base: str | None = None, *, timeout: float = 60
     if provider in ("openai", "text-completion-openai"):
         return OpenAIBatches(wire, api_base=api_base, timeout=timeout)
     if provider == "anthropic":
+        from rationale.batch_anthropic import AnthropicBatches
+
         return AnthropicBatches(wire, api_base=api_base, timeout=timeout)
     raise ConfigError(f"--batch: no batch API for {model!r} (provider {provider!r}); {SUPPORTED}")
 
@@ -117,28 +99,6 @@ def check_batchable(client: Any, *, timeout: float = 60.0) -> Any:
     """The batch provider of a model client, or a `ConfigError` (before anything is written)."""
     model, api_base = batch_target(client)
     return provider_for(model, api_base, timeout=timeout)
-
-
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        try:
-            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-
-
-def _http_category(status: int | None) -> str:
-    """As `rationale.retry.http_error` sorts an online answer's status."""
-    status = status or 0
-    fallback = "server" if status >= 500 or status == 408 else "other"
-    return {401: "auth", 403: "auth", 404: "not_found", 400: "bad_request", 422: "bad_request",
-            429: "rate_limit"}.get(status, fallback)  # fmt: skip
 
 
 class OpenAIBatches:
@@ -202,10 +162,11 @@ class OpenAIBatches:
             total=getattr(counts, "total", 0) or 0,
             answered=getattr(counts, "completed", 0) or 0,
             errored=getattr(counts, "failed", 0) or 0,
-            created=_epoch(getattr(job, "created_at", None)),
-            expires=_epoch(getattr(job, "expires_at", None)),
+            created=epoch(getattr(job, "created_at", None)),
+            expires=epoch(getattr(job, "expires_at", None)),
             error=redact(error) or None,
             tag=(getattr(job, "metadata", None) or {}).get("rationale_tag"),
+            codes=tuple(str(getattr(e, "code", "") or "") for e in errors),
         )
 
     async def retrieve(self, job_id: str) -> JobState:
@@ -249,9 +210,15 @@ class OpenAIBatches:
             return Result(line["custom_id"], category=category, message=redact(
                 f"{code}: {error.get('message', '')}"))  # fmt: skip
         body = response.get("body") or {}
-        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        error = (body.get("error") or {}) if isinstance(body, dict) else {}
+        error = error if isinstance(error, dict) else {}
+        message = error.get("message")
+        codes = {str(error.get("code") or ""), str(error.get("type") or "")}
+        if status == 402 or codes & ACCOUNT_CODES:  # the account, not the request
+            return Result(line["custom_id"], category="auth", message=redact(
+                f"HTTP {status}: {message or str(body)[:300]}{ACCOUNT_HINT}"))  # fmt: skip
         return Result(
-            line["custom_id"], category=_http_category(status),
+            line["custom_id"], category=http_category(status),
             message=redact(f"HTTP {status}: {message or str(body)[:300]}"),
         )  # fmt: skip
 
@@ -268,116 +235,9 @@ class OpenAIBatches:
                     state = self._state(job)
                     if state.tag == tag and state.id not in known:
                         found.append(state)
-                last = _epoch(getattr(data[-1], "created_at", None)) if data else None
+                last = epoch(getattr(data[-1], "created_at", None)) if data else None
                 if not data or not getattr(page, "has_more", False) or (last or 0) < since - 600:
                     return found
                 after = data[-1].id
         except Exception as exc:
             raise classify(exc) from None
-
-
-class AnthropicBatches:
-    """Anthropic's Message Batches through the anthropic SDK (up to 100,000 requests a job)."""
-
-    name = "anthropic"
-    max_requests = 100_000
-    max_bytes = 240 * 1024 * 1024  # Anthropic takes up to 256 MB a batch
-
-    def __init__(self, model: str, *, api_base: str | None = None, timeout: float = 60.0) -> None:
-        try:
-            import anthropic
-        except ImportError:  # pragma: no cover  (a dependency; a broken install)
-            raise ConfigError("--batch with anthropic/... needs the anthropic package") from None
-        if not os.environ.get("ANTHROPIC_API_KEY"):
-            raise ConfigError("--batch with anthropic/...: set ANTHROPIC_API_KEY")
-        self.model = model
-        self.timeout = timeout
-        self.client = anthropic.AsyncAnthropic(
-            base_url=api_base or None, max_retries=0, timeout=timeout
-        )
-
-    def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"custom_id": custom_id, "params": body}
-
-    def _state(self, job: Any) -> JobState:
-        c = job.request_counts
-        total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
-        return JobState(
-            id=job.id,
-            state=str(job.processing_status),
-            ended=job.processing_status == "ended",
-            total=total,
-            answered=c.succeeded,
-            errored=c.errored + c.canceled + c.expired,
-            created=_epoch(job.created_at),
-            expires=_epoch(job.expires_at),
-        )
-
-    async def submit(self, lines: list[dict[str, Any]], tag: str) -> JobState:
-        # Message Batches carry no metadata: the tag is the prefix of every custom_id.
-        try:
-            created = await self.client.messages.batches.create(
-                requests=lines, timeout=max(self.timeout, UPLOAD_TIMEOUT)
-            )
-            return self._state(created)
-        except Exception as exc:
-            raise classify(exc) from None
-
-    async def retrieve(self, job_id: str) -> JobState:
-        try:
-            return self._state(await self.client.messages.batches.retrieve(job_id))
-        except Exception as exc:
-            raise classify(exc) from None
-
-    async def cancel(self, job_id: str) -> JobState:
-        try:
-            return self._state(await self.client.messages.batches.cancel(job_id))
-        except Exception as exc:
-            raise classify(exc) from None
-
-    async def results(self, job_id: str) -> list[Result]:
-        out: list[Result] = []
-        try:
-            async for item in await self.client.messages.batches.results(job_id):
-                out.append(self._result(item.custom_id, item.result))
-        except Exception as exc:
-            raise classify(exc) from None
-        return out
-
-    def _result(self, custom_id: str, result: Any) -> Result:
-        kind = result.type
-        if kind == "succeeded":
-            return Result(custom_id, body=result.message.model_dump(mode="json"))
-        if kind in ("canceled", "expired"):
-            category = "cancelled" if kind == "canceled" else "expired"
-            return Result(custom_id, category=category, message=f"the request was {kind}")
-        error = getattr(getattr(result, "error", None), "error", None)
-        etype = str(getattr(error, "type", "api_error"))
-        category = {
-            "invalid_request_error": "bad_request", "authentication_error": "auth",
-            "permission_error": "auth", "not_found_error": "not_found",
-            "rate_limit_error": "rate_limit", "request_too_large": "bad_request",
-            "api_error": "server", "overloaded_error": "server", "timeout_error": "timeout",
-        }.get(etype, "other")  # fmt: skip
-        return Result(custom_id, category=category,
-                      message=redact(f"{etype}: {getattr(error, 'message', '')}"))  # fmt: skip
-
-    async def find(self, tag: str, since: float, known: set[str], size: int = 0) -> list[JobState]:
-        """Jobs made since ``since`` that no part of the run knows, with ``size`` requests: the
-        candidates. Message Batches carry no metadata, so which one (if any) is the part's own
-        is told by the tag in its custom ids once its results can be read
-        (`rationale.batch_engine`); until then none is taken for it."""
-        found: list[JobState] = []
-        try:
-            async for job in self.client.messages.batches.list(limit=100):
-                state = self._state(job)
-                if (state.created or 0) < since - 3600:  # an hour of clock skew
-                    break
-                if state.id not in known and (not size or state.total == size):
-                    found.append(state)
-        except Exception as exc:
-            raise classify(exc) from None
-        return found
-
-    async def aclose(self) -> None:
-        await self.client.close()

@@ -50,6 +50,7 @@ class Part:
     expires: float | None = None
     collected: bool = False
     abandoned: bool = False
+    token_limit: str | None = None  # refused for the enqueued-token limit: "alone" / "queued"
     counts: dict[str, Any] = field(default_factory=dict)  # answered, errored, cost_usd, ...
 
     @property
@@ -127,6 +128,7 @@ class BatchStore:
             part.state = e["state"]
         elif kind == "abandoned":
             part.abandoned, part.state = True, "abandoned"
+            part.token_limit = e.get("token_limit")
         elif kind == "collected":
             part.collected, part.state, part.counts = True, e["state"], e.get("counts", {})
         else:
@@ -184,8 +186,11 @@ class BatchStore:
         if state != part.state:
             self._event(event="state", part=part.part, state=state)
 
-    def abandon(self, part: Part, why: str) -> None:
-        self._event(event="abandoned", part=part.part, why=redact(why))
+    def abandon(self, part: Part, why: str, *, token_limit: str | None = None) -> None:
+        """``part`` never ran (``token_limit``: refused for OpenAI's enqueued-token limit,
+        "alone" or "queued" behind other jobs of ours in flight)."""
+        extra = {"token_limit": token_limit} if token_limit else {}
+        self._event(event="abandoned", part=part.part, why=redact(why), **extra)
 
     def store_results(self, part: Part, results: list[Any]) -> None:
         """A collected part's results (idempotent: a kill before ``collected`` stores again)."""
@@ -264,10 +269,11 @@ class BatchStore:
         """Parts prepared but with no job recorded: a kill between submit and record."""
         return [p for p in self.parts.values() if p.job is None and not p.abandoned]
 
-    def margin(self) -> float:
+    def margin(self) -> float | None:
         """How much larger than our estimate the provider's prompt counts were, over the jobs
-        whose every request was answered (`PROMPT_MARGIN` until one was): ``--max-cost``
-        reserves each request's prompt times this."""
+        whose every request was answered (at least `PROMPT_MARGIN`): ``--max-cost`` reserves
+        each request's prompt times this. None until a job has told (the first round is
+        reserved at its worst case, `rationale.accounting.worst_prompt_tokens`)."""
         from rationale.accounting import PROMPT_MARGIN
 
         ratios = [
@@ -275,7 +281,19 @@ class BatchStore:
             for p in self.parts.values()
             if p.collected and p.estimate and p.counts.get("answered") == p.requests
         ]
-        return max([PROMPT_MARGIN, *ratios])
+        return max([PROMPT_MARGIN, *ratios]) if ratios else None
+
+    def token_cap(self, model: str) -> int | None:
+        """The most prompt tokens (our estimate) a job of ``model`` may hold: half the smallest
+        part the provider refused for its enqueued-token limit with nothing of ours in flight
+        (None: no such refusal)."""
+        refused = [p.estimate for p in self.parts.values()
+                   if p.model == model and p.token_limit == "alone"]  # fmt: skip
+        return max(min(refused) // 2, 1) if refused else None
+
+    def token_limited(self, model: str) -> bool:
+        """Whether a job of ``model`` was refused for the enqueued-token limit in this run."""
+        return any(p.model == model and p.token_limit for p in self.parts.values())
 
     def rounds(self) -> int:
         return max((p.round for p in self.parts.values() if not p.abandoned), default=0)

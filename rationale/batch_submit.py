@@ -6,6 +6,9 @@ the provider's limits (requests and bytes per job), and each job is recorded in 
 its requests indexed and ``prepared`` before it is sent, ``submitted`` once the provider has
 made it (`rationale.batch_store`). A send that failed without an answer may still have made the
 job: it stays ``prepared`` and the next run looks for it by its tag before sending anything again.
+A job the provider would refuse (`rationale.batch_limits`) is never sent. Once OpenAI refused a
+job of a model for its enqueued-token limit, that model's next job waits until none of ours is
+in flight, one job a round, and a job refused with none in flight is halved.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import json
 import sys
 from typing import Any
 
-from rationale.accounting import worst_case_cost
+from rationale.accounting import worst_case_cost, worst_prompt_tokens
+from rationale.batch_limits import problems
 from rationale.batch_providers import batch_target
 from rationale.errors import FatalTeacherError, RationaleError, TeacherError
 from rationale.pricing import batch_price
@@ -56,20 +60,33 @@ async def submit_round(engine: Any) -> None:
     engine.rounds_now += 1
     for (model, api_base), requests in groups.items():
         provider = engine._provider(model, api_base)
+        limited, cap = engine.store.token_limited(model), engine.store.token_cap(model)
+        if limited and (out := [p for p in engine.store.in_flight() if p.model == model]):
+            print(f"batch: {len(requests)} requests to {model} wait for its {len(out)} jobs in "
+                  "flight (the provider's enqueued-token limit)", file=sys.stderr)  # fmt: skip
+            continue
         price = batch_price(model)
+        margin = engine.store.margin()
         chunk: list[tuple[str, str, dict[str, Any]]] = []
         size, reserved, estimate = 0, 0.0, 0
         for key, kind, body, max_tokens in requests:
             worst, tokens = 0.0, _body_tokens(body)
             if engine.budget.limit is not None and price is not None:
+                # until a job has told how the provider counts, its worst: a token per byte
+                prompt, ratio = (tokens, margin) if margin else (worst_prompt_tokens(body), 1.0)
                 worst = worst_case_cost(
                     lambda p, c, price=price: p * price[0] + c * price[1],
-                    tokens, max_tokens, engine.store.margin(),
+                    prompt, max_tokens, ratio,
                 ) or 0.0  # fmt: skip
                 if not engine.budget.reserve(worst):
                     break  # what fits under --max-cost goes out; the rest waits
             line = len(json.dumps(provider.line("x" * 32, body))) + 1
-            if chunk and (len(chunk) >= provider.max_requests or size + line > provider.max_bytes):
+            full = cap is not None and estimate + tokens > cap
+            if chunk and (len(chunk) >= provider.max_requests or size + line > provider.max_bytes
+                          or full):  # fmt: skip
+                if limited:  # one job at a time: the rest waits for the next round
+                    engine.budget.settle(worst, 0.0)
+                    break
                 await _send(engine, provider, (model, api_base, round_), chunk, reserved, estimate)
                 chunk, size, reserved, estimate = [], 0, 0.0, 0
                 if engine.fatal or engine.error:
@@ -94,6 +111,14 @@ async def _send(
     )  # fmt: skip
     ids = engine.store.custom_ids(part.part)
     lines = [provider.line(cid, body) for (cid, _, _), (_, _, body) in zip(ids, chunk, strict=True)]
+    if wrong := problems(provider, [cid for cid, _, _ in ids], [body for _, _, body in chunk]):
+        engine.budget.settle(reserved, 0.0)
+        engine.store.abandon(part, "; ".join(wrong))
+        engine.fail(RationaleError(
+            f"batch part {part.part} was not sent: {provider.name} would refuse it "
+            f"({'; '.join(wrong)}); this is a bug of rationale's batch splitting: report it"
+        ))  # fmt: skip
+        return
     try:
         job = await provider.submit(lines, part.tag)
     except TeacherError as exc:

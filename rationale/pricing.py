@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PriceMap", "batch_price", "model_price"]
+__all__ = ["PriceMap", "batch_cache_price", "batch_price", "model_price"]
 
 _PRICES: dict[str, Any] | None = None
 
@@ -67,3 +67,20 @@ class PriceMap:
         if self._price is None:
             return None
         return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+
+
+def batch_cache_price(model: str) -> tuple[float, float] | None:
+    """(cache read, cache write) USD per prompt token through the batch API: the map's own
+    batch prices where it has them, else half its online ones, else the batch input price
+    (a model the map knows no cache price of is billed as if uncached); None if unknown."""
+    info = _entry(model)
+    price = batch_price(model)
+    if info is None or price is None:
+        return None
+
+    def cached(name: str) -> float:
+        if f"{name}_batches" in info:
+            return float(info[f"{name}_batches"])
+        return float(info[name]) / 2 if name in info else price[0]
+
+    return cached("cache_read_input_token_cost"), cached("cache_creation_input_token_cost")

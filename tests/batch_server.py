@@ -9,17 +9,34 @@ fault injected with ``server.fault(...)`` is a per-request error in the job's re
 
 ``plan(...)`` sets what the next jobs do: ``"ok"``, ``"expire_half"`` (the job expires with the
 first half of its requests answered), ``"fail"`` (OpenAI: validation fails, nothing answered).
-A cancelled job also keeps the first half of its answers. ``on_create(job)`` runs when a job is
-made, before the client hears of it (a test kills the client there).
+A cancelled job also keeps the first half of its answers (those done before the cancel); it
+stays ``cancelling`` for ``cancel_polls`` reads first. A job that ended is never cancelled.
+``on_create(job)`` runs when a job is made, before the client hears of it (a test kills the
+client there); ``on_read(job)`` each time a client reads a job's state.
+
+As strict as the real APIs (checked against the openai and anthropic SDK types): custom ids match
+``^[a-zA-Z0-9_-]{1,64}$`` and are unique in a job; an OpenAI input file holds one model and one
+endpoint, at most ``max_file_requests`` requests and ``max_file_bytes`` bytes, and the prompt
+tokens of the jobs not ended (this one included) stay within ``enqueued_token_limit`` (None: no
+limit), else the job fails validation with OpenAI's error codes (``token_limit_exceeded``, ...);
+an Anthropic create with such requests is refused (HTTP 400). Lists come in pages (``limit``,
+``after`` / ``after_id``; ``max_page`` caps a page, as a provider may). ``cached(body)`` (None:
+no caching) is how many prompt tokens of a request were read from the prompt cache: reported in
+``usage`` as each provider does. ``archive(job_id)``: an Anthropic job whose results are gone.
+A scripted 402 is the provider's account-wide billing error (Anthropic ``billing_error``,
+OpenAI ``insufficient_quota``).
 
 What it counts: ``creates`` (jobs made), ``submitted`` (how many times each distinct request body
-was submitted, over every job), ``answered`` (how many times each was answered).
+was submitted, over every job), ``answered`` (how many times each was answered), ``billed_requests``
+(each distinct request body: how many times it was billed, which is when its job ended with an
+answer for it, whether or not anyone collects it), ``billed_jobs`` (job id: its billed usage).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -28,12 +45,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from openai_server import ScriptedServer, _completion, error_body, ok
+from openai_server import ScriptedServer, _completion, _prompt_chars, error_body, ok
 
 __all__ = ["BatchServer", "anthropic_as_chat", "fingerprint"]
 
 OPENAI_STATES = ("validating", "in_progress", "finalizing", "completed")
 ANTHROPIC_STATES = ("in_progress", "in_progress", "ended")
+#: Both providers' custom_id rule (Anthropic documents it; OpenAI's ids are held to it too).
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+#: OpenAI's limits on one batch input file; Anthropic's on one batch.
+OPENAI_MAX_REQUESTS, OPENAI_MAX_BYTES = 50_000, 200 * 1_000_000
+ANTHROPIC_MAX_REQUESTS, ANTHROPIC_MAX_BYTES = 100_000, 256 * 1_000_000
 
 
 def fingerprint(body: dict) -> str:
@@ -57,14 +79,26 @@ def anthropic_as_chat(params: dict) -> dict:
 
 
 def as_message(c: dict) -> dict:
-    """A chat completion the responder made, as an Anthropic Messages answer."""
+    """A chat completion the responder made, as an Anthropic Messages answer (its input_tokens
+    are the uncached ones: cached prompt tokens are ``cache_read_input_tokens``)."""
+    cached = (c["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    usage = {"input_tokens": c["usage"]["prompt_tokens"] - cached,
+             "output_tokens": c["usage"]["completion_tokens"]}  # fmt: skip
+    if cached:
+        usage.update(cache_read_input_tokens=cached, cache_creation_input_tokens=0)
     return {
         "id": f"msg_{c['id']}", "type": "message", "role": "assistant", "model": c["model"],
         "stop_reason": "end_turn", "stop_sequence": None,
         "content": [{"type": "text", "text": c["choices"][0]["message"]["content"]}],
-        "usage": {"input_tokens": c["usage"]["prompt_tokens"],
-                  "output_tokens": c["usage"]["completion_tokens"]},
+        "usage": usage,
     }  # fmt: skip
+
+
+def prompt_tokens(provider: str, body: dict) -> int:
+    """The prompt tokens a provider counts for a request (as the chat server's default usage):
+    what OpenAI's enqueued-token limit adds up."""
+    chat = body if provider == "openai" else anthropic_as_chat(body)
+    return max(1, _prompt_chars(chat) // 4)
 
 
 @dataclass
@@ -79,6 +113,9 @@ class Job:
     cancelled: bool = False
     results: list[dict] | None = None
     extra: dict = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)  # OpenAI validation errors
+    cancel_reads: int = 0  # reads left in ``cancelling``
+    archived: bool = False
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -97,7 +134,16 @@ class BatchServer(ScriptedServer):
         self.submitted: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.on_create: Callable[[Job], None] | None = None
+        self.on_read: Callable[[Job], None] | None = None
         self.before_create: Callable[[], None] | None = None
+        self.billed_requests: Counter[str] = Counter()
+        self.billed_jobs: dict[str, dict[str, int]] = {}
+        self.cached: Callable[[dict], int] | None = None
+        self.max_page: int | None = None
+        self.cancel_polls = 0
+        self.enqueued_token_limit: int | None = None
+        self.max_file_requests = OPENAI_MAX_REQUESTS
+        self.max_file_bytes = OPENAI_MAX_BYTES
         self._plans: deque[str] = deque()
         self._ids = 0
         self._batch_lock = threading.RLock()
@@ -145,26 +191,99 @@ class BatchServer(ScriptedServer):
             self.on_create(job)
         return job
 
+    def archive(self, job_id: str) -> None:
+        """An Anthropic job past its results' retention: ended, no results_url, results 404."""
+        with self._batch_lock:
+            job = self.jobs[job_id]
+            job.step = len(job.states) - 1
+            self._end(job)
+            job.archived = True
+
+    def _validate(self, job: Job) -> list[dict]:
+        """OpenAI's validation of a job's input file: its errors (none: it goes on)."""
+        if job.plan == "fail":
+            return [{"code": "invalid_request", "message": "Scripted validation failure.",
+                     "param": None, "line": None}]  # fmt: skip
+        errors = self._line_errors(job.requests, job.extra.get("urls", []))
+        if len(job.requests) > self.max_file_requests:
+            errors.append({"code": "too_many_requests", "message": f"The input file holds "
+                           f"{len(job.requests)} requests; the limit is "
+                           f"{self.max_file_requests}.", "param": None, "line": None})  # fmt: skip
+        if job.extra.get("bytes", 0) > self.max_file_bytes:
+            errors.append({"code": "file_too_large", "message": f"The input file is "
+                           f"{job.extra['bytes']} bytes; the limit is {self.max_file_bytes}.",
+                           "param": None, "line": None})  # fmt: skip
+        models = {body.get("model") for _, body in job.requests}
+        if len(models) > 1:
+            errors.append({"code": "mismatched_model", "message": "Every request of a batch "
+                           f"must use one model; this file uses {sorted(map(str, models))}.",
+                           "param": "body.model", "line": None})  # fmt: skip
+        if not errors and self.enqueued_token_limit is not None:
+            queued = sum(j.extra.get("tokens", 0) for j in self.jobs.values()
+                         if j.provider == "openai" and j.id < job.id
+                         and j.results is None)  # fmt: skip
+            if queued + job.extra.get("tokens", 0) > self.enqueued_token_limit:
+                errors.append({"code": "token_limit_exceeded", "message": "Enqueued token "
+                               f"limit reached for {next(iter(models))} in organization "
+                               f"org-test. Limit: {self.enqueued_token_limit} enqueued tokens. "
+                               "Please try submitting an empty batch again once your batch "
+                               "queue has completed.", "param": None, "line": None})  # fmt: skip
+        return errors
+
+    def _line_errors(self, requests: list[tuple[str, dict]], urls: list[str]) -> list[dict]:
+        errors, seen = [], set()
+        for line, (custom_id, _) in enumerate(requests, 1):
+            if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+                errors.append({"code": "invalid_custom_id", "message": f"custom_id "
+                               f"{custom_id!r} does not match ^[a-zA-Z0-9_-]{{1,64}}$.",
+                               "param": "custom_id", "line": line})  # fmt: skip
+            elif custom_id in seen:
+                errors.append({"code": "duplicate_custom_id", "message": f"custom_id "
+                               f"{custom_id!r} is not unique.", "param": "custom_id",
+                               "line": line})  # fmt: skip
+            seen.add(custom_id)
+        for line, url in enumerate(urls, 1):
+            if url != "/v1/chat/completions":
+                errors.append({"code": "invalid_url", "message": f"url {url!r} is not the "
+                               "batch's endpoint /v1/chat/completions.", "param": "url",
+                               "line": line})  # fmt: skip
+        return errors
+
     def _read(self, job: Job) -> None:
         """A client read the job: it moves one state on (unless held)."""
+        if self.on_read is not None:
+            self.on_read(job)
         with self._batch_lock:
             if job.results is not None:
                 return
-            if job.plan == "fail" and job.provider == "openai" and job.step == 0:
-                job.step = -1
-                job.results = []
+            if job.provider == "openai" and not job.extra.get("validated"):
+                job.extra["validated"] = True
+                job.errors = self._validate(job)
+                if job.errors:
+                    job.step = -1
+                    job.results = []
+                    return
+            if job.cancelled:
+                job.cancel_reads -= 1
+                if job.cancel_reads < 0:
+                    self._end(job)
                 return
-            if not self.hold and not job.cancelled:
+            if not self.hold:
                 job.step = min(job.step + 1, len(job.states) - 1)
-            if job.step == len(job.states) - 1 or job.cancelled:
+            if job.step == len(job.states) - 1:
                 self._end(job)
 
     def _end(self, job: Job) -> None:
+        """The job ends: each request is answered (and billed) or not; nobody need read it."""
         if job.results is not None:
             return
         n = len(job.requests)
         cut = (n + 1) // 2 if job.plan == "expire_half" or job.cancelled else n
         job.results = []
+        bill = self.billed_jobs.setdefault(
+            job.id, {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0,
+                     "completion_tokens": 0},
+        )  # fmt: skip
         for i, (custom_id, body) in enumerate(job.requests):
             if i >= cut:
                 job.results.append(
@@ -181,7 +300,16 @@ class BatchServer(ScriptedServer):
                 job.results.append({"custom_id": custom_id, "kind": "error", "code": code})
                 continue
             self.answered[fingerprint(body)] += 1
+            self.billed_requests[fingerprint(body)] += 1
             completion = self._bill(_completion(reply, chat, index))
+            cached = min(self.cached(chat), completion["usage"]["prompt_tokens"]) if (
+                self.cached is not None) else 0  # fmt: skip
+            if cached:
+                completion["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+            bill["requests"] += 1
+            bill["prompt_tokens"] += completion["usage"]["prompt_tokens"]
+            bill["cached_tokens"] += cached
+            bill["completion_tokens"] += completion["usage"]["completion_tokens"]
             job.results.append({"custom_id": custom_id, "kind": "ok", "completion": completion})
 
     def _openai_state(self, job: Job) -> str:
@@ -205,19 +333,7 @@ class BatchServer(ScriptedServer):
             "id": job.id,
             "object": "batch",
             "endpoint": "/v1/chat/completions",
-            "errors": {
-                "object": "list",
-                "data": [
-                    {
-                        "code": "invalid_request",
-                        "message": "Scripted validation failure.",
-                        "param": None,
-                        "line": None,
-                    }
-                ],
-            }
-            if state == "failed"
-            else None,
+            "errors": {"object": "list", "data": job.errors} if state == "failed" else None,
             "input_file_id": job.extra.get("file"),
             "completion_window": "24h",
             "status": state,
@@ -249,12 +365,12 @@ class BatchServer(ScriptedServer):
 
     async def _create(self, request: web.Request) -> web.Response:
         spec = await request.json()
-        data = self.files[spec["input_file_id"]].decode()
-        lines = [json.loads(x) for x in data.splitlines() if x.strip()]
-        job = self._make(
-            "openai", [(x["custom_id"], x["body"]) for x in lines], spec.get("metadata") or {}
-        )
-        job.extra["file"] = spec["input_file_id"]
+        raw = self.files[spec["input_file_id"]]
+        lines = [json.loads(x) for x in raw.decode().splitlines() if x.strip()]
+        requests = [(x["custom_id"], x["body"]) for x in lines]
+        job = self._make("openai", requests, spec.get("metadata") or {})
+        job.extra.update(file=spec["input_file_id"], bytes=len(raw), urls=[x["url"] for x in lines],
+                         tokens=sum(prompt_tokens("openai", b) for _, b in requests))  # fmt: skip
         return web.json_response(self._openai_batch(job))
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -265,19 +381,42 @@ class BatchServer(ScriptedServer):
         return web.json_response(self._openai_batch(job))
 
     async def _cancel(self, request: web.Request) -> web.Response:
+        """A job not ended goes ``cancelling`` (for ``cancel_polls`` reads); one that ended
+        stays as it is (what it answered was billed already)."""
         job = self.jobs[request.match_info["id"]]
-        job.cancelled = True
+        with self._batch_lock:
+            if job.results is None and not job.cancelled:
+                job.cancelled = True
+                job.cancel_reads = self.cancel_polls
         render = self._openai_batch if job.provider == "openai" else self._anthropic_batch
         return web.json_response(render(job))
 
     async def _list(self, request: web.Request) -> web.Response:
-        """Newest first, as both providers list; the path tells which provider's jobs."""
+        """Newest first, as both providers list, a page at a time (``limit``: default 20;
+        ``after`` / ``after_id``: the last id of the page before); the path tells which
+        provider's jobs."""
         provider = "anthropic" if "/messages/" in request.path else "openai"
         render = self._openai_batch if provider == "openai" else self._anthropic_batch
-        jobs = sorted((j for j in self.jobs.values() if j.provider == provider),
-                      key=lambda j: j.id, reverse=True)  # fmt: skip
-        data = [render(j) for j in jobs]
-        page = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+        query = request.query
+        try:
+            limit = int(query.get("limit", 20))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= (100 if provider == "openai" else 1000):
+            return web.json_response(error_body(400), status=400)
+        limit = min(limit, self.max_page or limit)
+        with self._batch_lock:
+            jobs = sorted((j for j in self.jobs.values() if j.provider == provider),
+                          key=lambda j: j.id, reverse=True)  # fmt: skip
+        after = query.get("after" if provider == "openai" else "after_id")
+        if after:
+            ids = [j.id for j in jobs]
+            if after not in ids:
+                return web.json_response(error_body(400), status=400)
+            jobs = jobs[ids.index(after) + 1 :]
+        data = [render(j) for j in jobs[:limit]]
+        page = {"data": data, "has_more": len(jobs) > limit,
+                "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None}  # fmt: skip
         return web.json_response({"object": "list", **page} if provider == "openai" else page)
 
@@ -303,15 +442,17 @@ class BatchServer(ScriptedServer):
                     }
                 )
             elif kind == "err" and r["kind"] == "error":
+                code, body = r["code"], error_body(r["code"])
+                if code == 402:  # how OpenAI answers a request of an account out of credit
+                    code, body = 429, {"error": {"message": "You exceeded your current quota, "
+                                       "please check your plan and billing details.",
+                                       "type": "insufficient_quota", "param": None,
+                                       "code": "insufficient_quota"}}  # fmt: skip
                 lines.append(
                     {
                         "id": f"req-{r['custom_id']}",
                         "custom_id": r["custom_id"],
-                        "response": {
-                            "status_code": r["code"],
-                            "request_id": "r",
-                            "body": error_body(r["code"]),
-                        },
+                        "response": {"status_code": code, "request_id": "r", "body": body},
                         "error": None,
                     }
                 )
@@ -351,6 +492,7 @@ class BatchServer(ScriptedServer):
                 }[r["kind"]]
             ] += 1
         ended = results is not None
+        results_url = f"{self.root}/v1/messages/batches/{job.id}/results"
         iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created))
         return {
             "id": job.id,
@@ -362,14 +504,29 @@ class BatchServer(ScriptedServer):
             "created_at": iso,
             "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created + 86400)),
             "ended_at": iso if ended else None,
-            "archived_at": None,
+            "archived_at": iso if job.archived else None,
             "cancel_initiated_at": iso if job.cancelled else None,
-            "results_url": f"{self.root}/v1/messages/batches/{job.id}/results" if ended else None,
+            "results_url": results_url if ended and not job.archived else None,
         }
 
     async def _a_create(self, request: web.Request) -> web.Response:
-        spec = await request.json()
-        job = self._make("anthropic", [(r["custom_id"], r["params"]) for r in spec["requests"]], {})
+        """Anthropic checks a batch when it is made: a bad one is refused (HTTP 400)."""
+        raw = await request.read()
+        spec = json.loads(raw)
+        requests = [(r["custom_id"], r["params"]) for r in spec["requests"]]
+        errors = [e["message"] for e in self._line_errors(requests, [])]
+        if len(requests) > ANTHROPIC_MAX_REQUESTS or len(raw) > ANTHROPIC_MAX_BYTES:
+            errors.append(f"a batch takes at most {ANTHROPIC_MAX_REQUESTS} requests and "
+                          f"{ANTHROPIC_MAX_BYTES} bytes")  # fmt: skip
+        if errors:
+            return web.json_response(
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "; ".join(errors[:3])},
+                },
+                status=400,
+            )
+        job = self._make("anthropic", requests, {})
         return web.json_response(self._anthropic_batch(job))
 
     async def _a_get(self, request: web.Request) -> web.Response:
@@ -384,6 +541,14 @@ class BatchServer(ScriptedServer):
 
     async def _a_results(self, request: web.Request) -> web.Response:
         job = self.jobs[request.match_info["id"]]
+        if job.archived or job.results is None:
+            return web.json_response(
+                {
+                    "type": "error",
+                    "error": {"type": "not_found_error", "message": "no results for this batch"},
+                },
+                status=404,
+            )
         lines = []
         for r in job.results or []:
             if r["kind"] == "ok":
@@ -392,6 +557,7 @@ class BatchServer(ScriptedServer):
                 kind = {
                     400: "invalid_request_error",
                     401: "authentication_error",
+                    402: "billing_error",
                     429: "rate_limit_error",
                 }.get(r["code"], "api_error")
                 result = {

@@ -242,7 +242,7 @@ def test_per_request_errors_follow_the_online_categories(tmp_path, server) -> No
     server.fault(teacher_for("item.good_1"), status(400), times=None)  # fails the record
     server.fault(teacher_for("item.short_1"), status(500), times=1)  # sent again, then answered
     server.fault(teacher_for("item.long_1"), status(500), times=None)  # out of attempts
-    server.fault(teacher_for("item.third_1"), status(402), times=None)  # as online: fails
+    server.fault(teacher_for("item.third_1"), status(418), times=None)  # as online: fails
     result = batch(tmp_path, server, wait=True, request_attempts=2)
     recs = {k[1]: r for k, r in records(tmp_path / "run").items() if k[0] == "s1"}
     assert result.pending == 0 and len(records(tmp_path / "run")) == 11
@@ -689,3 +689,24 @@ def test_max_cost_caps_the_run_folder_over_reruns(tmp_path, server) -> None:
     assert server.creates > creates and more.pending < third.pending
     assert read_run_json(tmp_path / "run")["cost_usd"]["total"] <= 2 * cap
     assert server_billed(server) <= 2 * cap
+
+
+def greedy(body: dict, index: int):
+    """`doubled`, and every answer uses all of its ``max_tokens`` (the worst a provider bills)."""
+    from dataclasses import replace
+
+    return replace(doubled(body, index), completion_tokens=int(body["max_tokens"]))
+
+
+@pytest.mark.parametrize(("teacher", "cap"), [(OPENAI, 0.0015), (ANTHROPIC, 0.01)],
+                         ids=["openai", "anthropic"])  # fmt: skip
+def test_the_first_round_cannot_pass_the_cap(tmp_path, server, teacher, cap) -> None:
+    """Issue 21.2: before any job has told us how the provider counts, a round is reserved at
+    each request's worst case, so a provider counting prompts at 2x our estimate and answering
+    with every token of max_tokens cannot take the first round past the cap."""
+    server.responder = greedy
+    result = batch(tmp_path, server, teacher, max_cost=cap, wait=True, max_attempts=1,
+                   verifier="none")  # fmt: skip
+    assert result.batch["requests_submitted_this_invocation"] > 0
+    assert server_billed(server, teacher) <= cap, server_billed(server, teacher)
+    assert read_run_json(tmp_path / "run")["cost_usd"]["total"] <= cap
