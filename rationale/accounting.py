@@ -3,32 +3,27 @@
 ``--max-cost`` is a hard cap on what a run folder is billed, over every invocation on it (a batch
 run is finished by reruns, an interrupted run resumed by one): the budget starts from what the
 ledger holds and from the worst case of the jobs earlier invocations left out. The unit is the
-request, not the record or the retried call: before each request (each retry too) the worst case
-it could cost (its prompt, with a margin for the provider's own count, plus ``max_tokens`` of
-completion) is reserved, and no request starts that could take spent + reserved over the cap.
+request, not the record or the retried call: before each request (each retry too) the most it
+could cost is reserved, and no request starts that could take spent + reserved over the cap.
 After it, the reservation is settled with what the provider billed, also for answers that were
 paid for but did not validate (their usage rides on the `TeacherError`); an answer that reports
 no usage is settled at its whole reservation. Each request is one ledger line, so the ledger's
 tokens are the provider's.
 
-Our tokenizer is not the provider's (and a client may add a JSON schema to the prompt), so the
-margin is learned: `PromptMargin` rises from `PROMPT_MARGIN` to the largest ratio of billed to
-estimated prompt tokens seen (a rerun starts from the ledger's, whose lines carry our estimate).
-Until an answer has calibrated it, nothing is assumed of the provider's count: a request is
-reserved at `worst_prompt_tokens` of its body (a token per byte), and a capped online run sends
-one request at a time; a batch run's first round is reserved so too.
+The most a request could cost is its prompt at `worst_prompt_tokens` (a token per byte of the
+body it sends) plus all of ``max_tokens``: our tokenizer is not the provider's, a client adds a
+schema to the prompt, and a ratio learned from earlier answers bounds nothing for the next one
+(more markup, another language). Near the cap this holds back a little more than a learned ratio
+would; it never lets a request through that could pass the cap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-
-#: Our tokenizer is not the provider's; a request is reserved as if its prompt were this much
-#: longer (plus the chat framing counted by the engine).
-PROMPT_MARGIN = 1.15
 
 
 @dataclass
@@ -39,6 +34,14 @@ class Budget:
     spent: float = 0.0
     reserved: float = 0.0
     exhausted: bool = False
+
+    async def acquire(self, worst: float) -> bool:
+        """`reserve` for a request that may wait for room: False (after a short wait) while
+        requests in flight hold part of the cap; the caller asks again unless the run stops."""
+        if self.reserve(worst, wait=True):
+            return True
+        await asyncio.sleep(0.005)
+        return False
 
     def reserve(self, worst: float, *, wait: bool = False) -> bool:
         """Hold ``worst`` for one request; False when it would pass the cap, and exhausted
@@ -139,25 +142,10 @@ class Usage:
         }
 
 
-@dataclass
-class PromptMargin:
-    """How much larger than our estimate a model's billed prompts are (one per model client)."""
-
-    ratio: float = PROMPT_MARGIN
-    calibrated: bool = False
-
-    def observe(self, estimated: int, billed: int) -> None:
-        if estimated > 0 and billed > 0:
-            self.ratio = max(self.ratio, billed / estimated * 1.02)
-            self.calibrated = True
-
-
-def worst_case_cost(
-    price: Any, prompt_tokens: int, max_tokens: int, margin: float = PROMPT_MARGIN
-) -> float | None:
-    """The most one request could cost: the prompt times ``margin`` plus a full completion.
-    None when the model's price is unknown."""
-    return price(int(prompt_tokens * margin) + 16, max_tokens)  # type: ignore[no-any-return]
+def worst_case_cost(price: Any, prompt_tokens: int, max_tokens: int) -> float | None:
+    """The most one request could cost: ``prompt_tokens`` (its `worst_prompt_tokens`) plus a
+    full completion. None when the model's price is unknown."""
+    return price(prompt_tokens, max_tokens)  # type: ignore[no-any-return]
 
 
 def worst_prompt_tokens(prompt: Any) -> int:

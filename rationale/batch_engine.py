@@ -23,6 +23,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from rationale.batch_collect import collect
@@ -57,6 +58,24 @@ def make_engine(config: Any, run_dir: Any, *, retry_policy: Any = None) -> Engin
             )
         return CollectedFirst(config, run_dir, store, retry_policy=retry_policy)
     return Engine(config, run_dir, retry_policy=retry_policy)
+
+
+def jobs_out(store: BatchStore, ledger: Path) -> list[Part]:
+    """The parts of a run folder whose jobs may still bill: in flight, or made but not recorded,
+    and not charged to the ledger yet (a kill can write a job's ledger line before `collected`)."""
+    from rationale.rundir import ledger_entries
+
+    charged = {e["batch"] for e in ledger_entries(ledger) if e.get("kind") == "batch"}
+    return [p for p in store.in_flight() + store.unsettled() if p.job not in charged]
+
+
+def held_by_jobs(folder: Path) -> float:
+    """The worst case of what a run folder's jobs still out may bill (`rationale.scale` counts
+    it for a shard before the shard starts)."""
+    if not (folder / "batches" / "jobs.jsonl").exists():
+        return 0.0
+    out = jobs_out(BatchStore(folder / "batches"), folder / "ledger.jsonl")
+    return sum(p.reserved for p in out)
 
 
 def stored_answer(
@@ -158,9 +177,8 @@ class BatchEngine(Engine):
         if self._resumed:
             return
         super().resume_budget()
-        for part in self.store.in_flight() + self.store.unsettled():
-            # (a job whose ledger line a kill wrote before `collected` is billed already)
-            if part.part not in self._reserved and part.job not in self._charged:
+        for part in jobs_out(self.store, self.run_dir.ledger):
+            if part.part not in self._reserved:
                 self._reserved[part.part] = part.reserved
                 self.budget.resume(0.0, part.reserved)
 

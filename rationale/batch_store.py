@@ -42,7 +42,7 @@ class Part:
     api_base: str | None
     requests: int
     prepared_at: float
-    estimate: int = 0  # our count of its prompt tokens (the budget's margin learns from it)
+    estimate: int = 0  # our count of its prompt tokens (the enqueued-token limit's split)
     reserved: float = 0.0  # its worst case in USD: a rerun holds it against --max-cost till it ends
     job: str | None = None
     state: str = "prepared"  # the provider's last word, or prepared / abandoned
@@ -268,20 +268,6 @@ class BatchStore:
     def unsettled(self) -> list[Part]:
         """Parts prepared but with no job recorded: a kill between submit and record."""
         return [p for p in self.parts.values() if p.job is None and not p.abandoned]
-
-    def margin(self) -> float | None:
-        """How much larger than our estimate the provider's prompt counts were, over the jobs
-        whose every request was answered (at least `PROMPT_MARGIN`): ``--max-cost`` reserves
-        each request's prompt times this. None until a job has told (the first round is
-        reserved at its worst case, `rationale.accounting.worst_prompt_tokens`)."""
-        from rationale.accounting import PROMPT_MARGIN
-
-        ratios = [
-            p.counts.get("prompt_tokens", 0) / p.estimate * 1.02
-            for p in self.parts.values()
-            if p.collected and p.estimate and p.counts.get("answered") == p.requests
-        ]
-        return max([PROMPT_MARGIN, *ratios]) if ratios else None
 
     def token_cap(self, model: str) -> int | None:
         """The most prompt tokens (our estimate) a job of ``model`` may hold: half the smallest

@@ -66,17 +66,15 @@ async def submit_round(engine: Any) -> None:
                   "flight (the provider's enqueued-token limit)", file=sys.stderr)  # fmt: skip
             continue
         price = batch_price(model)
-        margin = engine.store.margin()
         chunk: list[tuple[str, str, dict[str, Any]]] = []
         size, reserved, estimate = 0, 0.0, 0
         for key, kind, body, max_tokens in requests:
             worst, tokens = 0.0, _body_tokens(body)
             if engine.budget.limit is not None and price is not None:
-                # until a job has told how the provider counts, its worst: a token per byte
-                prompt, ratio = (tokens, margin) if margin else (worst_prompt_tokens(body), 1.0)
+                # the most it can bill: a token per byte of its body, all of max_tokens
                 worst = worst_case_cost(
                     lambda p, c, price=price: p * price[0] + c * price[1],
-                    prompt, max_tokens, ratio,
+                    worst_prompt_tokens(body), max_tokens,
                 ) or 0.0  # fmt: skip
                 if not engine.budget.reserve(worst):
                     break  # what fits under --max-cost goes out; the rest waits

@@ -21,14 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from rationale.accounting import (
-    Budget,
-    PromptMargin,
-    Tally,
-    Usage,
-    worst_case_cost,
-    worst_prompt_tokens,
-)
+from rationale.accounting import Budget, Tally, Usage, worst_case_cost, worst_prompt_tokens
 from rationale.errors import FatalTeacherError, TeacherError
 from rationale.progress import Progress
 from rationale.rundir import RunDir
@@ -61,43 +54,28 @@ class Limited:
         self.client, self.engine, self.kind = client, engine, kind
         self.model_id = client.model_id
         self.endpoint_url = getattr(client, "endpoint_url", None)
-        self.margin = PromptMargin()
-        self._calibrating = asyncio.Lock()
 
     async def attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
         engine = self.engine
         if engine.stopping():
             raise _Stopping
-        if engine.budget.limit is not None and not self.margin.calibrated:
-            # a capped run learns the provider's token count from one answer before it sends
-            # requests side by side
-            async with self._calibrating:
-                if not self.margin.calibrated:
-                    return await self._attempt(messages, **kwargs)
-        return await self._attempt(messages, **kwargs)
-
-    async def _attempt(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
-        engine = self.engine
         max_tokens = kwargs.get("max_tokens", 0)
         if engine.rpm is not None:
             await engine.rpm.acquire()
-        # counted only when a limit needs it: tokenizing every prompt costs the fast path
-        capped = engine.budget.limit is not None
-        estimate = engine.prompt_tokens(messages) if capped or engine.tpm is not None else 0
-        if engine.tpm is not None:
-            need = estimate + max_tokens
+        if engine.tpm is not None:  # our count: tokenizing every prompt costs the fast path
+            need = engine.prompt_tokens(messages) + max_tokens
             await engine.tpm.acquire(min(need, engine.config.tpm or need))
-        worst = 0.0
-        if capped and self.margin.calibrated:
-            worst = worst_case_cost(self.price, estimate, max_tokens, self.margin.ratio) or 0.0
-        elif capped:  # nothing known yet of the provider's count: a token per byte of the body
-            body = self._body(messages, kwargs)
-            worst = worst_case_cost(self.price, worst_prompt_tokens(body), max_tokens, 1.0) or 0.0
-        # what requests in flight hold at their worst case comes back when they settle: the run
-        # stops on the cap only when nothing is held, so a rerun with the same cap has no room
-        while not engine.stopping() and not engine.budget.reserve(worst, wait=True):
-            await asyncio.sleep(engine.poll)
+        capped, held, worst = engine.budget.limit is not None, False, 0.0
+        if capped:  # the most it can bill: a token per byte of what is sent, all of max_tokens
+            prompt = worst_prompt_tokens(self._body(messages, kwargs))
+            worst = worst_case_cost(self.price, prompt, max_tokens) or 0.0
+            # what requests in flight hold comes back when they settle: the run stops on the
+            # cap only when nothing is held, so a rerun with the same cap has no room
+            while not engine.stopping() and not (held := await engine.budget.acquire(worst)):
+                pass
         if engine.stopping():
+            if held:
+                engine.budget.settle(worst, 0.0)
             raise _Stopping
         usage: Usage | None = None
         ok = answered = False
@@ -110,20 +88,16 @@ class Limited:
             usage = Usage.of(getattr(exc, "usage", None), self.price)
             raise
         finally:
-            if usage is not None:
-                self.margin.observe(estimate, usage.prompt_tokens)
-                cost = usage.cost_usd or 0.0
-            else:  # an answer without usage may still be billed: count the whole reservation
-                cost = worst if answered else 0.0
-            engine.budget.settle(worst, cost)
+            # an answer without usage may still be billed: it costs its whole reservation
+            cost = (usage.cost_usd or 0.0) if usage is not None else (worst if answered else 0.0)
             engine.tally.charge(self.kind, usage, ok=ok, unknown=answered and usage is None)
             entry = usage.ledger_entry(self.kind, ok=ok) if usage else {
                 "kind": self.kind, "requests": 1, "ok": ok,
                 **({"usage_unknown": True, "reserved_usd": worst} if answered else {}),
             }  # fmt: skip
-            if estimate:  # a rerun learns the provider's count from it (`Engine.resume_budget`)
-                entry["estimate"] = estimate
-            engine.run_dir.charge(entry)
+            engine.run_dir.charge(entry)  # first: what was billed is on disk before a kill
+            if capped:
+                engine.budget.settle(worst, cost)
 
     def price(self, p: int, c: int) -> float | None:
         return self.client.price(p, c)  # type: ignore[no-any-return]
@@ -154,7 +128,6 @@ class Engine:
         scope = str(getattr(run_dir, "path", ""))  # which shard: its folder
         self.budget: Any = (Budget(config.max_cost) if shared is None
                             else shared.budget(config.max_cost, scope))  # fmt: skip
-        self.poll = 0.005 if shared is None else 0.05  # how often a request waits for room
         self.policy = retry_policy or RetryPolicy(
             max_attempts=config.request_attempts, backoff=config.backoff
         )
@@ -174,19 +147,14 @@ class Engine:
 
     def resume_budget(self) -> None:
         """Once, under the folder's lock, before the first request: ``--max-cost`` caps the run
-        folder, so what earlier invocations were billed counts, and each client's prompt margin
-        starts from what the provider billed them against our estimate."""
-        from rationale.rundir import ledger_billed, ledger_entries
+        folder, so what earlier invocations were billed counts."""
+        from rationale.rundir import ledger_billed
 
         ledger = getattr(self.run_dir, "ledger", None)  # a library call keeps no ledger file
         if self._resumed or ledger is None:
             return
         self._resumed = True
         self.budget.resume(ledger_billed(ledger))
-        for entry in ledger_entries(ledger):
-            for limited in self._limited:
-                if entry.get("kind") == limited.kind and entry.get("estimate"):
-                    limited.margin.observe(entry["estimate"], entry.get("prompt_tokens") or 0)
 
     def check(self) -> None:
         """Before the run folder is touched (the batch engine checks its models here)."""

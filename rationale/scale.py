@@ -78,7 +78,7 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
         raise ConfigError("--shards must be at least 1")
     if config.shard is not None:
         raise ConfigError("--ray runs every shard itself: drop --shard")
-    output = Path(config.output)
+    output = Path(config.output).resolve()  # the workers' own folder may be another
     folders = [output / "shards" / f"{k}-of-{shards}" for k in range(1, shards + 1)]
     configs = [
         config.model_copy(update={"shard": f"{k}/{shards}", "output": str(folder)})
@@ -110,7 +110,18 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
     finally:
         if limits is not None:
             ray.kill(limits)
-    left = [(k, r) for k, r in enumerate(results, start=1) if r.get("pending") or r.get("error")]
+    # a fault first (a bad key would stop a rerun with a higher cap too), then the budget
+    stops = [
+        (k, r.get("error") or r["stopped"])
+        for k, r in enumerate(results, start=1)
+        if r.get("error") or str(r.get("stopped") or "").startswith(("error", "fatal"))
+    ]
+    if stops:
+        k, why = stops[0]
+        raise RationaleError(
+            f"shard {k}/{shards} stopped ({redact(str(why))}); fix the cause and rerun the same "
+            "command: every shard resumes from its folder"
+        )
     if any(str(r.get("stopped") or "").startswith("budget") for r in results):
         from rationale.rundir import ledger_billed
 
@@ -122,11 +133,12 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
             f"{pending} {'cases' if kind == 'eval' else 'records'} pending over {shards} shards, "
             "not merged; rerun with a higher --max-cost to continue"
         )
+    left = [(k, r) for k, r in enumerate(results, start=1) if r.get("pending")]
     if left:
         k, why = left[0]
         raise RationaleError(
-            f"shard {k}/{shards} did not finish ({why.get('error') or why['pending']} pending); "
-            "rerun the same command: every shard resumes from its folder"
+            f"shard {k}/{shards} did not finish ({why['pending']} pending); rerun the same "
+            "command: every shard resumes from its folder"
         )
     return _merge_into(merge, folders, output)
 
@@ -135,6 +147,7 @@ def _limits(ray: Any, config: Any, folders: list[Path]) -> Any:
     """The `Limits` actor of this invocation: one ``--max-cost``, ``--rpm`` and ``--tpm`` for
     all its shards (`rationale.shared_limits`), holding from the start what each shard folder
     was billed before; None when none is set."""
+    from rationale.batch_engine import held_by_jobs
     from rationale.engine import TPM_WINDOW_S
     from rationale.rundir import ledger_billed
     from rationale.shared_limits import Limits, shard_scope
@@ -142,9 +155,14 @@ def _limits(ray: Any, config: Any, folders: list[Path]) -> Any:
     rpm, tpm = getattr(config, "rpm", None), getattr(config, "tpm", None)
     if config.max_cost is None and not rpm and not tpm:
         return None
-    actor = ray.remote(num_cpus=0)(Limits).remote(config.max_cost, rpm, tpm, TPM_WINDOW_S)
-    ray.get([actor.preload.remote(shard_scope(f), ledger_billed(f / "ledger.jsonl"), 0.0)
-             for f in folders])  # fmt: skip
+    # a live engine settles each request within its --timeout: holds quiet for much longer
+    # are a dead worker's
+    stale_after = 2 * float(getattr(config, "timeout", 60.0)) + 60.0
+    actor = ray.remote(num_cpus=0)(Limits).remote(
+        config.max_cost, rpm, tpm, TPM_WINDOW_S, stale_after
+    )
+    ray.get([actor.preload.remote(shard_scope(f), ledger_billed(f / "ledger.jsonl"),
+                                  held_by_jobs(f)) for f in folders])  # fmt: skip
     return actor
 
 

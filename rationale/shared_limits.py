@@ -24,6 +24,7 @@ S x N requests at once); the provider's limits, ``--rpm`` and ``--tpm``, hold ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -58,21 +59,29 @@ class _Engine:
     scope: str
     billed: float = 0.0  # from its folder's ledger, and settled since
     held: float = 0.0  # worst cases of its requests in flight (and of its batch jobs out)
-    preload: bool = False  # the driver's reading of a shard folder that has no engine yet
+    preload: bool = False  # a reading of the shard's folder by someone else (see `preload`)
+    seen: float = field(default_factory=time.monotonic)  # its last call
 
 
 @dataclass
 class Limits:
-    """The budget and rate limits of one invocation's shards (the body of the Ray actor)."""
+    """The budget and rate limits of one invocation's shards (the body of the Ray actor).
+
+    ``stale_after``: seconds after its last call at which an engine's holds are taken for a dead
+    worker's (a live one settles every request within its ``--timeout``); a request waiting for
+    room stops waiting on them, and they stay spent (the provider may have billed them).
+    """
 
     limit: float | None
     rpm: int | None = None
     tpm: int | None = None
     tpm_window: float = 60.0
+    stale_after: float = 120.0
     abandoned: float = 0.0  # held by engines whose worker died: may have been billed
     exhausted: bool = False
     engines: dict[str, _Engine] = field(default_factory=dict)
     buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _changed: asyncio.Event | None = None  # set when a hold comes back (made in the loop)
 
     def __post_init__(self) -> None:
         if self.rpm:  # as `rationale.engine.Engine._limiters` builds them
@@ -87,40 +96,64 @@ class Limits:
         return spent, sum(e.held for e in self.engines.values()), self.exhausted
 
     def preload(self, scope: str, billed: float, held: float) -> None:
-        """What a shard folder was billed before this invocation, counted from the start: a
-        shard that starts late (more shards than CPUs) must not find its money spent."""
+        """What a shard folder was billed before this invocation, and the worst case of its
+        batch jobs still out, counted from the start: a shard that starts late (more shards
+        than CPUs) must not find its money spent. Its engine's own reading replaces it."""
         self.engines[f"preload:{scope}"] = _Engine(scope, billed, held, preload=True)
 
     def open(self, engine: str, scope: str) -> None:
-        """A shard's engine starts; an earlier engine of the same shard (a dead worker's) ends,
-        and what it held for requests in flight stays spent: they may have been billed."""
+        """A shard's engine starts. An earlier engine of the same shard (a dead worker's) ends:
+        what it was billed stays counted until the new engine has read the shard's ledger, and
+        what it held for requests in flight stays spent, since they may have been billed."""
         for key, old in list(self.engines.items()):
             if old.scope == scope and not old.preload:
                 self.abandoned += old.held
+                keep = self.engines.setdefault(f"preload:{scope}", _Engine(scope, preload=True))
+                keep.billed += old.billed
                 del self.engines[key]
         self.engines[engine] = _Engine(scope)
 
     def resume(self, engine: str, billed: float, held: float) -> tuple[float, float, bool]:
         """The engine's reading of its folder (its ledger, its batch jobs out), which replaces
-        the driver's in the same step: the shard's bill is never missing in between."""
-        e = self.engines[engine]
+        any other reading of it in the same step: the shard's bill is never missing between."""
+        e = self._touch(engine)
         self.engines.pop(f"preload:{e.scope}", None)
         e.billed, e.held = e.billed + billed, e.held + held
         return self.state()
 
     def reserve(self, engine: str, worst: float, wait: bool) -> tuple[bool, bool]:
-        """(reserved, exhausted): as `rationale.accounting.Budget.reserve`, over every shard."""
+        """(reserved, exhausted): as `rationale.accounting.Budget.reserve`, over every shard;
+        while waiting, the holds of engines gone quiet past ``stale_after`` do not count."""
+        e = self._touch(engine)
+        if self.exhausted:
+            return False, True
         spent, reserved, _ = self.state()
         if self.limit is not None and spent + reserved + worst > self.limit:
-            self.exhausted = self.exhausted or not wait or reserved < 1e-12
+            self.exhausted = not wait or self._live_holds() < 1e-12
             return False, self.exhausted
-        self.engines[engine].held += worst
-        return True, self.exhausted
+        e.held += worst
+        return True, False
 
-    def settle(self, engine: str, worst: float, actual: float) -> bool:
-        e = self.engines[engine]
+    async def reserve_wait(self, engine: str, worst: float, seconds: float) -> tuple[bool, bool]:
+        """`reserve` that waits up to ``seconds`` for holds to come back (woken by `settle`);
+        (False, False): still no room, ask again."""
+        deadline = time.monotonic() + seconds
+        while True:
+            ok, exhausted = self.reserve(engine, worst, True)
+            left = deadline - time.monotonic()
+            if ok or exhausted or left <= 0:
+                return ok, exhausted
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    def settle(self, engine: str, worst: float, actual: float) -> None:
+        e = self._touch(engine)
         e.held, e.billed = e.held - worst, e.billed + actual
-        return self.exhausted
+        if self._changed is not None:
+            self._changed.set()
 
     def reopen(self) -> None:
         """Room came back (a batch job billed less than it held)."""
@@ -130,15 +163,30 @@ class Limits:
         """Seconds to wait before sending ``amount`` (1 request, or its tokens)."""
         return self.buckets[which].slot(amount, time.monotonic())
 
+    def _touch(self, engine: str) -> _Engine:
+        e = self.engines[engine]
+        e.seen = time.monotonic()
+        return e
+
+    def _live_holds(self) -> float:
+        """What engines still alive hold; a quiet engine's holds move to ``abandoned``."""
+        now = time.monotonic()
+        for e in self.engines.values():
+            if not e.preload and e.held > 0 and now - e.seen > self.stale_after:
+                self.abandoned, e.held = self.abandoned + e.held, 0.0
+        return sum(e.held for e in self.engines.values() if not e.preload)
+
 
 class RemoteBudget:
-    """`rationale.accounting.Budget` for one shard's engine, kept by the `Limits` actor."""
+    """`rationale.accounting.Budget` for one shard's engine, kept by the `Limits` actor. A
+    request waits for room in the actor (woken when a hold comes back), not by polling it."""
 
     def __init__(self, actor: Any, limit: float | None, scope: str) -> None:
         self.actor, self.limit = actor, limit
         self.engine = uuid.uuid4().hex
         self._exhausted = False
-        self._call("open", self.engine, shard_scope(scope))
+        if limit is not None:  # only the rate limits are shared
+            self._call("open", self.engine, shard_scope(scope))
 
     def _call(self, method: str, *args: Any) -> Any:
         import ray
@@ -147,11 +195,11 @@ class RemoteBudget:
 
     @property
     def spent(self) -> float:
-        return float(self._call("state")[0])
+        return 0.0 if self.limit is None else float(self._call("state")[0])
 
     @property
     def reserved(self) -> float:
-        return float(self._call("state")[1])
+        return 0.0 if self.limit is None else float(self._call("state")[1])
 
     @property
     def exhausted(self) -> bool:
@@ -159,19 +207,29 @@ class RemoteBudget:
 
     @exhausted.setter
     def exhausted(self, value: bool) -> None:
-        if not value:
+        if not value and self.limit is not None:
             self._call("reopen")
         self._exhausted = value
 
+    async def acquire(self, worst: float) -> bool:
+        if self.limit is None:
+            return True
+        ok, self._exhausted = await self.actor.reserve_wait.remote(self.engine, worst, 2.0)
+        return bool(ok)
+
     def reserve(self, worst: float, *, wait: bool = False) -> bool:
+        if self.limit is None:
+            return True
         ok, self._exhausted = self._call("reserve", self.engine, worst, wait)
         return bool(ok)
 
     def resume(self, billed: float, held: float = 0.0) -> None:
-        self._exhausted = self._call("resume", self.engine, billed, held)[2]
+        if self.limit is not None:
+            self._exhausted = self._call("resume", self.engine, billed, held)[2]
 
     def settle(self, worst: float, actual: float) -> None:
-        self._exhausted = self._call("settle", self.engine, worst, actual)
+        if self.limit is not None:  # not waited for: a reserve run before it only sees more held
+            self.actor.settle.remote(self.engine, worst, actual)
 
 
 def shard_scope(folder: str | Path) -> str:

@@ -38,6 +38,15 @@ def billed_usd(server) -> float:
     return billed["prompt_tokens"] * price_in + billed["completion_tokens"] * price_out
 
 
+def said_billed(stopped: str | None) -> float:
+    """The figure a budget stop says was billed to the run folder (rounded to 6 places)."""
+    import re
+
+    found = re.search(r"\$([0-9.]+) billed to this run folder", stopped or "")
+    assert found, stopped
+    return float(found.group(1))
+
+
 def capped(tmp_path: Path, server, cap: float, **overrides):
     """A synth run of the shipped sample under ``--max-cost cap`` against the local server."""
     settings = {"concurrency": 8, "verifier": "none", "timeout": 5.0, **overrides}
@@ -115,7 +124,7 @@ def test_the_cap_is_the_run_folders_over_reruns(tmp_path: Path, openai_server) -
     assert 0 < total <= cap and billed_usd(openai_server) <= cap
     second = capped(tmp_path, openai_server, cap, concurrency=4)  # the same cap
     assert openai_server.count == sent and second.tally.cost_usd == 0
-    assert second.stopped and f"${total:.6f} billed to this run folder" in second.stopped
+    assert said_billed(second.stopped) == pytest.approx(total, abs=1.5e-6)
     said = [x for x in summary_lines("synth", second) if "stopped early" in x]
     assert len(said) == 1 and "higher --max-cost" in said[0], said
     third = capped(tmp_path, openai_server, 2 * cap, concurrency=4)  # a higher cap continues

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from batch_server import BatchServer
-from openai_server import ScriptedServer
-from openai_server import _text
+from openai_server import ScriptedServer, _text
 from test_batch import server_billed
-from test_budget import billed_usd
+from test_budget import billed_usd, said_billed
 from test_eval_api import first_element, make_test_file
 
 from rationale.evaluate import EvalConfig, run_eval
@@ -62,7 +61,7 @@ def rerun_semantics(server: BatchServer, run: Callable[[float], tuple[str | None
     before = sent(server)
     stopped, again = run(cap)  # the same cap: nothing sent, and it says what was spent
     assert sent(server) == before and again == total
-    assert stopped and f"${total:.6f} billed to this run folder" in stopped, stopped
+    assert said_billed(stopped) == pytest.approx(total, abs=1.5e-6)
     stopped, more = run(2 * cap)  # a higher cap continues
     assert sent(server) > before and total < more <= 2 * cap
     assert more == pytest.approx(billed(), abs=1e-8) and billed() <= 2 * cap
@@ -96,8 +95,13 @@ def test_filter_caps_its_folder_over_reruns(tmp_path: Path, server: BatchServer,
         return replace(responder(body, index), prompt_tokens=twice_ours(body))
 
     server.responder = answer
-    source = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "source"),
-                         teacher="openai/test-model", api_base=server.url, verifier="none")
+    source = SynthConfig(
+        input=str(records_file(tmp_path)),
+        output=str(tmp_path / "source"),
+        teacher="openai/test-model",
+        api_base=server.url,
+        verifier="none",
+    )
     run_synth(source, retry_policy=FAST)  # fmt: skip
     cost = read_run_json(tmp_path / "source")["cost_usd"]["total"]
     server.reset()  # what the filter is billed, apart
@@ -112,4 +116,3 @@ def test_filter_caps_its_folder_over_reruns(tmp_path: Path, server: BatchServer,
 
     assert cost == 0  # the source's teacher is unpriced: only the filter's bill is counted
     rerun_semantics(server, run, 0.0004 if batch else 0.0008, batch)
-
