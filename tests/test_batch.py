@@ -711,3 +711,28 @@ def test_the_first_round_cannot_pass_the_cap(tmp_path, server, teacher, cap) -> 
     assert result.batch["requests_submitted_this_invocation"] > 0
     assert server_billed(server, teacher) <= cap, server_billed(server, teacher)
     assert read_run_json(tmp_path / "run")["cost_usd"]["total"] <= cap
+
+
+def test_a_second_models_first_round_cannot_pass_the_cap(tmp_path, server) -> None:
+    """Found in review: the teacher's collected round must not vouch for another model's count.
+    The teacher (gpt-4o-mini) bills our own count; the verifier (gpt-4o) bills 2.5x it and all
+    of max_tokens. Before: --max-cost 0.004 billed $0.00528."""
+    from dataclasses import replace
+
+    from openai_server import _text
+
+    from rationale.prompts import count_tokens
+
+    def by_model(body: dict, index: int):
+        answer = responder(body, index)
+        if "mini" in body["model"]:
+            return answer
+        ours = sum(count_tokens(_text(m.get("content"))) + 4 for m in body["messages"])
+        return replace(answer, prompt_tokens=int(2.5 * ours), completion_tokens=body["max_tokens"])
+
+    server.responder = by_model
+    for cap in (0.004, 0.008):
+        out = f"run-{cap}"
+        batch(tmp_path, server, out=out, wait=True, max_cost=cap, verifier="openai/gpt-4o",
+              max_attempts=1)  # fmt: skip
+        assert read_run_json(tmp_path / out)["cost_usd"]["total"] <= cap
