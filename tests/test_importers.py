@@ -262,3 +262,113 @@ def test_mind2web_too_deep_file_is_one_line_error(tmp_path: Path) -> None:
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000)  # json.loads: RecursionError
     with pytest.raises(SourceError, match=r"train_deep\.json: nested more than 200 levels"):
         list(read_mind2web([path]))
+
+
+MIND2WEB_HTML = FIXTURES / "mind2web_html" / "train_0.json"
+
+
+def test_mind2web_pages_become_context_and_targets_their_names() -> None:
+    records = list(read_mind2web([MIND2WEB_HTML]))
+    got = {r.meta["action_uid"]: r for r in records}
+    assert [(uid, r.action.name, r.meta.get("target_how")) for uid, r in got.items()] == [
+        ("a1", "search.reservations_city_search_type.pickup", "element"),  # SELECT: the option
+        ("a2", "search.find_a_location", "element"),  # TYPE
+        ("a3", "search.boston_ma_us", "inside"),  # text inside a role=option item
+        ("a4", "search.mar_7", "inside"),  # an svg icon inside an is_clickable div
+        ("a5", "search.choose_a_date.18", "element"),
+        ("a6", "div.results", "not_actionable"),  # a container: today's name, flagged
+        ("a7", "button.update_search", "no_candidate"),
+        ("b1", "header.shop_by_category", "element"),  # from raw_html
+        ("b2", "svg.icon_cart", "hidden"),  # an svg in a plain div: no name
+        ("b3", "filters.free_shipping", "label"),  # a label is its checkbox
+        ("b4", "combobox.sort_by.price_high_to_low", "option_not_in_page"),
+        ("b5", "textbox.search", None),  # no page
+        ("b6", "results.add_to_cart", "element"),  # the original target, not results.add_to_cart_2
+    ]
+    assert got["a2"].action.model_dump() == {
+        "type": "type_and_submit",
+        "name": "search.find_a_location",
+        "text": "Boston",
+    }
+    for r in records:
+        if r.meta.get("target_in_page"):
+            assert f'name="{r.action.name}"' in r.context
+            assert r.meta["target_how"] in ("element", "inside", "label")
+        elif r.context is not None:
+            assert r.meta["target_in_page"] is False
+            assert r.action.name == r.meta["repr_name"]  # today's name derivation is kept
+            assert f'name="{r.action.name}"' not in r.context
+    assert got["a1"].meta["page"] == "cleaned_html"  # preferred to the raw_html also there
+    assert got["b1"].meta["page"] == "raw_html"
+    assert got["b5"].context is None and "page" not in got["b5"].meta
+    raw_only = got["b1"].context
+    assert "<script" not in raw_only and "dataLayer" not in raw_only
+    assert "bounding_box" not in raw_only
+    # The recorder's attributes reach the simplifier as HTML's: aria_label, input_value, the
+    # selected option, is_clickable (a handler: the div is named, the onclick never shown).
+    page = got["a1"].context
+    assert '<button name="header.main.open_menu" aria-label="Open menu">' in page
+    assert 'value="Columbus, OH, US"' in page and "Dine-in" in page
+    assert 'value="DINE_IN" selected>' in page and 'value="PICKUP">' in page
+    assert "onclick" not in page and "Cookie settings" not in page  # display:none is gone
+    with_page = [r for r in records if r.context is not None]
+    named = [r for r in with_page if r.meta["target_in_page"]]
+    assert (len(named), len(with_page)) == (8, 12)
+
+
+def test_mind2web_page_is_blind_to_the_action() -> None:
+    (task, _) = json.loads(MIND2WEB_HTML.read_text(encoding="utf-8"))
+    first, second = convert_session(task)[:2]  # one page, a SELECT then a TYPE
+    assert task["actions"][0]["cleaned_html"] == task["actions"][1]["cleaned_html"]
+    assert first.context == second.context and first.action.name != second.action.name
+    moved = json.loads(json.dumps(task))
+    moved["actions"][0]["pos_candidates"][0]["backend_node_id"] = "40"  # the submit button
+    moved["action_reprs"][0] = "[button]  Update search -> CLICK"
+    moved["actions"][0]["operation"] = {"op": "CLICK", "original_op": "CLICK", "value": ""}
+    again = convert_session(moved)[0]
+    assert again.context == first.context and again.action.name == "search.update_search"
+
+
+def test_mind2web_recorded_flags_count_only_when_true() -> None:
+    from rationale.importers.mind2web import html_for_simplifier
+    from rationale.pages import simplify_html
+
+    html = html_for_simplifier(
+        '<input type="checkbox" id="a" input_checked="true">'
+        '<input type="checkbox" id="b" input_checked="false">'
+        '<button aria-label="Kept" aria_label="Replaced">x</button>'
+        '<span is_clickable="false">plain</span><span is_clickable="true">Go</span>'
+    )
+    page = simplify_html(html)
+    assert '<input name="a" type="checkbox" checked />' in page.html
+    assert '<input name="b" type="checkbox" />' in page.html
+    assert 'aria-label="Kept"' in html and "Replaced" not in html
+    assert page.names == ("a", "b", "kept", "go")  # the span with is_clickable="false" is text
+    assert html_for_simplifier("<p>nothing recorded</p>") == "<p>nothing recorded</p>"
+
+
+def test_mind2web_unreadable_page_names_file_task_action_and_field(tmp_path: Path) -> None:
+    task = _task(("[link]  Home -> CLICK", _action("CLICK", "", _cand("a"))))
+    task["actions"][0]["cleaned_html"] = "<!-- a page of only a comment -->"
+    path = tmp_path / "train_bad.json"
+    path.write_text(json.dumps([task]))
+    with pytest.raises(
+        SourceError,
+        match=r"train_bad\.json: task 0 \(t1\): actions\[0\]\.cleaned_html: page HTML cannot be",
+    ):
+        list(read_mind2web([path]))
+
+
+#: The meta of an action without a page, as before pages: nothing is added.
+_META_WITHOUT_PAGE = {
+    "website", "domain", "subdomain", "action_uid", "op", "original_op", "value", "action_repr",
+    "target", "positive_candidates",
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not SHARED_MIND2WEB.is_dir(), reason="../shared/data/mind2web is absent")
+def test_mind2web_without_html_imports_as_before() -> None:
+    # The shipped sample's byte-for-byte check is test_shipped_example_is_the_importers_output.
+    for record in read_mind2web([SHARED_MIND2WEB]):
+        assert record.context is None
+        assert set(record.meta) == _META_WITHOUT_PAGE

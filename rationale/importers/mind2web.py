@@ -3,11 +3,17 @@
 The mapping, fixed here so every later stage agrees:
 
 - one Mind2Web task (``annotation_id``) is one session; its k-th action is step k (from 0);
-  ``confirmed_task`` becomes ``instruction``; ``context`` is null (this copy has no page HTML).
+  ``confirmed_task`` becomes ``instruction``.
+- ``context`` is the action's ``cleaned_html`` (else its ``raw_html``) through the page
+  simplifier (`rationale.pages`), and the target ``name`` is the name the positive candidate's
+  ``backend_node_id`` element got there (see `page_target`); an action without HTML (the public
+  copy strips it) keeps ``context`` null and the name below.
 - ``TYPE`` becomes ``type_and_submit`` with the typed ``value`` as ``text``;
   ``SELECT`` becomes a ``click`` on ``<select name>.<option slug>``;
   ``CLICK`` (including the original ``HOVER`` and ``ENTER``) becomes ``click``.
-- the target ``name`` is `element_name`: ``<role>.<label>`` slugged, from ``action_reprs``.
+- without a page, or when the target got no name in it (a container, a node not in the page),
+  the target ``name`` is `element_name`: ``<role>.<label>`` slugged, from ``action_reprs``;
+  ``meta.target_in_page`` says which (see `convert_session`).
 - when several positive candidates exist, the first with ``is_original_target`` wins (else the
   first one); its tag and attributes go into ``meta.target``, with the original op, website,
   domain, subdomain, action_uid and the raw ``action_repr``.
@@ -21,6 +27,7 @@ import heapq
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +99,109 @@ def element_name(role: str, label: str, attributes: dict[str, Any]) -> str:
     return f"{role_slug}.{label_slug or 'unlabeled'}"
 
 
+#: Mind2Web's recorder writes DOM properties as attributes of its own names. Each is given its
+#: HTML meaning before simplification, on every element alike (the page stays blind to the
+#: action): ``is_clickable`` (a click listener) becomes an ``onclick`` the simplifier counts as a
+#: handler and never prints; the flags count only when ``"true"``.
+_RECORDED_ATTRIBUTES = {
+    "aria_label": "aria-label",
+    "input_value": "value",
+    "input_checked": "checked",
+    "option_selected": "selected",
+    "is_clickable": "onclick",
+}
+_FLAGS = frozenset({"input_checked", "option_selected", "is_clickable"})
+
+
+@dataclass(frozen=True)
+class PageTarget:
+    """An action's target in its page: ``name`` (None when it got none) and ``how``, one of
+    `rationale.pages.Target`'s (``element``, ``inside``, ``label``; ``not_actionable``,
+    ``hidden``, ``unknown``, ``ambiguous``) or ``no_candidate`` (no positive candidate) or
+    ``option_not_in_page`` (a SELECT whose chosen option is not among the select's options)."""
+
+    name: str | None
+    how: str
+
+
+def page_html(action: dict[str, Any]) -> tuple[str, str] | None:
+    """``(field, html)``: the action's ``cleaned_html``, else its ``raw_html``; None if both
+    are empty (the public copy)."""
+    for key in ("cleaned_html", "raw_html"):
+        html = action.get(key)
+        if isinstance(html, str) and html.strip():
+            return key, html
+    return None
+
+
+def html_for_simplifier(html: str) -> str:
+    """The page with Mind2Web's recorded attributes renamed to HTML's (`_RECORDED_ATTRIBUTES`)."""
+    if not any(key in html for key in _RECORDED_ATTRIBUTES):
+        return html  # nothing to rename: skip a second parse
+    import lxml.etree
+    import lxml.html
+
+    try:
+        root = lxml.html.document_fromstring(html, parser=lxml.html.HTMLParser(huge_tree=True))
+    except (lxml.etree.ParserError, ValueError) as err:
+        raise SourceError(f"page HTML cannot be parsed ({err})") from err
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            continue  # a comment
+        for key in _RECORDED_ATTRIBUTES.keys() & element.attrib.keys():
+            value = element.attrib.pop(key)
+            html_key = _RECORDED_ATTRIBUTES[key]
+            if key in _FLAGS:
+                if value.strip().lower() == "true" and html_key not in element.attrib:
+                    element.set(html_key, "")
+            elif html_key not in element.attrib:
+                element.set(html_key, value)
+    return lxml.html.tostring(root, encoding="unicode")
+
+
+def page_target(page: Any, candidate: dict[str, Any] | None, op: str, value: str) -> PageTarget:
+    """The name, in ``page`` (a `rationale.pages.SimplePage`), of the candidate's element.
+
+    Found by its ``backend_node_id``. A click on an ``<svg>`` icon (or a shape inside it),
+    which the simplifier drops, is a click on the element around the icon. A SELECT's target
+    is the chosen ``<option>`` (matched by its text or value), named under its select.
+    """
+    if candidate is None:
+        return PageTarget(None, "no_candidate")
+    found = page.locate(attribute=("backend_node_id", str(candidate.get("backend_node_id"))))
+    if len(found) != 1:
+        return PageTarget(None, "ambiguous" if found else "unknown")
+    element = found[0]
+    if op == "SELECT":
+        wanted = " ".join(value.split()).casefold()
+        options = [
+            o
+            for o in element.iter("option")
+            if " ".join(o.text_content().split()).casefold() == wanted
+            or (o.get("value") or "").casefold() == wanted
+        ]
+        if not options:
+            return PageTarget(None, "option_not_in_page")
+        element = options[0]
+    target = page.resolve(element)
+    if target.name is None and target.how in ("hidden", "unknown"):
+        icon = next((e for e in reversed(list(element.iterancestors())) if e.tag == "svg"), None)
+        icon = element if icon is None and element.tag == "svg" else icon
+        if icon is not None and icon.getparent() is not None:
+            around = page.resolve(icon.getparent())
+            if around.name is not None:
+                return PageTarget(around.name, "inside")
+    return PageTarget(target.name, target.how)
+
+
 def convert_session(task: dict[str, Any], *, add_terminate: bool = False) -> list[ActionRecord]:
-    """One raw Mind2Web task as records."""
+    """One raw Mind2Web task as records.
+
+    An action with a page adds to ``meta``: ``page`` (``cleaned_html`` or ``raw_html``, the
+    field simplified into ``context``), ``target_in_page`` (whether the action names an element
+    of that page), ``target_how`` (`PageTarget.how`: how it was found, or why it got no name,
+    when the name is then `element_name`'s) and ``repr_name`` (`element_name`'s name).
+    """
     session_id = str(task["annotation_id"])
     reprs, actions = task.get("action_reprs") or [], task.get("actions") or []
     if len(reprs) != len(actions):
@@ -112,14 +220,25 @@ def convert_session(task: dict[str, Any], *, add_terminate: bool = False) -> lis
         candidate = _candidate(action)
         attributes = _attributes(candidate)
         name = element_name(m["role"], m["label"], attributes)
+        if op == "SELECT":
+            name = f"{name}.{slug(value) or 'unlabeled'}"
+        elif op not in ("TYPE", "CLICK"):
+            raise ValueError(f"actions[{step}].operation.op {op!r} is not CLICK, TYPE or SELECT")
+        context: str | None = None
+        page_meta: dict[str, Any] = {}
+        if (html := page_html(action)) is not None:
+            context, target = _simplified(html, candidate, op, value, where=f"actions[{step}]")
+            page_meta = {
+                "page": html[0],
+                "target_in_page": target.name is not None,
+                "target_how": target.how,
+                "repr_name": name,
+            }
+            name = target.name or name
         if op == "TYPE":
             act: dict[str, Any] = {"type": "type_and_submit", "name": name, "text": value}
-        elif op == "SELECT":
-            act = {"type": "click", "name": f"{name}.{slug(value) or 'unlabeled'}"}
-        elif op == "CLICK":
-            act = {"type": "click", "name": name}
         else:
-            raise ValueError(f"actions[{step}].operation.op {op!r} is not CLICK, TYPE or SELECT")
+            act = {"type": "click", "name": name}
         meta = {
             **shared_meta,
             "action_uid": action.get("action_uid"),
@@ -135,12 +254,13 @@ def convert_session(task: dict[str, Any], *, add_terminate: bool = False) -> lis
                 "backend_node_id": candidate.get("backend_node_id"),
             },
             "positive_candidates": len(action.get("pos_candidates") or []),
+            **page_meta,
         }
         records.append(
             ActionRecord(
                 session_id=session_id,
                 step=step,
-                context=None,
+                context=context,
                 action=act,
                 instruction=task.get("confirmed_task"),
                 meta=meta,
@@ -157,6 +277,19 @@ def convert_session(task: dict[str, Any], *, add_terminate: bool = False) -> lis
             )
         )
     return records
+
+
+def _simplified(
+    html: tuple[str, str], candidate: dict[str, Any] | None, op: str, value: str, *, where: str
+) -> tuple[str, PageTarget]:
+    """The simplified page of ``html`` (field, text) and the target's name in it."""
+    from rationale.pages import simplify_html
+
+    try:
+        page = simplify_html(html_for_simplifier(html[1]))
+    except SourceError as err:
+        raise ValueError(f"{where}.{html[0]}: {err}") from None
+    return page.html, page_target(page, candidate, op, value)
 
 
 def source_files(sources: Iterable[str | Path]) -> list[Path]:
