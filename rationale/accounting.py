@@ -64,6 +64,9 @@ class Budget:
         self.reserved -= worst
         self.spent += actual
 
+    def close(self) -> None:
+        """Nothing to wait for (a budget shared by ``--ray`` shards sends its last settles)."""
+
 
 @dataclass
 class Tally:

@@ -171,16 +171,15 @@ class BatchEngine(Engine):
             api_base = part.api_base
         return self._provider(part.model, api_base if part.api_base else None)
 
-    def resume_budget(self) -> None:
-        """The online engine's, and the worst case of the jobs earlier invocations left out is
-        held until they are collected (a rerun must not spend what they may still bill)."""
-        if self._resumed:
-            return
-        super().resume_budget()
+    def jobs_held(self) -> float:
+        """The worst case of the jobs earlier invocations left out: held until they are
+        collected (a rerun must not spend what they may still bill)."""
+        held = 0.0
         for part in jobs_out(self.store, self.run_dir.ledger):
             if part.part not in self._reserved:
                 self._reserved[part.part] = part.reserved
-                self.budget.resume(0.0, part.reserved)
+                held += part.reserved
+        return held
 
     def release(self, part: Part) -> None:
         """A part that will never bill (never made, refused): its hold goes back."""

@@ -18,6 +18,7 @@ How a run stops, and what is kept:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -77,24 +78,35 @@ class Limited:
             if held:
                 engine.budget.settle(worst, 0.0)
             raise _Stopping
+        sent = uuid.uuid4().hex[:16] if capped else None
+        if sent:  # on disk before it goes out: a kill while it is out cannot hide what it bills
+            engine.run_dir.charge({"sent": sent, "kind": self.kind, "reserved_usd": worst})
         usage: Usage | None = None
-        ok = answered = False
+        ok = answered = billed = False
         try:
             completion = await self.client.attempt(messages, **kwargs)
             usage, ok, answered = Usage.of(completion, self.price), True, True
             return completion
         except TeacherError as exc:
-            # an answer that was billed but did not validate carries its usage
+            # an answer that was billed but did not validate carries its usage; a request that
+            # timed out was still answered (and billed) by the provider
             usage = Usage.of(getattr(exc, "usage", None), self.price)
+            billed = exc.category == "timeout"
+            raise
+        except BaseException:  # cancelled while it was out (SIGTERM, Ctrl-C): billed all the same
+            billed = True
             raise
         finally:
-            # an answer without usage may still be billed: it costs its whole reservation
-            cost = (usage.cost_usd or 0.0) if usage is not None else (worst if answered else 0.0)
-            engine.tally.charge(self.kind, usage, ok=ok, unknown=answered and usage is None)
+            # billed without usage (no usage block, or never seen): its whole reservation
+            unknown = usage is None and (answered or billed)
+            cost = (usage.cost_usd or 0.0) if usage is not None else (worst if unknown else 0.0)
+            engine.tally.charge(self.kind, usage, ok=ok, unknown=unknown)
             entry = usage.ledger_entry(self.kind, ok=ok) if usage else {
                 "kind": self.kind, "requests": 1, "ok": ok,
-                **({"usage_unknown": True, "reserved_usd": worst} if answered else {}),
+                **({"usage_unknown": True, "reserved_usd": worst} if unknown else {}),
             }  # fmt: skip
+            if sent:
+                entry["id"] = sent
             engine.run_dir.charge(entry)  # first: what was billed is on disk before a kill
             if capped:
                 engine.budget.settle(worst, cost)
@@ -154,7 +166,12 @@ class Engine:
         if self._resumed or ledger is None:
             return
         self._resumed = True
-        self.budget.resume(ledger_billed(ledger))
+        self.budget.resume(ledger_billed(ledger), self.jobs_held())
+
+    def jobs_held(self) -> float:
+        """The worst case of what jobs earlier invocations left out may still bill (the batch
+        engine's), counted in the same step as the ledger."""
+        return 0.0
 
     def check(self) -> None:
         """Before the run folder is touched (the batch engine checks its models here)."""
@@ -295,6 +312,7 @@ class Engine:
             bar.close()
             self.run_dir.flush()
             self.cache.close()
+            self.budget.close()
 
     def fail(self, exc: BaseException) -> None:
         """Record an unexpected error (the first one wins) with its traceback: the run stops

@@ -319,9 +319,11 @@ def take_lock(folder: Path, command: str) -> Any:
     return handle
 
 
-def ledger_entries(ledger: Path) -> Iterator[dict[str, Any]]:
+def ledger_entries(ledger: Path, *, sent: bool = False) -> Iterator[dict[str, Any]]:
     """The entries of a ledger file (a torn last line skipped); a line that is not an entry is
-    an error naming it, never a silent zero."""
+    an error naming it, never a silent zero. ``sent``: also the lines a capped run writes before
+    a request goes out (``{"sent": ID, "reserved_usd": ...}``, closed by the request's own line
+    with that ``id``), which only `ledger_billed` reads."""
     for line_no, line in read_lines(ledger):
         try:
             entry = json.loads(line)
@@ -332,7 +334,8 @@ def ledger_entries(ledger: Path) -> Iterator[dict[str, Any]]:
                 f"{ledger} line {line_no}: not a ledger entry; the cost totals cannot be "
                 "trusted: restore the line or move the run folder aside"
             )
-        yield entry
+        if sent or "sent" not in entry:
+            yield entry
 
 
 def ledger_totals(ledger: Path) -> dict[str, float | int]:
@@ -351,9 +354,14 @@ def ledger_totals(ledger: Path) -> dict[str, float | int]:
 
 def ledger_billed(ledger: Path) -> float:
     """USD billed over a ledger file, as ``--max-cost`` counts it: an answer that came without
-    usage counts the whole reservation it was charged."""
-    total = 0.0
-    for entry in ledger_entries(ledger):
+    usage counts the whole reservation it was charged, and so does a request that went out but
+    never came back (a kill while it was in flight: the provider bills it all the same)."""
+    total, out = 0.0, {}
+    for entry in ledger_entries(ledger, sent=True):
+        if "sent" in entry:
+            out[entry["sent"]] = entry.get("reserved_usd") or 0.0
+            continue
+        out.pop(entry.get("id"), None)
         cost = entry.get("cost_usd")
         total += cost if cost is not None else entry.get("reserved_usd") or 0.0
-    return total
+    return total + sum(out.values())

@@ -158,7 +158,8 @@ def _limits(ray: Any, config: Any, folders: list[Path]) -> Any:
     # a live engine settles each request within its --timeout: holds quiet for much longer
     # are a dead worker's
     stale_after = 2 * float(getattr(config, "timeout", 60.0)) + 60.0
-    actor = ray.remote(num_cpus=0)(Limits).remote(
+    # an async actor runs 1,000 calls at once by default; every worker of every shard may wait
+    actor = ray.remote(num_cpus=0, max_concurrency=4096)(Limits).remote(
         config.max_cost, rpm, tpm, TPM_WINDOW_S, stale_after
     )
     ray.get([actor.preload.remote(shard_scope(f), ledger_billed(f / "ledger.jsonl"),

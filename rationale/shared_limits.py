@@ -12,10 +12,13 @@ the same with one call per request, and the cap is then exactly the unsharded ru
 The cap is the run folder's over every invocation (`rationale.accounting`): the driver counts
 what every shard folder was billed before any shard starts (a shard may start only when another
 has finished), and each shard's engine, when it starts, replaces that with its own reading. When
-Ray retries a shard task whose worker died, the new engine of that shard replaces the old one:
-the old one's settled requests are in the shard's ledger, which the new one reads again, and
-what it held for requests in flight at the kill stays counted as spent, since the provider
-bills a request whose client went away.
+Ray retries a shard task whose worker died, the new engine of that shard replaces the old one,
+whose bill stays counted until the new one has read the shard's folder: its ledger holds every
+request the old one settled, and, at its worst case, every request it had out at the kill (a
+capped request's line is written before it is sent: the provider bills a request whose client
+went away). A worker that dies for good leaves holds that nobody settles: once they have been
+quiet for ``stale_after`` seconds (longer than any request may take) they count as spent and
+stop making the other shards wait.
 
 ``--concurrency`` stays per process: each shard has its own N workers (``--shards S`` makes up to
 S x N requests at once); the provider's limits, ``--rpm`` and ``--tpm``, hold across all of them.
@@ -61,6 +64,7 @@ class _Engine:
     held: float = 0.0  # worst cases of its requests in flight (and of its batch jobs out)
     preload: bool = False  # a reading of the shard's folder by someone else (see `preload`)
     seen: float = field(default_factory=time.monotonic)  # its last call
+    stale: float = 0.0  # holds moved to ``abandoned`` when it went quiet (it may come back)
 
 
 @dataclass
@@ -103,13 +107,13 @@ class Limits:
 
     def open(self, engine: str, scope: str) -> None:
         """A shard's engine starts. An earlier engine of the same shard (a dead worker's) ends:
-        what it was billed stays counted until the new engine has read the shard's ledger, and
-        what it held for requests in flight stays spent, since they may have been billed."""
+        what it was billed stays counted until the new engine has read the shard's folder, which
+        also holds what the dead one had out (a request's line is in the ledger before it is
+        sent, a job's in ``batches/`` before it is submitted)."""
         for key, old in list(self.engines.items()):
             if old.scope == scope and not old.preload:
-                self.abandoned += old.held
                 keep = self.engines.setdefault(f"preload:{scope}", _Engine(scope, preload=True))
-                keep.billed += old.billed
+                keep.billed += old.billed + old.held
                 del self.engines[key]
         self.engines[engine] = _Engine(scope)
 
@@ -150,8 +154,14 @@ class Limits:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
 
     def settle(self, engine: str, worst: float, actual: float) -> None:
-        e = self._touch(engine)
+        e = self.engines.get(engine)
+        if e is None:  # replaced by a retry of its shard, which read what it billed
+            return
+        e.seen = time.monotonic()
         e.held, e.billed = e.held - worst, e.billed + actual
+        if e.held < 0 and e.stale > 0:  # it was only slow: what went to abandoned comes back
+            back = min(-e.held, e.stale)
+            e.held, e.stale, self.abandoned = e.held + back, e.stale - back, self.abandoned - back
         if self._changed is not None:
             self._changed.set()
 
@@ -173,7 +183,7 @@ class Limits:
         now = time.monotonic()
         for e in self.engines.values():
             if not e.preload and e.held > 0 and now - e.seen > self.stale_after:
-                self.abandoned, e.held = self.abandoned + e.held, 0.0
+                self.abandoned, e.stale, e.held = self.abandoned + e.held, e.stale + e.held, 0.0
         return sum(e.held for e in self.engines.values() if not e.preload)
 
 
@@ -185,13 +195,24 @@ class RemoteBudget:
         self.actor, self.limit = actor, limit
         self.engine = uuid.uuid4().hex
         self._exhausted = False
+        self._settles: list[Any] = []  # sent, not waited for (see `settle`)
         if limit is not None:  # only the rate limits are shared
             self._call("open", self.engine, shard_scope(scope))
 
     def _call(self, method: str, *args: Any) -> Any:
         import ray
 
+        self.close()  # an async actor keeps no order: the settles sent before go first
         return ray.get(getattr(self.actor, method).remote(*args))
+
+    def close(self) -> None:
+        """Wait for the settles sent (the engine's end, and before any call that reads the
+        budget: a reserve the actor ran before them would see more held than there is)."""
+        if self._settles:
+            import ray
+
+            ray.get(self._settles)
+            self._settles.clear()
 
     @property
     def spent(self) -> float:
@@ -228,8 +249,15 @@ class RemoteBudget:
             self._exhausted = self._call("resume", self.engine, billed, held)[2]
 
     def settle(self, worst: float, actual: float) -> None:
-        if self.limit is not None:  # not waited for: a reserve run before it only sees more held
-            self.actor.settle.remote(self.engine, worst, actual)
+        """Sent, not waited for (a request's end must not wait on the actor); an online reserve
+        the actor runs before it only sees more held, and waits."""
+        if self.limit is None:
+            return
+        import ray
+
+        self._settles.append(self.actor.settle.remote(self.engine, worst, actual))
+        if len(self._settles) >= 64:  # keep only those not done yet
+            _, self._settles = ray.wait(self._settles, num_returns=len(self._settles), timeout=0)
 
 
 def shard_scope(folder: str | Path) -> str:

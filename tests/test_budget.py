@@ -7,8 +7,8 @@ whether or not its content is the JSON asked for; 429s and 500s are not billed.
 
 from __future__ import annotations
 
-import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from openai_server import not_json_content, status
 
 from rationale import RationaleError
 from rationale.pricing import model_price
-from rationale.rundir import ledger_totals, read_run_json
+from rationale.rundir import ledger_entries, ledger_totals, read_run_json
 from rationale.synth import SynthConfig, run_synth
 from rationale.teacher import RetryPolicy
 
@@ -96,7 +96,7 @@ def test_max_cost_holds_against_retries_and_paid_invalid_answers(
     assert state["cost_usd"]["total"] == pytest.approx(billed_cost, abs=1e-8)
     assert state["cost_usd"]["paid_invalid_answers"] > 0
     assert summary.tally.cost_usd == pytest.approx(billed_cost, rel=1e-9)
-    entries = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+    entries = list(ledger_entries(run / "ledger.jsonl"))  # (not the lines written before)
     invalid = [e for e in entries if not e["ok"] and e.get("completion_tokens")]
     assert invalid and all(e["cost_usd"] > 0 for e in invalid)
 
@@ -157,7 +157,7 @@ def test_answers_without_usage_are_charged_their_whole_reservation(
     assert billed_usd(openai_server) <= cap
     state = read_run_json(tmp_path / "run")
     assert state["cost_usd"]["unknown_for_requests"] == openai_server.count > 0
-    entries = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    entries = list(ledger_entries(tmp_path / "run" / "ledger.jsonl"))
     assert all(e["usage_unknown"] and e["reserved_usd"] > 0 for e in entries)
 
 
@@ -216,3 +216,58 @@ def test_the_first_request_is_reserved_at_its_worst(tmp_path: Path, openai_serve
             over.append((cap, spent))
     assert not over, over
     assert spent > 0  # a cap that holds the worst case lets the run go on
+
+
+def test_a_request_that_timed_out_counts_at_its_worst(tmp_path: Path, openai_server) -> None:
+    """Found in review: the provider answers (and bills) a request our client gave up on. Every
+    answer comes after the client's timeout: before, the run counted $0 and the server billed
+    $0.0066 against --max-cost 0.004."""
+    from openai_server import delay
+
+    openai_server.responder = lambda body, index: delay(1.2)
+    cap = 0.004
+    summary = capped(tmp_path, openai_server, cap, timeout=0.5, concurrency=4, limit=12)
+    assert summary.stopped and summary.stopped.startswith("budget"), summary.stopped
+    time.sleep(1.5)  # the answers the client gave up on, billed as they complete
+    assert 0 < billed_usd(openai_server) <= cap
+    state = read_run_json(tmp_path / "run")
+    assert state["cost_usd"]["unknown_for_requests"] > 0
+
+
+def test_a_rerun_counts_what_a_kill_left_in_flight(tmp_path: Path, openai_server) -> None:
+    """Found in review: a kill -9 with requests out leaves them billed by the provider but not
+    settled in the ledger; each went into the ledger before it was sent, so a rerun with the
+    same cap counts it at its worst case and the cap holds by the server's own count."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from openai_server import delay, ok
+
+    from rationale.prompts import count_tokens
+
+    def greedy(body: dict, index: int):  # 3x our count, all of max_tokens, 0.6 s to answer
+        ours = sum(count_tokens(m["content"]) + 4 for m in body["messages"])
+        return delay(0.6, then=ok(prompt_tokens=3 * ours, completion_tokens=body["max_tokens"]))
+
+    openai_server.responder = greedy
+    cap, out = 0.006, tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "rationale"), "synth", str(SAMPLE), "-o", str(out),
+           "--teacher", PRICED, "--api-base", openai_server.url, "--verifier", "none",
+           "--concurrency", "4", "--max-cost", str(cap), "--limit", "40"]  # fmt: skip
+    env = {**os.environ, "RATIONALE_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and openai_server.count < 6:
+        time.sleep(0.01)
+    while time.monotonic() < deadline and openai_server.count == openai_server.billed["answers"]:
+        time.sleep(0.01)  # until a request is out
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.8)  # what was in flight is answered, and billed
+    assert openai_server.billed["abandoned"] >= 1
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "stopped early (budget" in rerun.stderr
+    assert billed_usd(openai_server) <= cap, (billed_usd(openai_server), openai_server.billed)

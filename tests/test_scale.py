@@ -272,10 +272,10 @@ def test_a_shard_that_starts_late_finds_the_others_bills_counted(
     actor = _limits(ray_cluster, config, folders)
     try:
         assert ray_cluster.get(actor.state.remote())[0] == pytest.approx(0.0035)
-        actor.open.remote("engine-of-3", shard_scope(folders[2]))  # shard 3 starts first
+        ray_cluster.get(actor.open.remote("engine-of-3", shard_scope(folders[2])))  # 3 first
         assert not ray_cluster.get(actor.reserve.remote("engine-of-3", 0.001, False))[0]
-        actor.open.remote("engine-of-1", shard_scope(folders[0]))
-        actor.resume.remote("engine-of-1", 0.0015, 0.0)  # its own reading of its ledger
+        ray_cluster.get(actor.open.remote("engine-of-1", shard_scope(folders[0])))
+        ray_cluster.get(actor.resume.remote("engine-of-1", 0.0015, 0.0))  # its own ledger
         assert ray_cluster.get(actor.state.remote())[0] == pytest.approx(0.0035)
     finally:
         ray_cluster.kill(actor)
