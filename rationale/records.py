@@ -19,6 +19,7 @@ Error handling (``on_error``):
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import sqlite3
@@ -36,7 +37,7 @@ from rationale.sessions import Step, iter_steps
 OnError = Literal["fail", "skip"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("fail", "skip")
 
-_INDEX_VERSION = 2  # bumped whenever what a valid line is changes, so old indexes are rebuilt
+_INDEX_VERSION = 3  # bumped whenever what a valid line is changes, so old indexes are rebuilt
 
 
 # -- a whole file ---------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class RecordFile:
             CREATE TABLE steps (
                 session_id TEXT NOT NULL, step INTEGER NOT NULL, line INTEGER NOT NULL,
                 offset INTEGER NOT NULL, length INTEGER NOT NULL, action_type TEXT NOT NULL,
-                context_chars INTEGER, outcome TEXT,
+                context_chars INTEGER, outcome TEXT, target_in_page INTEGER,
                 PRIMARY KEY (session_id, step)) WITHOUT ROWID;
             CREATE TABLE errors (line INTEGER NOT NULL, session_id TEXT, error TEXT NOT NULL);
             CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT);
@@ -128,7 +129,7 @@ class RecordFile:
                     record = parse_record(stripped, path=self.name, line=lines, space=self.space)
                     try:
                         db.execute(
-                            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?)",
+                            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?)",
                             (
                                 record.session_id,
                                 record.step,
@@ -138,6 +139,7 @@ class RecordFile:
                                 record.action.type,
                                 None if record.context is None else len(record.context),
                                 self.space.outcome(record.action),
+                                target_in_page(record, self.space),
                             ),
                         )
                     except sqlite3.IntegrityError:
@@ -292,6 +294,10 @@ class RecordFile:
                 ON s.session_id = m.session_id AND s.step = m.last"""
         ):
             outcomes[outcome or "none"] += 1
+        checked, in_page = q(
+            f"SELECT COUNT(target_in_page), COALESCE(SUM(target_in_page), 0) FROM steps "
+            f"WHERE {kept}"
+        ).fetchone()
         (lines,) = q("SELECT value FROM info WHERE key='lines'").fetchone()
         return {
             "file": self.name,
@@ -301,6 +307,11 @@ class RecordFile:
             "action_types": action_types,
             "outcomes": outcomes,
             "context_chars": _percentiles(lengths, steps),
+            "target_in_page": {
+                "checked": checked,
+                "in_page": in_page,
+                "share": round(in_page / checked, 4) if checked else None,
+            },
         }
 
     def close(self) -> None:
@@ -311,6 +322,19 @@ class RecordFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def target_in_page(record: ActionRecord, space: ActionSpace) -> bool | None:
+    """Whether the action's target (its ``name`` field) is in the step's page, as
+    ``name="..."`` in ``context``; None without a page or a target (a terminate)."""
+    spec = space.types.get(record.action.type)
+    fields = [f for f, kind in spec.fields.items() if kind == "name"] if spec else []
+    if record.context is None or not fields:
+        return None
+    value = str(getattr(record.action, fields[0]))
+    return any(
+        f"name={q}{v}{q}" in record.context for v in {value, html.escape(value)} for q in "\"'"
+    )
 
 
 def _percentiles(sorted_values: array, steps: int) -> dict[str, Any]:

@@ -236,6 +236,8 @@ def test_distill_help_lists_its_options() -> None:
 RUN_BY = {
     "import mind2web": "tests/test_cli.py::test_import_then_validate_json",
     "import opera": "tests/test_cli.py::test_import_opera_folder",
+    "import miniwob": "tests/test_import_miniwob.py::test_cli_import_then_validate",
+    "import browser-log": "tests/test_import_browser_log.py::test_the_import_summary_and_validate",
     "validate": "tests/test_cli.py::test_validate_reports_every_error_and_exits_1",
     "steps": "tests/test_cli.py::test_steps_fail_and_skip_modes",
     "render": "tests/test_cli.py::test_render_text_and_json",

@@ -61,6 +61,8 @@ def import_() -> None:
 
 import_.add_command(data.import_mind2web)
 import_.add_command(data.import_opera)
+import_.add_command(data.import_miniwob)
+import_.add_command(data.import_browser_log)
 main.add_command(workspace.init)
 main.add_command(workspace.run)
 main.add_command(data.validate)

@@ -1,4 +1,5 @@
-"""The commands that read and show record files: import mind2web/opera, validate, steps, render."""
+"""The commands that read and show record files: import (mind2web, opera, miniwob, browser-log),
+validate, steps, render."""
 
 from __future__ import annotations
 
@@ -85,14 +86,75 @@ def import_opera(ctx: click.Context, sources: tuple[str, ...], **flags: Any) -> 
     _import(ctx, flags, format="opera", source=list(sources))
 
 
+_max_page_tokens_option = click.option(
+    "--max-page-tokens",
+    type=click.IntRange(min=32),
+    help="Cut each simplified page to this many tokens, actionable elements last to go "
+    "(default: whole pages; the summary says how many targets survived).",
+)
+
+
+@click.command("miniwob")
+@_import_io
+@_max_page_tokens_option
+@_first_existing_option
+@config_option
+@click.pass_context
+def import_miniwob(ctx: click.Context, sources: tuple[str, ...], **flags: Any) -> None:
+    """Import MiniWoB++ human demonstrations (.json/.json.gz files or folders of them)."""
+    _import(ctx, flags, format="miniwob", source=list(sources))
+
+
+@click.command("browser-log")
+@_import_io
+@_max_page_tokens_option
+@config_option
+@click.pass_context
+def import_browser_log(ctx: click.Context, sources: tuple[str, ...], **flags: Any) -> None:
+    """Import a browser log: one JSONL line per raw page event (README, "Browser logs")."""
+    _import(ctx, flags, format="browser-log", source=list(sources))
+
+
+_NO_STEP = {
+    "clicks_on_no_element": "clicks on no element of the page",
+    "typing_without_text": "key runs that typed nothing",
+    "sessions_without_actions": "sessions without an action",
+}
+
+
 def _import(ctx: click.Context, flags: dict[str, Any], **fixed: Any) -> None:
+    import time
+
     from rationale.importers import ImportConfig, run_import
 
     config = _job_config(ctx, ImportConfig, flags, stage="import", **fixed)
+    started = time.monotonic()
     result = run_import(config)
     click.echo(
-        f"wrote {result.steps} steps of {result.sessions} sessions to {result.output}", err=True
+        f"wrote {result.steps} steps of {result.sessions} sessions to {result.output}"
+        f" in {time.monotonic() - started:.1f} s",
+        err=True,
     )
+    if result.targets is not None:
+        t = result.targets
+        unnamed = ", ".join(f"{k} {v}" for k, v in t["unnamed"].items()) or "none"
+        click.echo(
+            f"targets in their page: {t['in_page']} of {t['actions']} actions "
+            f"({100 * (t['share_in_page'] or 0):.2f}%); kept and flagged without a name: "
+            f"{unnamed}",
+            err=True,
+        )
+        skipped = {k: t[k] for k in _NO_STEP if t.get(k)}
+        if skipped:
+            click.echo(
+                "made no step: " + ", ".join(f"{_NO_STEP[k]} {v}" for k, v in skipped.items()),
+                err=True,
+            )
+        click.echo(
+            f"action space (it has a 'type' action): {result.action_space}; pass it as "
+            f"--action-space to validate, synth and eval",
+            err=True,
+        )
 
 
 @click.command()
@@ -131,6 +193,12 @@ def _validate_text(stats: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    targets = stats["target_in_page"]
+    if targets["checked"]:
+        lines.append(
+            f"targets in their page: {targets['in_page']} of {targets['checked']} actions with a "
+            f"target and a page ({100 * targets['share']:.2f}%)"
+        )
     errors = stats["errors"]
     lines.append(f"errors: {len(errors)}")
     shown = 20

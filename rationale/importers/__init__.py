@@ -7,9 +7,10 @@ record file atomically.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +24,7 @@ class ImportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["mind2web", "opera"] = "mind2web"
+    format: Literal["mind2web", "opera", "miniwob", "browser-log"] = "mind2web"
     source: list[str] = Field(description="Files or folders of the raw log.")
     output: str = Field(description="The record file (JSONL) to write.")
     first_existing: bool = Field(
@@ -39,6 +40,11 @@ class ImportConfig(BaseModel):
     )
     sessions: list[str] = Field(default_factory=list, description="opera: session rows.")
     users: list[str] = Field(default_factory=list, description="opera: user rows.")
+    max_page_tokens: int | None = Field(
+        default=None,
+        ge=32,
+        description="miniwob, browser-log: cut each page to this many tokens (None: whole).",
+    )
 
 
 @dataclass
@@ -49,6 +55,10 @@ class ImportResult:
     sources: list[str]
     steps: int
     sessions: int
+    #: miniwob, browser-log: `rationale.importers.events.target_summary` of the import
+    targets: dict[str, Any] | None = None
+    #: miniwob, browser-log: the action-space file written beside the output
+    action_space: Path | None = None
 
 
 def chosen_sources(config: ImportConfig) -> list[str]:
@@ -80,6 +90,8 @@ def run_import(config: ImportConfig) -> ImportResult:
             domains=config.domain,
             max_sessions=config.max_sessions,
         )
+    elif config.format in ("miniwob", "browser-log"):
+        return _import_events(config, sources)
     else:
         from rationale.importers.opera import read_opera
 
@@ -102,6 +114,49 @@ def run_import(config: ImportConfig) -> ImportResult:
 
     steps = write_records(config.output, counted())
     return ImportResult(Path(config.output), sources, steps, len(seen))
+
+
+def _import_events(config: ImportConfig, sources: list[str]) -> ImportResult:
+    """MiniWoB demonstrations or a browser log: records of the event importers' action space,
+    written with that space beside them and the summary of targets found in their pages."""
+    from rationale.importers.events import target_summary, write_action_space
+    from rationale.records import write_records
+
+    tally: dict[str, int] = {}
+    if config.format == "miniwob":
+        from rationale.importers.miniwob import read_miniwob
+
+        records = read_miniwob(sources, max_page_tokens=config.max_page_tokens, tally=tally)
+    else:
+        from rationale.importers.browser_log import read_browser_log
+
+        if len(sources) != 1:
+            raise SourceError("import browser-log: give one log file")
+        records = read_browser_log(sources[0], max_page_tokens=config.max_page_tokens, tally=tally)
+    first = next(iter(records), None)
+    if first is None:  # checked before the output is replaced
+        raise SourceError(f"import {config.format}: no action in {', '.join(sources)}")
+    sessions: set[str] = set()
+
+    def counted():  # type: ignore[no-untyped-def]
+        for record in itertools.chain([first], records):
+            sessions.add(record.session_id)
+            yield record
+
+    steps = write_records(config.output, counted())
+    space = write_action_space(action_space_path(config.output))
+    summary = target_summary(tally) | {
+        k: v
+        for k, v in tally.items()
+        if k in ("clicks_on_no_element", "typing_without_text", "sessions_without_actions")
+    }
+    return ImportResult(Path(config.output), sources, steps, len(sessions), summary, space)
+
+
+def action_space_path(output: str | Path) -> Path:
+    """Where an event import writes its action space: ``OUT.jsonl`` -> ``OUT.actions.toml``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".actions.toml")
 
 
 def _domain_hint(config: ImportConfig, sources: list[str]) -> str:
