@@ -83,6 +83,10 @@ class Tally:
     invalid_paid: int = 0  # answers billed but not valid (not JSON, wrong shape)
     context_cut_records: int = 0
     context_cut_tokens: int = 0
+    # of the cut records, those whose action names a target, and those whose target is still in
+    # the blind cut (what the verifier, the student and eval read)
+    context_cut_targets: int = 0
+    context_cut_target_survived: int = 0
     # the verifier's share of the above
     verify_requests: int = 0
     verify_prompt_tokens: int = 0

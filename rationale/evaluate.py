@@ -264,6 +264,30 @@ def _header(config: EvalConfig, predictor: Any, started: float) -> dict[str, Any
     }
 
 
+def _context_cut(cases: list[Any], predictor: Any, config: EvalConfig) -> dict[str, Any]:
+    """How many cases' contexts the prompts cut, and in how many the true target survived.
+
+    The cut is the blind one every eval prompt makes (`rationale.context.cut_context` with the
+    model's budget), made again here: it depends on the context and the budget alone.
+    """
+    from rationale.context import cut_context, target_of
+
+    prompt = getattr(predictor, "prompt", None)
+    budget = getattr(prompt, "max_context_tokens", config.max_context_tokens)
+    out = {"max_context_tokens": budget, "records": 0, "tokens": 0, "targets": 0,
+           "target_survived": 0}  # fmt: skip
+    for case in cases:
+        cut = cut_context(case.step.record.context, budget)
+        if not cut.cut_tokens:
+            continue
+        out["records"] += 1
+        out["tokens"] += cut.cut_tokens
+        if (target := target_of(case.truth)) is not None:
+            out["targets"] += 1
+            out["target_survived"] += cut.survived(target)
+    return out
+
+
 def _finish(
     config: EvalConfig, folder: EvalDir, cases: list[Any],
     done: dict[tuple[str, int], dict[str, Any]], predictor: Any, header: dict[str, Any],
@@ -306,6 +330,7 @@ def _finish(
         },
         "stopped": redact(state["stopped"]) if state["stopped"] else None,
         "batch": state.get("batch"),
+        "context_cut": _context_cut(cases, predictor, config),
         "cases": records,
     }
     folder.write_json(data)
@@ -313,6 +338,12 @@ def _finish(
         write_type_chart(metrics, folder.path / "per_type.png", f"{predictor.spec.label}")
     for line in summary_lines(data, folder=folder.path):
         print(line, file=sys.stderr)
+    if (cut := data["context_cut"])["records"]:
+        from rationale.context import survival_note
+
+        note = survival_note(cut["targets"], cut["target_survived"])
+        print(f"eval: context cut in {cut['records']} of {len(cases)} cases to "
+              f"{cut['max_context_tokens']} tokens{note}", file=sys.stderr)  # fmt: skip
     if pending:
         print(f"eval: {pending} of {len(cases)} cases pending ({data['stopped'] or 'stopped'}); "
               "rerun the same command to continue", file=sys.stderr)  # fmt: skip

@@ -19,7 +19,7 @@ from rationale.batch_engine import make_engine
 from rationale.errors import RationaleError
 from rationale.judging import Judge, outcome
 from rationale.rundir import STATES, RunDir, SynthConfig, read_run_json, read_synth_records
-from rationale.runner import RunSummary, run_job
+from rationale.runner import RunSummary, count_context_cut, run_job
 from rationale.schema import Candidate, SynthRecord
 from rationale.shards import parse_shard, shard_of
 
@@ -199,6 +199,11 @@ class FilterJob:
         if src.state != "accepted":
             self._file(src)
             return True
+        from rationale.context import cut_context
+
+        # the verifier's prompts are blind: their cut is the one counted
+        blind = cut_context(step.record.context, self.config.max_context_tokens)
+        count_context_cut(self.engine.tally, step.record, blind, self.config.max_context_tokens)
         given = src.candidates or [
             Candidate(rationale=src.rationale, state="accepted", provenance=src.provenance)
         ]

@@ -58,9 +58,14 @@ def summary_lines(command: str, result: RunSummary) -> list[str]:
         rules = ", ".join(f"{k} {v}" for k, v in t.rule_rejections.most_common())
         lines.append(f"{command}: candidates rejected by {rules}")
     if t.context_cut_records:
+        from rationale.context import survival_note
+
+        survived = survival_note(
+            t.context_cut_targets, t.context_cut_target_survived, where="the blind cut"
+        )
         lines.append(
             f"{command}: cut {t.context_cut_tokens} context tokens from {t.context_cut_records} "
-            "records (--max-context-tokens)"
+            f"records (--max-context-tokens){survived}"
         )
     if b := result.batch:
         lines.append(
@@ -73,6 +78,25 @@ def summary_lines(command: str, result: RunSummary) -> list[str]:
         again = "" if result.stopped.startswith("budget") else "; rerun to continue"
         lines.append(f"{command}: stopped early ({result.stopped}){again}")
     return lines
+
+
+def count_context_cut(tally: Tally, record: Any, cut: Any, max_context_tokens: int | None) -> None:
+    """Count a record whose context ``cut`` (its prompt's `rationale.context.ContextCut`) was
+    cut, and whether its true target survived the blind cut, the one the verifier, the student
+    and eval read (a teacher's cut keeps the target whenever it can, so it would tell nothing)."""
+    from rationale.context import cut_context, target_of
+
+    if not cut.cut_tokens:
+        return
+    tally.context_cut_records += 1
+    tally.context_cut_tokens += cut.cut_tokens
+    target = target_of(record.action.model_dump())
+    if target is None:
+        return
+    tally.context_cut_targets += 1
+    if cut.how not in ("head-tail", "page"):  # the teacher's: cut again as a blind prompt is
+        cut = cut_context(record.context, max_context_tokens)
+    tally.context_cut_target_survived += cut.survived(target)
 
 
 def check_same_run(run_dir: RunDir, identity: dict[str, Any]) -> None:
@@ -275,7 +299,13 @@ def _write_run_json(
             "failed_this_invocation": tally.failed_requests,
             "cache_hits": tally.cache_hits,
         },
-        "context_cut": {"records": tally.context_cut_records, "tokens": tally.context_cut_tokens},
+        "context_cut": {
+            "records": tally.context_cut_records,
+            "tokens": tally.context_cut_tokens,
+            # cut records whose action names a target; of those, the target in the blind cut
+            "targets": tally.context_cut_targets,
+            "target_survived": tally.context_cut_target_survived,
+        },
         "started": started,
         "wall_s": round(wall, 3),
         "stopped": redact(stopped) if stopped else None,

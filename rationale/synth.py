@@ -28,7 +28,7 @@ from rationale.errors import RationaleError, TeacherError
 from rationale.identity import endpoint
 from rationale.judging import Judge, outcome, regeneration
 from rationale.rundir import RunDir, SynthConfig
-from rationale.runner import RunSummary, run_job
+from rationale.runner import RunSummary, count_context_cut, run_job
 from rationale.schema import Candidate, Provenance, SynthError
 from rationale.shards import parse_shard
 
@@ -281,9 +281,7 @@ class SynthJob:
         step, prompt, cut = item.step, item.prompt, item.cut
         record = step.record
         tally = self.engine.tally
-        if cut.cut_tokens:
-            tally.context_cut_records += 1
-            tally.context_cut_tokens += cut.cut_tokens
+        count_context_cut(tally, record, cut, self.config.max_context_tokens)
         candidates: list[Candidate] = []
         messages = list(prompt.messages)
         for round_ in range(self.config.max_attempts):

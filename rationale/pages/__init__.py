@@ -28,6 +28,8 @@ How an importer uses it, one step at a time::
     shown = cut_page(page, max_tokens=8000)
     shown.survived(target.name)  # whether the target is still in the cut page
 
+    read_page(record.context)  # a record's context back as a SimplePage (None: not a page)
+
 `resolve` takes the very objects of the input (the MiniWoB dicts of the ``dom`` that was
 simplified, lxml elements from `locate`), not copies: a copy is ``unknown``. The flag is never
 read by the simplifier, so the page of a step is the same whichever element it flags.
@@ -38,6 +40,7 @@ from __future__ import annotations
 from rationale.pages.cut import MIN_PAGE_TOKENS, PageCut, cut_page
 from rationale.pages.dom import find_flagged
 from rationale.pages.page import SimplePage, Target
+from rationale.pages.reread import read_page
 from rationale.pages.simplify import simplify, simplify_dom, simplify_html
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "Target",
     "cut_page",
     "find_flagged",
+    "read_page",
     "simplify",
     "simplify_dom",
     "simplify_html",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rationale.errors import ConfigError
-from rationale.pages.page import SimplePage
+from rationale.pages.page import Line, SimplePage
 from rationale.tokens import tokenizer
 
 __all__ = ["MIN_PAGE_TOKENS", "PageCut", "cut_page"]
@@ -45,8 +45,13 @@ def _marker(n: int) -> str:
     return f"[... {n} tokens cut ...]"
 
 
-def cut_page(page: SimplePage, max_tokens: int | None) -> PageCut:
-    """Fit ``page`` into ``max_tokens`` tokens (`rationale.tokens`), ending with a cut marker."""
+def cut_page(page: SimplePage, max_tokens: int | None, *, keep: str | None = None) -> PageCut:
+    """Fit ``page`` into ``max_tokens`` tokens (`rationale.tokens`), ending with a cut marker.
+
+    ``keep`` (a teacher prompt's acted-on name) is never dropped, with what is inside it and
+    the elements around it; when that alone is over the budget the result is too (callers check
+    ``tokens``). Blind prompts pass no ``keep``, so their cut never depends on the action.
+    """
     tok = tokenizer()
     total = tok.count(page.html)
     if max_tokens is None or total <= max_tokens:
@@ -60,11 +65,13 @@ def cut_page(page: SimplePage, max_tokens: int | None) -> PageCut:
     full = ["  " * line.depth + line.text for line in lines]
     content = [ln.kind in ("text", "element") or (ln.kind == "open" and ln.action) for ln in lines]
     backward = range(len(lines) - 1, -1, -1)
+    kept_whole = _protected(lines, keep)
     ops = (
         [("shorten", i) for i in backward if lines[i].kind == "text" and tok.count(full[i]) > _LONG]
         + [("drop", i) for i in backward if content[i] and not lines[i].action]
         + [("drop", i) for i in backward if content[i] and lines[i].action]
     )
+    ops = [(op, i) for op, i in ops if op == "shorten" or i not in kept_whole]
 
     def attempt(k: int) -> PageCut:
         """The page after the first ``k`` operations, with its marker, counted."""
@@ -90,6 +97,20 @@ def cut_page(page: SimplePage, max_tokens: int | None) -> PageCut:
         else:
             low = middle + 1
     return attempt(low)
+
+
+def _protected(lines: tuple[Line, ...], keep: str | None) -> set[int]:
+    """The lines a cut keeping ``keep`` may not drop: its own (and all inside it) and the
+    actionable elements that hold it."""
+    at = next((i for i, ln in enumerate(lines) if keep and ln.action and ln.name == keep), None)
+    if at is None:
+        return set()
+    end = lines[at].pair + 1 if lines[at].kind == "open" else at + 1
+    out = set(range(at, end))
+    out.update(
+        i for i, ln in enumerate(lines[:at]) if ln.kind == "open" and ln.action and ln.pair > at
+    )
+    return out
 
 
 def _assemble(
