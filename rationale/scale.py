@@ -78,6 +78,11 @@ def run_on_ray(kind: str, config: Any, *, shards: int, address: str = "auto") ->
         raise ConfigError("--shards must be at least 1")
     if config.shard is not None:
         raise ConfigError("--ray runs every shard itself: drop --shard")
+    if getattr(config, "limit", None) is not None:  # found using it: it failed only at the merge
+        raise ConfigError(
+            f"--limit {config.limit} with --ray would take the first {config.limit} records of "
+            "each shard, which do not merge into one job: drop --limit, or run without --ray"
+        )
     output = Path(config.output).resolve()  # the workers' own folder may be another
     folders = [output / "shards" / f"{k}-of-{shards}" for k in range(1, shards + 1)]
     configs = [

@@ -304,3 +304,15 @@ def test_rpm_holds_across_shards_and_concurrency_is_per_shard(
     late = _arrivals(openai_server)[len(times) :]
     # a worker sends its next request only after its answer: 0.4 s apart at the least
     assert _most_within(late, 0.35) <= 2 * 2, late
+
+
+def test_limit_with_ray_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """Found using it: each shard took its own first N records, paid for them, and the merge then
+    refused shards that do not cover the input."""
+    from rationale.errors import ConfigError
+
+    config = SynthConfig(input=str(records_file(tmp_path)), output=str(tmp_path / "run"),
+                         teacher="openai/test-model", limit=4)  # fmt: skip
+    with pytest.raises(ConfigError, match="--limit 4 with --ray"):
+        run_on_ray("synth", config, shards=2)
+    assert not (tmp_path / "run").exists()
