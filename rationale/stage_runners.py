@@ -192,21 +192,33 @@ def estimate_synth(synth: Any, stages: list[Any]) -> dict[str, Any]:
     config = synth.config
     if Path(config.input).is_file():
         return run_synth(config.model_copy(update={"dry_run": True}))  # type: ignore[no-any-return]
+    from rationale.importers import action_space_path
+
     with tempfile.TemporaryDirectory(prefix="rationale-dry-") as tmp:
         last = None
+        spaces: dict[str, str] = {}  # the import's action-space file -> its copy in tmp
+
+        def moved(space: str | None) -> str | None:
+            return spaces.get(str(space), space) if space else space
+
         for stage in stages:
             if stage.kind not in ("import", "split"):
                 continue
             update = {"output": str(Path(tmp) / stage.kind)}
-            if stage.kind == "split" and last is not None:
-                update["input"] = last
+            if stage.kind == "import":
+                spaces[str(action_space_path(stage.config.output))] = str(
+                    action_space_path(update["output"])
+                )
+            if stage.kind == "split":
+                update["action_space"] = moved(stage.config.action_space)
+                if last is not None:
+                    update["input"] = last
             copy = stage.config.model_copy(update=update)
             run_stage(replace(stage, config=copy), lambda _: None)
             last = str(Path(tmp) / stage.kind)
         if last is None:
             raise RationaleError(f"dry run: {show(config.input)} does not exist yet")
         source = Path(last) / "train.jsonl" if Path(last).is_dir() else Path(last)
-        dry = config.model_copy(
-            update={"dry_run": True, "input": str(source), "output": str(Path(tmp) / "synth")}
-        )
+        dry_update = {"dry_run": True, "input": str(source), "output": str(Path(tmp) / "synth")}
+        dry = config.model_copy(update={**dry_update, "action_space": moved(config.action_space)})
         return run_synth(dry)  # type: ignore[no-any-return]

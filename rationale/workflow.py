@@ -101,7 +101,8 @@ def plan(workspace: Workspace) -> list[Stage]:
         return stage
 
     if "import" in tables:
-        add("import", "import", {})
+        space = workspace.import_action_space()  # miniwob, browser-log: every later stage reads it
+        add("import", "import", {}).outputs.extend([space] if space else [])
     if "split" in tables:
         add("split", "split", {})
     synth = add("synth", "synth", {}) if "synth" in tables else None
@@ -285,6 +286,23 @@ def run_workspace(
         lock.close()
 
 
+def _quiet_libraries() -> None:
+    """Silence the per-sub-step bars of the libraries a model stage loads (the weights loaded,
+    each `datasets` map of the trainer's data) and peft's warning that a GGUF base has no config
+    file beside it (nothing a user can do; the vocabulary is not changed): `rationale run` says
+    one line per stage, and its own progress lines stay."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Could not find a config file in", module="peft")
+    try:
+        import datasets
+        import transformers
+    except ImportError:  # an API-only install: nothing of theirs will print
+        return
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _stamp_path(workspace: Workspace, stage: Stage) -> Path:
     return workspace.default(STAMPS, stage.name.replace(":", "-") + ".json")
 
@@ -335,6 +353,9 @@ def _walk(workspace: Workspace, stages: list[Stage], chosen: list[Stage], report
             echo(f"{head}: {show(stage.folder)} holds a student trained with these settings")
         else:
             echo(f"{head}: {command(stage, workspace)}")
+            local = stage.kind != "synth" or str(stage.config.teacher).startswith("local")
+            if stage.kind in ("synth", "distill", "eval") and local:
+                _quiet_libraries()
             detail, table = run_stage(stage, echo)
             status = "ran"
         wall = time.monotonic() - t0

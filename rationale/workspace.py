@@ -43,6 +43,8 @@ RUNS = "runs"  # the default outputs, under the workspace root
 #: Defaults that follow another setting (an eval folder is named for its model, a student's for
 #: its base): while that one is missing, only it is named as missing.
 _FOLLOWS = {"eval": {"output": "model"}, "distill": {"output": "base"}}
+#: Import formats whose records use the action space the import writes beside them.
+_EVENT_FORMATS = ("miniwob", "browser-log")
 
 NO_TEACHER = (
     "synth: no teacher: pass --teacher MODEL, a litellm model string with its key in the "
@@ -145,6 +147,16 @@ class Workspace:
     def import_output(self) -> Path:
         return Path(self.tables.get("import", {}).get("output") or self.default("records.jsonl"))
 
+    def import_action_space(self) -> Path | None:
+        """The action-space file the workspace's import writes beside its records (miniwob,
+        browser-log: their steps include a ``type`` action), else None (the default space)."""
+        table = self.tables.get("import", {})
+        if table.get("format") not in _EVENT_FORMATS:
+            return None
+        from rationale.importers import action_space_path
+
+        return action_space_path(self.import_output())
+
     def split_input(self) -> Path | None:
         given = self.tables.get("split", {}).get("input")
         if given:
@@ -197,6 +209,8 @@ class Workspace:
                 values[key] = str(value) if isinstance(value, Path) else value
                 notes.append(f"{stage}: --{flag(key)} {show(value)} ({why})")
 
+        if stage in ("split", "synth", "eval"):  # the import's own space, read by every stage
+            fill("action_space", self.import_action_space(), "the workspace's import writes it")
         if stage == "import":
             fill("output", self.import_output(), "default")
         elif stage == "split":

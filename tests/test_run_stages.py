@@ -279,3 +279,63 @@ def test_a_bad_line_is_named_and_with_skip_its_session_is_reported(tmp_path: Pat
     skip = run("run", cwd=tmp_path, env=env)
     assert skip.returncode == 0, skip.stderr
     assert "skipped: " in skip.stderr and "left out 1 sessions" in skip.stderr
+
+
+MINIWOB = ROOT / "tests" / "fixtures" / "miniwob"
+
+
+def test_a_miniwob_import_gives_its_action_space_to_every_later_stage(
+    tmp_path: Path, tiny: Path
+) -> None:
+    """[import] format = "miniwob" writes records with `type` actions and their action space
+    beside them: split, synth (and so distill, which reads the synth run's) and each eval arm
+    get that space without a word in rationale.toml, and the chain runs to the table. Before,
+    split stopped at the first typing step: "action.type 'type' is not one of click,
+    type_and_submit, terminate". The libraries' per-sub-step bars are not printed."""
+    ws = tmp_path / "ws"
+    env = env_for(tmp_path / "home")
+    with ScriptedServer() as server:
+        write_workspace(ws, tiny, server.url)
+        toml = ws / "rationale.toml"
+        text = toml.read_text().split("[split]", 1)[1].replace("test-frac = 0.4", "test-frac = 0.3")
+        text = text.replace('"base", "actions", "rationale", "teacher"', '"base", "rationale"')
+        text = text.replace("[eval]", "[eval]\nlimit = 3")  # a page is long in the tiny model's
+        text = text.replace("max-seq-length = 1024", "max-seq-length = 6144")  # 400 tokens
+        toml.write_text(f'[import]\nformat = "miniwob"\nsource = ["{MINIWOB.as_posix()}"]\n'
+                        f"[split]{text}")  # fmt: skip
+        until = run("run", "--until", "synth", cwd=ws, env=env)
+        assert until.returncode == 0, until.stderr[-3000:]
+        asked = server.count
+        done = run("run", cwd=ws, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| rationale" in done.stdout
+    for noise in ("Masking prompt tokens", "Loading weights"):
+        assert noise not in done.stderr, noise
+    space = ws / "runs" / "records.actions.toml"
+    assert space.is_file() and "type" in space.read_text()
+    train = jsonl(ws / "runs" / "split" / "train.jsonl")
+    assert asked == len(train) and any(r["action"]["type"] == "type" for r in train)
+    synth = json.loads((ws / "runs" / "synth" / "train" / "run.json").read_text())
+    assert Path(synth["config"]["action_space"]) == space  # distill reads the space from here
+    from rationale.workflow import plan
+
+    stages = {s.name: s for s in plan(Workspace.load(toml))}
+    for name in ("split", "synth", "eval:base", "eval:rationale"):
+        assert Path(stages[name].config.action_space) == space, name
+    assert space in stages["import"].outputs  # a missing space is the import's to write again
+
+
+def test_a_dry_run_of_a_fresh_miniwob_workspace_estimates_its_synth(tmp_path: Path) -> None:
+    """The estimate's import and split in a temporary folder read the action space written
+    there; before, synth looked for runs/records.actions.toml: "action-space file not found"."""
+    with ScriptedServer() as server:
+        ws = tmp_path / "ws"
+        write_workspace(ws, Path("tiny"), server.url)
+        toml = ws / "rationale.toml"
+        text = toml.read_text().split("[split]", 1)[1]
+        toml.write_text(f'[import]\nformat = "miniwob"\nsource = ["{MINIWOB.as_posix()}"]\n'
+                        f"[split]{text}")  # fmt: skip
+        dry = run("run", "--dry-run", cwd=ws, env=env_for(tmp_path / "home"))
+        assert server.count == 0
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "synth estimate: " in dry.stderr and not (ws / "runs" / "records.jsonl").exists()

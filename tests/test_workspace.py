@@ -353,3 +353,27 @@ def test_eval_without_a_model_names_only_the_model(
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: ") and "model: missing (--model" in error, result.output
     assert error.count("missing") == 1, error  # the output follows from the model; data is there
+
+
+PAGES_EXAMPLE = ROOT / "examples" / "miniwob_flight" / "rationale.toml"
+
+
+def test_the_pages_example_runs_on_its_sample_and_declares_its_action_space_once() -> None:
+    """examples/miniwob_flight: every stage's table is valid, the sample it falls back to is
+    there (at most 2 MB, with its credit and licence), and every stage after the import reads
+    the action space the import writes (a bare `rationale split` there finds it too)."""
+    w = Workspace.load(PAGES_EXAMPLE)
+    assert set(w.tables) == set(STAGES)
+    assert w.table("import")["format"] == "miniwob" and w.table("import")["first_existing"]
+    sample = Path(w.table("import")["source"][-1])
+    files = list(sample.glob("*.json.gz"))
+    assert len(files) >= 30 and sum(f.stat().st_size for f in files) <= 2_000_000
+    credit = (sample.parent / "README.md").read_text()
+    assert "MIT" in credit and "ICLR 2018" in credit
+    space = w.import_action_space()
+    assert space == w.root / "runs" / "records.actions.toml"
+    for stage in ("split", "synth", "eval"):
+        resolved = w.resolve(stage, {"model": "smollm2-135m"} if stage == "eval" else None)
+        assert resolved.values["action_space"] == str(space), stage
+        assert any("action-space" in note for note in resolved.notes), resolved.notes
+    assert Workspace.load(EXAMPLE).import_action_space() is None  # Mind2Web: the default space
