@@ -33,6 +33,7 @@ from typing import Any
 
 from rationale.errors import SourceError
 from rationale.importers.source_json import loads, parse_json
+from rationale.importers.source_json import source_files as json_source_files
 from rationale.schema import ActionRecord
 
 #: Attributes tried, in order, when the visible label is empty. The first four are the ones the
@@ -294,19 +295,7 @@ def _simplified(
 
 def source_files(sources: Iterable[str | Path]) -> list[Path]:
     """The JSON files named, with folders expanded to their ``*.json`` files (sorted)."""
-    files: list[Path] = []
-    for src in sources:
-        path = Path(src)
-        if path.is_dir():
-            found = sorted(p for p in path.glob("*.json") if p.is_file())
-            if not found:
-                raise SourceError(f"{src}: folder has no .json files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise SourceError(f"{src}: no such file or folder")
-    return files
+    return json_source_files(sources, lambda folder: folder.glob("*.json"), ".json")
 
 
 def read_mind2web(

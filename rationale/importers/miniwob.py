@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from rationale.errors import SourceError
 from rationale.importers.events import RawEvent, StepBuilder, group_events, import_space
 from rationale.importers.source_json import loads, parse_json
+from rationale.importers.source_json import source_files as json_source_files
 from rationale.pages import SimplePage, Target, find_flagged, simplify_dom
 from rationale.schema import ActionRecord
 
@@ -40,19 +41,9 @@ _SPECIAL_KEYS = {8: "Backspace", 9: "Tab", 13: "Enter"}
 
 def source_files(sources: Iterable[str | Path]) -> list[Path]:
     """The demonstration files named, folders searched recursively (sorted by path)."""
-    files: list[Path] = []
-    for src in sources:
-        path = Path(src)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_demo(p))
-            if not found:
-                raise SourceError(f"{src}: folder has no .json or .json.gz files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise SourceError(f"{src}: no such file or folder")
-    return files
+    return json_source_files(
+        sources, lambda folder: filter(_is_demo, folder.rglob("*")), ".json or .json.gz"
+    )
 
 
 def _is_demo(path: Path) -> bool:

@@ -11,6 +11,8 @@ value, as with `json.loads`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import jiter
@@ -39,3 +41,23 @@ def parse_json(raw: bytes, where: str, *, not_json: str = "not valid JSON") -> A
                 f"({position}); flatten it"
             ) from None
         raise SourceError(f"{where}: {not_json} ({message})") from None
+
+
+def source_files(
+    sources: Iterable[str | Path], folder_files: Callable[[Path], Iterable[Path]], what: str
+) -> list[Path]:
+    """The files named, each folder expanded to ``folder_files(folder)`` (sorted); a folder
+    with none of ``what`` in it, or a name that is neither, is a `SourceError`."""
+    files: list[Path] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            found = sorted(p for p in folder_files(path) if p.is_file())
+            if not found:
+                raise SourceError(f"{src}: folder has no {what} files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SourceError(f"{src}: no such file or folder")
+    return files
