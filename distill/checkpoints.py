@@ -34,6 +34,7 @@ __all__ = [
     "last_checkpoint",
     "read_log",
     "resume_point",
+    "step_progress_callback",
     "training_log_callback",
     "trim_log",
 ]
@@ -182,3 +183,31 @@ def training_log_callback(path: Path) -> Any:
                 f.flush()
 
     return TrainingLog()
+
+
+def step_progress_callback(label: str = "distill") -> Any:
+    """A TrainerCallback that shows the optimizer steps as `rationale.progress.Progress` does
+    (a bar on a terminal, a plain line every few seconds otherwise): `rationale run` trains
+    with it in place of transformers' bar and its per-step log dicts."""
+    from transformers import TrainerCallback
+
+    from rationale.progress import Progress
+
+    class StepProgress(TrainerCallback):  # type: ignore[misc]
+        bar: Progress | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                left = max(int(state.max_steps) - int(state.global_step), 0)
+                self.bar = Progress(left, label=label, unit="steps", every=30.0, priced=False)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.update()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StepProgress()

@@ -98,6 +98,11 @@ class DistillConfig(BaseModel):
         default=False,
         description="Add earlier steps' rationales to the history, as `rationale synth` can.",
     )
+    action_space: str | None = Field(
+        default=None,
+        description="The action-space file of a JSONL source (a synth run folder declares its "
+        "own, which wins); None for the built-in web-shopping actions.",
+    )
 
     # -- sequence length and duration --------------------------------------------------------
     max_seq_length: int = Field(

@@ -104,7 +104,8 @@ class SFTData:
         # keys of rationales that no blind verifier checked.
         self.local_teachers = source.local_teachers
         self.unverified = source.unverified
-        space_file = source.action_space or action_space
+        # a run folder's own declaration (None: the default space); a JSONL file's is the one given
+        space_file = source.action_space
         self.space = ActionSpace.from_file(space_file) if space_file else ActionSpace.default()
 
     def caveats(self) -> list[str]:

@@ -28,12 +28,12 @@ class DistillRun:
     skipped: tuple[str, ...] = ()  # bad data lines left out (``on_error="skip"``)
 
 
-def run_distill(config: Any) -> DistillRun:
+def run_distill(config: Any, *, plain_progress: bool = False) -> DistillRun:
     """Build the SFT data for the student's tokenizer, train, and save into ``config.output``.
 
     The data is read and its examples counted, and the output folder checked, before the model
     is loaded; data from a local teacher or without the blind verifier is trained with a
-    warning on stderr that the model card repeats.
+    warning on stderr that the model card repeats. ``plain_progress``: see `distill.train.fit`.
     """
     from distill.checkpoints import resume_point
     from distill.data import SFTData, prompt_format
@@ -50,6 +50,7 @@ def run_distill(config: Any) -> DistillRun:
         session_mode=config.session_mode,
         max_context_tokens=config.max_context_tokens,
         history_rationales=config.history_rationales,
+        action_space=config.action_space,
         on_error=config.on_error,
     )
     data.check()
@@ -69,7 +70,7 @@ def run_distill(config: Any) -> DistillRun:
     from datasets import Dataset
 
     dataset = Dataset.from_list(rows)
-    result = fit(student, dataset, config)
+    result = fit(student, dataset, config, plain_progress=plain_progress)
     output = save(
         student,
         config,

@@ -55,7 +55,7 @@ OPERATIONAL = frozenset(STAGE_OPERATIONAL["distill"]) | {
     "gradient_checkpointing",  # recomputes activations: the same gradients, less memory
     "on_error",  # bad lines: the run fails before training, or trains on the same good lines
 }
-_BY_CONTENT = {"data", "base"}
+_BY_CONTENT = {"data", "base", "action_space"}  # action_space: its bytes, in `data_digest`
 
 
 def weight_settings(config: DistillConfig) -> dict[str, Any]:
@@ -64,9 +64,10 @@ def weight_settings(config: DistillConfig) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in OPERATIONAL | _BY_CONTENT}
 
 
-def data_digest(data: str | Path) -> str:
-    """A digest of the bytes training reads: a JSONL file, or a run folder's accepted.jsonl, the
-    record file its steps' contexts and histories come from and the action space it declared."""
+def data_digest(data: str | Path, action_space: str | None = None) -> str:
+    """A digest of the bytes training reads: a JSONL file and the action space given for it, or
+    a run folder's accepted.jsonl, the record file its steps' contexts and histories come from
+    and the action space it declared."""
     from rationale.errors import RationaleError
     from rationale.rundir import read_run_json, run_records_file
 
@@ -78,6 +79,8 @@ def data_digest(data: str | Path) -> str:
             files.append(run_records_file(path))
             space = ((read_run_json(path) or {}).get("config") or {}).get("action_space")
             files += [Path(space)] if space else []
+    elif action_space:
+        files.append(Path(action_space))
     from rationale.identity import file_digest
 
     h = hashlib.sha256()
@@ -104,7 +107,7 @@ def _record(config: DistillConfig) -> dict[str, Any]:
     return {
         "version": VERSION,
         "settings": weight_settings(config),
-        "data": {"path": config.data, "digest": data_digest(config.data)},
+        "data": {"path": config.data, "digest": data_digest(config.data, config.action_space)},
         "base": {"name": config.base, "identity": base_identity(config.base)},
     }
 

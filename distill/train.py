@@ -32,6 +32,7 @@ from distill.checkpoints import (
     checkpoint_step,
     read_log,
     resume_point,
+    step_progress_callback,
     training_log_callback,
     trim_log,
 )
@@ -68,6 +69,7 @@ def fit(
     config: DistillConfig,
     *,
     callbacks: Iterable[Any] = (),
+    plain_progress: bool = False,
 ) -> TrainResult:
     """Train ``student.model`` on ``dataset``; checkpoints and the training log go to the output.
 
@@ -79,7 +81,9 @@ def fit(
     the log keeps its lines up to that checkpoint's step. Without it, an output folder that
     already holds checkpoints is an error, so an earlier run is never mixed into this one; a
     fresh run records its settings in ``checkpoints/resume.json`` before it trains.
-    ``callbacks`` are extra transformers ``TrainerCallback`` objects.
+    ``callbacks`` are extra transformers ``TrainerCallback`` objects. With ``plain_progress``
+    the steps are shown as `rationale`'s own progress (`step_progress_callback`) instead of
+    transformers' bar and the log dict it prints at every logging step.
     """
     trained_tokens, total_tokens = check_dataset(dataset, config)  # before touching the output
     launch = current()
@@ -111,6 +115,12 @@ def fit(
 
     training_log = training_log_callback(log_path)
     trainer = _make_trainer(student, dataset, config, [training_log, *callbacks])
+    if plain_progress:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(step_progress_callback())
     student.trainer = trainer
     # transformers prints its log dicts on stdout; stdout is for data.
     with contextlib.redirect_stdout(sys.stderr):

@@ -44,19 +44,41 @@ def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
     return "\n".join([*lines, "Assistant: "])
 
 
-def clean_generation(prefix: str, continuation: str) -> str:
+def clean_generation(prefix: str, continuation: str, *, truncated: bool = False) -> str:
     """``prefix + continuation``, trimmed to a clean short rationale.
 
     Cut at the first newline, keep at most the first two sentences, drop markdown emphasis and
-    stray quotes at either end, and strip whitespace. Nothing is added: if the model wrote
-    nothing, the result is the stripped prefix alone.
+    stray quotes at either end, and strip whitespace. ``truncated`` (the token cap ended the
+    generation): an unfinished sentence after a finished one goes too ("... Denver. I had to
+    find a" -> "... Denver."); a period after an abbreviation ("St. Louis", "e.g.") or before
+    a lowercase word does not finish a sentence. Nothing is added: if the model wrote nothing,
+    the result is the stripped prefix alone.
     """
     text = (prefix + continuation).split("\n", 1)[0]
     ends = [m.end() for m in _SENTENCE_END.finditer(text)]
     if len(ends) >= 2:
         text = text[: ends[1]]
+    if truncated:
+        finished = [e for e in ends if _finishes_sentence(text, e)]
+        if finished and finished[-1] < len(text.rstrip()):
+            text = text[: finished[-1]]
     text = text.replace("**", "").replace("__", "").lstrip("#>*- \t")
     return re.sub(r"\s+", " ", _drop_stray_quotes(text.strip()))
+
+
+_ABBREVIATION = re.compile(
+    r"(?:^|[\s(])(?:[A-Z][a-z]{0,3}|[A-Za-z](?:\.[A-Za-z])+|etc|vs|approx)\.$"
+)
+
+
+def _finishes_sentence(text: str, end: int) -> bool:
+    """Whether the sentence end at ``end`` finishes a sentence: not an abbreviation's period
+    (Dr., St., U.S., e.g., etc.) and not followed by a lowercase word."""
+    head = text[:end].rstrip("\"'”’)]")
+    if head.endswith(".") and _ABBREVIATION.search(head):
+        return False
+    rest = text[end:].lstrip()
+    return not rest or not rest[0].islower()
 
 
 def _drop_stray_quotes(text: str) -> str:
@@ -124,8 +146,9 @@ def first_token_mask(allowed: torch.Tensor, prompt_len: int) -> Any:
     return _FirstTokenMask()
 
 
-def stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
-    """Stop once the reply has a newline or two finished sentences: the rest would be cut."""
+def stopping_criteria(tokenizer: Any, prompt_len: int, cancelled: Any = None) -> Any:
+    """Stop once the reply has a newline or two finished sentences: the rest would be cut; or
+    at once when ``cancelled`` (a `threading.Event`) is set: its caller has gone."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -139,6 +162,8 @@ def stopping_criteria(tokenizer: Any, prompt_len: int) -> Any:
                 # Two sentence ends followed by whitespace: the second is really finished.
                 ends = sum(1 for m in _SENTENCE_END.finditer(text) if m.end() < len(text))
                 done.append("\n" in text or ends >= 2)
+            if cancelled is not None and cancelled.is_set():
+                done = [True] * len(done)
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_EnoughText()])

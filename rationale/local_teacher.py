@@ -17,6 +17,7 @@ stays cheap and works without the ``train`` extra.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib.util
 import threading
@@ -168,6 +169,7 @@ class LocalModel:
         max_new_tokens: int = 60,
         temperature: float = 0.0,
         seed: int = 0,
+        cancelled: threading.Event | None = None,
     ) -> LocalGeneration:
         """Reply to ``messages`` with the assistant turn primed to start with ``prefix``.
 
@@ -175,12 +177,19 @@ class LocalModel:
         temperature with torch seeded by ``seed``: the same seed gives the same text, and the
         global RNG is left untouched. The text is cleaned by `clean_generation`;
         ``completion_tokens`` counts every token generated.
+
+        ``cancelled``: once set (the caller was cancelled: Ctrl-C, SIGTERM), a call still
+        waiting for the lock returns without generating, and one generating stops at the next
+        token; either raises `concurrent.futures.CancelledError`. Without it a stopped run
+        waited for every call already handed to a thread (minutes on a CPU).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if temperature < 0:
             raise ValueError(f"temperature must not be negative, got {temperature}")
         with self._lock, torch_threads(self.threads):
+            if cancelled is not None and cancelled.is_set():
+                raise concurrent.futures.CancelledError
             self._load()
             # Imported under the lock, after `_load`: transformers' lazy module is not safe to
             # import from several threads at once (a racing thread sees missing names).
@@ -203,7 +212,7 @@ class LocalModel:
             processors = None
             if allowed is not None:
                 processors = LogitsProcessorList([first_token_mask(allowed, prompt_len)])
-            stopping = stopping_criteria(tokenizer, prompt_len)
+            stopping = stopping_criteria(tokenizer, prompt_len, cancelled)
             with torch.inference_mode(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 output = model.generate(
@@ -212,10 +221,20 @@ class LocalModel:
                     logits_processor=processors,
                     stopping_criteria=stopping,
                 )
+            if cancelled is not None and cancelled.is_set():
+                raise concurrent.futures.CancelledError
             new_ids = output[0, prompt_len:]
             continuation = decode_continuation(tokenizer, output[0], prompt_len)
+            eos = (
+                config.eos_token_id
+                if isinstance(config.eos_token_id, list)
+                else [config.eos_token_id]
+            )
+            truncated = int(new_ids.shape[0]) >= max_new_tokens and (
+                not len(new_ids) or int(new_ids[-1]) not in eos
+            )
         return LocalGeneration(
-            text=clean_generation(primed, continuation),
+            text=clean_generation(primed, continuation, truncated=truncated),
             prompt_tokens=prompt_len,
             completion_tokens=int(new_ids.shape[0]),
         )

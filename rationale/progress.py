@@ -18,8 +18,10 @@ class Progress:
         label: str = "synth",
         unit: str = "records",
         show: bool = True,
+        priced: bool = True,
     ) -> None:
         self.total, self.done, self.every, self.label, self.unit = total, 0, every, label, unit
+        self.priced = priced  # False: no cost in the line (a training run bills nothing)
         self.start = self.last = time.monotonic()
         self.show = show  # False: silent (a library call)
         self.bar = None
@@ -37,7 +39,8 @@ class Progress:
             return
         cost = f"${tally.cost_usd if tally is not None else 0:.4f}"
         if self.bar is not None:
-            self.bar.set_postfix_str(f"cost {cost}", refresh=False)
+            if self.priced:
+                self.bar.set_postfix_str(f"cost {cost}", refresh=False)
             self.bar.update(1)
             return
         now = time.monotonic()
@@ -45,9 +48,11 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate else float("inf")
+            # a slow unit (a training step, a CPU generation) as seconds each: "0.0/s" says nothing
+            pace = f"{rate:.1f}/s" if rate >= 1 else f"{1 / rate:.1f}s each" if rate else "-"
             print(
-                f"{self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, "
-                f"ETA {eta:.0f}s, cost {cost}",
+                f"{self.label}: {self.done}/{self.total} {self.unit}, {pace}, "
+                f"ETA {eta:.0f}s" + (f", cost {cost}" if self.priced else ""),
                 file=sys.stderr,
                 flush=True,
             )

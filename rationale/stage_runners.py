@@ -98,7 +98,7 @@ def _distill(config: Any, stage: Any, echo: Echo) -> tuple[str, None]:
     if last_checkpoint(stage.folder / CHECKPOINTS_DIR) is not None:
         echo(f"{stage.name}: continuing from the last checkpoint in {show(stage.folder)}")
         config = config.model_copy(update={"resume": True})
-    run = run_distill(config)
+    run = run_distill(config, plain_progress=True)  # our progress lines, not trainer log dicts
     r, s = run.result, run.stats
     loss = "no loss logged" if r.final_loss is None else f"final loss {r.final_loss:.4f}"
     return f"{s.examples} examples, {r.steps} steps, {loss}", None

@@ -36,10 +36,20 @@ OPERATIONAL = {
 }  # fmt: skip
 
 
+#: Settings added after stamps were first written, left out while at these defaults: a new
+#: field must not make every stage that ran before run again (or refuse a trained student).
+ADDED_LATER: dict[str, dict[str, Any]] = {"distill": {"action_space": None}}
+
+
 def settings(kind: str, config: Any) -> dict[str, Any]:
     """The settings of a stage that decide its result."""
     data = json.loads(config.model_dump_json())
-    return {k: v for k, v in data.items() if k not in OPERATIONAL.get(kind, ())}
+    later = ADDED_LATER.get(kind, {})
+    return {
+        k: v
+        for k, v in data.items()
+        if k not in OPERATIONAL.get(kind, ()) and not (k in later and v == later[k])
+    }
 
 
 def digest(path: Path) -> str:

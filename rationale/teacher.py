@@ -18,6 +18,7 @@ Teachers (one module per client):
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING
 
 from rationale.completion import Completion, Teacher
@@ -79,6 +80,7 @@ class LocalTeacher:
                 "actions: use --verifier none or an API model",
                 category="local_model",
             )
+        cancelled = threading.Event()  # set when this call is cancelled: the thread stops too
         try:
             out = await asyncio.to_thread(
                 self._model.generate,
@@ -87,7 +89,11 @@ class LocalTeacher:
                 max_new_tokens=min(max_tokens, 120),
                 temperature=temperature,
                 seed=seed,
+                cancelled=cancelled,
             )
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         except RationaleError as exc:
             # The model cannot be loaded (not installed, bad path): every record would fail.
             raise FatalTeacherError(str(exc), category="local_model") from None

@@ -288,9 +288,11 @@ def run_workspace(
 
 def _quiet_libraries() -> None:
     """Silence the per-sub-step bars of the libraries a model stage loads (the weights loaded,
-    each `datasets` map of the trainer's data) and peft's warning that a GGUF base has no config
-    file beside it (nothing a user can do; the vocabulary is not changed): `rationale run` says
-    one line per stage, and its own progress lines stay."""
+    a GGUF file's tensors de-quantized, each `datasets` map of the trainer's data) and peft's
+    warning that a GGUF base has no config file beside it (nothing a user can do; the
+    vocabulary is not changed): `rationale run` says one line per stage, and its own progress
+    lines stay (a distill stage's steps among them: `distill.train.fit`'s plain_progress)."""
+    import functools
     import warnings
 
     warnings.filterwarnings("ignore", message="Could not find a config file in", module="peft")
@@ -301,6 +303,12 @@ def _quiet_libraries() -> None:
         return
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    try:  # its bar is tqdm's own, which transformers' switch above does not reach
+        from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    except ImportError:  # no gguf package: no GGUF base can load, so no bar either
+        return
+    if not isinstance(gguf_loading.tqdm, functools.partial):
+        gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)
 
 
 def _stamp_path(workspace: Workspace, stage: Stage) -> Path:

@@ -209,7 +209,8 @@ class Workspace:
                 values[key] = str(value) if isinstance(value, Path) else value
                 notes.append(f"{stage}: --{flag(key)} {show(value)} ({why})")
 
-        if stage in ("split", "synth", "eval"):  # the import's own space, read by every stage
+        if stage in ("split", "synth", "eval") or (stage == "distill" and values.get("data")):
+            # the import's own space, read by every stage (a synth run folder declares its own)
             fill("action_space", self.import_action_space(), "the workspace's import writes it")
         if stage == "import":
             fill("output", self.import_output(), "default")

@@ -53,7 +53,7 @@ _PATHS = {
     "import": {"source", "output", "sessions", "users"},
     "split": {"input", "output", "action_space"},
     "synth": {"input", "output", "action_space"},
-    "distill": {"data", "output"},
+    "distill": {"data", "output", "action_space"},
     "eval": {"data", "output", "action_space"},
     "compare": {"output"},
 }

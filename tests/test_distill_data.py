@@ -447,3 +447,59 @@ def test_gpu_training_benchmark_runs_tiny_on_cpu() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "checks: trained ok, completion only ok, merge ok, resume ok" in proc.stdout
     assert "checks: trained ok, completion only ok, resume ok" in proc.stdout  # hf-full
+
+
+def test_a_jsonl_source_is_read_with_the_action_space_given(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Human-written rationales on records of another action space (a MiniWoB import's `type`)
+    train with `action_space` (--action-space): without it the records cannot be read."""
+    from distill import DistillError, student
+    from distill.pipeline import run_distill
+
+    def load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(student, "load_model_and_tokenizer", load)
+    space = tmp_path / "records.actions.toml"
+    space.write_text(
+        '[action.click]\nfields = { name = "name" }\n\n'
+        '[action.type]\nfields = { name = "name", text = "text" }\n',
+        encoding="utf-8",
+    )
+    typed = {"type": "type", "name": "search", "text": "flights"}
+    data = write_lines(tmp_path / "human.jsonl", [
+        record("s1", 0, rationale="I start by opening the search."),
+        record("s1", 1, action=typed, rationale="I type where I want to go."),
+    ])  # fmt: skip
+    with pytest.raises(DistillError, match=r"human\.jsonl.*type"):
+        run_distill(distill_config(data, tiny, tmp_path / "out"))
+    with pytest.raises(AssertionError, match="the model was loaded"):  # read: it loads
+        run_distill(distill_config(data, tiny, tmp_path / "out2", action_space=str(space)))
+    from click.testing import CliRunner
+
+    from rationale.cli import main
+
+    help_text = CliRunner().invoke(main, ["distill", "--help"]).output
+    assert "--action-space" in help_text
+
+
+def test_a_later_added_setting_at_its_default_changes_no_stamp(tmp_path: Path, tiny: Path) -> None:
+    """`action_space` came after students were trained by `rationale run`: at its default it is
+    not in the stage's settings (a trained student is still adopted, not trained again); given,
+    it is, and its bytes are in the resume record's data digest for a JSONL source."""
+    from distill.resume_record import data_digest
+    from rationale import stamps
+
+    data = write_lines(tmp_path / "human.jsonl", [record("s1", 0, rationale="I look.")])
+    plain = stamps.settings("distill", distill_config(data, tiny, tmp_path / "o"))
+    assert "action_space" not in plain
+    space = tmp_path / "a.toml"
+    space.write_text('[action.click]\nfields = { name = "name" }\n', encoding="utf-8")
+    given = stamps.settings("distill", distill_config(data, tiny, tmp_path / "o",
+                                                      action_space=str(space)))  # fmt: skip
+    assert given == {**plain, "action_space": str(space)}
+    before = data_digest(data, str(space))
+    assert before != data_digest(data) == data_digest(data, None)
+    space.write_text('[action.click]\nfields = { name = "name" }\n\n[action.terminate]\n')
+    assert data_digest(data, str(space)) != before  # the space file's bytes, not its path

@@ -788,3 +788,24 @@ def test_smollm2_gguf_trains_and_merges(tmp_path: Path, one_thread: Any) -> None
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.dtype == torch.float16
     assert json.loads((out / "config.json").read_text())["base"]["gguf_file"] is not None
+
+
+def test_plain_progress_replaces_the_trainer_bar_and_log_dicts(
+    tmp_path: Path, tiny_folder: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`rationale run` trains with plain_progress: our step lines, no per-step log dicts."""
+    from distill.train import fit, prepare
+
+    config = make_config(tiny_folder, tmp_path / "quiet", max_steps=3, logging_steps=1)
+    student = prepare(config)
+    capfd.readouterr()
+    result = fit(student, make_dataset(student.tokenizer), config, plain_progress=True)
+    out, err = capfd.readouterr()
+    assert result.steps == 3 and len(result.losses) == 3  # the training log is still written
+    assert "{'loss'" not in out + err and "'train_runtime'" not in out + err
+    assert "it/s" not in err and "s/it" not in err  # no transformers bar
+    assert "distill: 3/3 steps" in err  # our last line, at the end of training
+
+    loud = make_config(tiny_folder, tmp_path / "loud", max_steps=3, logging_steps=1)
+    fit(prepare(loud), make_dataset(student.tokenizer), loud)
+    assert "{'loss'" in capfd.readouterr().err  # the CLI's default keeps transformers' own

@@ -85,10 +85,37 @@ def test_import_does_not_load_torch() -> None:
         (" paid $39.99 for it. Done. More.", "I paid $39.99 for it. Done."),
         ("", "I"),
         ("\nanything", "I"),
+        # not cut by the token cap: a second unfinished sentence is the model's own ending
+        (
+            " wanted a flight to Denver. I had to find a",
+            "I wanted a flight to Denver. I had to find a",
+        ),
     ],
 )
 def test_clean_generation(continuation: str, expected: str) -> None:
     assert clean_generation("I", continuation) == expected
+
+
+@pytest.mark.parametrize(
+    ("continuation", "expected"),
+    [
+        # the token cap cut the second sentence: the fragment goes, the finished sentence stays
+        (" wanted a flight to Denver. I had to find a flight to", "I wanted a flight to Denver."),
+        (' read "Go." Then I had', 'I read "Go."'),
+        (" wanted a flight to Denver and", "I wanted a flight to Denver and"),  # nothing whole
+        # an abbreviation's period, or one before a lowercase word, finishes no sentence
+        (" want to go to St. Louis and then", "I want to go to St. Louis and then"),
+        (" chose Dr. Smith because", "I chose Dr. Smith because"),
+        (" clicked U.S. flights first", "I clicked U.S. flights first"),
+        (" want a date, e.g. the first", "I want a date, e.g. the first"),
+        (" wanted it... so I clicked", "I wanted it... so I clicked"),
+        (" paid $39.99 for the seat and", "I paid $39.99 for the seat and"),
+    ],
+)
+def test_clean_generation_drops_a_fragment_the_token_cap_cut(
+    continuation: str, expected: str
+) -> None:
+    assert clean_generation("I", continuation, truncated=True) == expected
 
 
 def test_clean_generation_unwraps_a_quoted_reply() -> None:
@@ -246,3 +273,59 @@ def test_smollm2_writes_a_first_person_rationale(
     assert len(out.text) < 400
     assert "\n" not in out.text
     assert 0 < out.completion_tokens <= 60
+
+
+def test_a_cancelled_teacher_call_never_generates(tiny_folder: Path) -> None:
+    """Ctrl-C or SIGTERM cancels the run's calls: those still waiting for the model's lock in
+    their threads return without generating, so the run stops in seconds, not after every
+    queued generation (minutes on a CPU)."""
+    import asyncio
+
+    from rationale.teacher import LocalTeacher
+
+    teacher = LocalTeacher(str(tiny_folder))
+    model = teacher._model
+    model.load()
+    calls: list[int] = []
+    real = model._model.generate
+    model._model.generate = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+
+    async def cancelled_calls() -> None:
+        tasks = [
+            asyncio.create_task(
+                teacher.attempt(
+                    MESSAGES, assistant_prefix="I ", temperature=0.0, max_tokens=8, seed=0
+                )
+            )
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0.2)  # every call is in its thread, waiting for the lock
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        model._lock.release()  # the other generation ends: the threads get the lock in turn
+
+    model._lock.acquire()  # another generation holds the model
+    start = time.perf_counter()
+    asyncio.run(cancelled_calls())  # waits for its threads: none may generate
+    assert calls == [] and time.perf_counter() - start < 30
+    out = asyncio.run(
+        teacher.attempt(MESSAGES, assistant_prefix="I ", temperature=0.0, max_tokens=8, seed=0)
+    )
+    assert calls == [1] and out.completion_tokens >= 1  # a call not cancelled still generates
+
+
+def test_stopping_criteria_stop_at_once_when_cancelled(tiny: LocalModel) -> None:
+    import threading
+
+    import torch
+
+    from rationale.local_generation import stopping_criteria
+
+    tiny.load()
+    cancelled = threading.Event()
+    stop = stopping_criteria(tiny._tokenizer, 1, cancelled)
+    ids = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    assert not bool(stop(ids, None).any())
+    cancelled.set()
+    assert bool(stop(ids, None).all())

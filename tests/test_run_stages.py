@@ -339,3 +339,21 @@ def test_a_dry_run_of_a_fresh_miniwob_workspace_estimates_its_synth(tmp_path: Pa
         assert server.count == 0
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "synth estimate: " in dry.stderr and not (ws / "runs" / "records.jsonl").exists()
+
+
+def test_model_stages_silence_the_gguf_tensor_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GGUF base prints a de-quantizing bar of its own tqdm, which transformers' switch does
+    not reach: `rationale run` turns it off with the other libraries' bars."""
+    import io
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+
+    from rationale.workflow import _quiet_libraries
+
+    monkeypatch.setattr(gguf_loading, "tqdm", gguf_loading.tqdm)  # restored after the test
+    _quiet_libraries()
+    _quiet_libraries()  # twice: still one wrapper, still silent
+    out = io.StringIO()
+    for _ in gguf_loading.tqdm(range(3), desc="Converting and de-quantizing", file=out):
+        pass
+    assert out.getvalue() == ""

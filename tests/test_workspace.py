@@ -377,3 +377,24 @@ def test_the_pages_example_runs_on_its_sample_and_declares_its_action_space_once
         assert resolved.values["action_space"] == str(space), stage
         assert any("action-space" in note for note in resolved.notes), resolved.notes
     assert Workspace.load(EXAMPLE).import_action_space() is None  # Mind2Web: the default space
+
+
+def test_distill_of_a_jsonl_reads_the_import_space_and_resolves_its_own(tmp_path: Path) -> None:
+    """[distill] data as a JSONL of human rationales in a MiniWoB workspace: distill gets the
+    import's action space (a synth run folder declares its own, so none is filled then); an
+    action-space given in [distill] is relative to the workspace file, as other stages'."""
+    toml = tmp_path / "rationale.toml"
+    toml.write_text(
+        '[import]\nformat = "miniwob"\nsource = ["demos"]\n\n'
+        '[distill]\nbase = "smollm2-135m"\ndata = "human.jsonl"\n',
+        encoding="utf-8",
+    )
+    w = Workspace.load(toml)
+    assert w.resolve("distill").values["action_space"] == str(w.import_action_space())
+    toml.write_text(toml.read_text() + 'action-space = "mine.toml"\n', encoding="utf-8")
+    assert Workspace.load(toml).resolve("distill").values["action_space"] == str(
+        tmp_path / "mine.toml"
+    )
+    toml.write_text('[import]\nformat = "miniwob"\nsource = ["demos"]\n\n[distill]\n'
+                    'base = "smollm2-135m"\n', encoding="utf-8")  # fmt: skip
+    assert Workspace.load(toml).resolve("distill").values.get("action_space") is None

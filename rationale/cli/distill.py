@@ -88,6 +88,7 @@ from rationale.cli.options import (
     help="Train a base of several billion parameters on a CPU anyway (refused by default).",
 )
 @on_error_option
+@action_space_option
 @config_option
 @click.pass_context
 def distill(ctx: click.Context, **flags: Any) -> None:
