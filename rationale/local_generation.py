@@ -156,14 +156,14 @@ def stopping_criteria(tokenizer: Any, prompt_len: int, cancelled: Any = None) ->
         def __call__(
             self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
         ) -> torch.Tensor:
+            if cancelled is not None and cancelled.is_set():  # before decoding anything
+                return torch.ones(len(input_ids), dtype=torch.bool, device=input_ids.device)
             done = []
             for row in input_ids:
                 text = tokenizer.decode(row[prompt_len:], skip_special_tokens=True)
                 # Two sentence ends followed by whitespace: the second is really finished.
                 ends = sum(1 for m in _SENTENCE_END.finditer(text) if m.end() < len(text))
                 done.append("\n" in text or ends >= 2)
-            if cancelled is not None and cancelled.is_set():
-                done = [True] * len(done)
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_EnoughText()])

@@ -225,14 +225,10 @@ class LocalModel:
                 raise concurrent.futures.CancelledError
             new_ids = output[0, prompt_len:]
             continuation = decode_continuation(tokenizer, output[0], prompt_len)
-            eos = (
-                config.eos_token_id
-                if isinstance(config.eos_token_id, list)
-                else [config.eos_token_id]
-            )
-            truncated = int(new_ids.shape[0]) >= max_new_tokens and (
-                not len(new_ids) or int(new_ids[-1]) not in eos
-            )
+            eos = config.eos_token_id
+            eos = eos if isinstance(eos, list) else [eos]
+            # max_new_tokens >= 1, so a reply this long has a last token
+            truncated = len(new_ids) >= max_new_tokens and int(new_ids[-1]) not in eos
         return LocalGeneration(
             text=clean_generation(primed, continuation, truncated=truncated),
             prompt_tokens=prompt_len,
